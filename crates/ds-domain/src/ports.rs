@@ -1,0 +1,179 @@
+//! The ports: what the use-cases need from the outside world. Adapters implement them (PostgreSQL in
+//! `ds-store-pg`, the local model in `ds-embed-local`); the server crate chooses which.
+//!
+//! Each port states its error contract: which [`StoreError`] / [`EmbedError`] variant means what, so that
+//! every adapter fails the same way and the HTTP mapping stays one `match`.
+
+use crate::digest::Sha256Digest;
+use crate::kind::Kind;
+use crate::record::ValidRecord;
+use crate::time::Timestamp;
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Whether a record's embedding is stored (`embeddingId` set) or still to be computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingStatus {
+    Stored,
+    Pending,
+}
+
+/// Whether a write created a row or found the same record already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum WriteStatus {
+    Created,
+    Duplicate,
+}
+
+/// The result of writing one record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteOutcome {
+    pub id: i64,
+    pub embedding_id: Option<i64>,
+    pub embedding_status: EmbeddingStatus,
+    pub status: WriteStatus,
+    /// When the service committed the record (for a duplicate: when the original was committed).
+    pub received_at: Timestamp,
+}
+
+/// A vector to store, content-addressed by [`crate::digest::embedding_digest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEmbedding {
+    pub digest: Sha256Digest,
+    pub model: String,
+    pub vector: Vec<f32>,
+}
+
+/// An `Idempotency-Key` claim: the key, scoped to the caller, and the digest of the request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    pub caller: String,
+    pub key: String,
+    pub request_digest: Sha256Digest,
+}
+
+/// One atomic write: records, the embeddings they need that are not stored yet, and an optional key.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub records: Vec<ValidRecord>,
+    /// For each record (same index), the digest of its embedding.
+    pub embedding_digests: Vec<Sha256Digest>,
+    /// Vectors to insert (any digest already stored is simply reused).
+    pub new_embeddings: Vec<NewEmbedding>,
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// What [`AuditStore::write`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Committed: one outcome per record, in request order.
+    Written(Vec<WriteOutcome>),
+    /// The idempotency key was already used with the same request: its original outcomes.
+    Replayed(Vec<WriteOutcome>),
+    /// The idempotency key was already used with another request; nothing was written.
+    KeyConflict,
+}
+
+/// A stored record, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub id: i64,
+    pub kind: Kind,
+    pub received_at: Timestamp,
+    pub embedding_id: Option<i64>,
+    pub embedding_status: EmbeddingStatus,
+    /// The record as written: common, kind-specific and unknown fields.
+    pub record: Map<String, Value>,
+}
+
+/// The state of the store, for readiness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreHealth {
+    /// Migrations the binary knows and the database has applied.
+    pub migrations_applied: usize,
+    /// Migrations the binary knows that the database lacks (readiness fails while any are pending).
+    pub migrations_pending: usize,
+    /// The dimension of the stored vectors.
+    pub embedding_dimension: usize,
+}
+
+/// Errors of the [`AuditStore`] port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or has no free connection in time. Retryable: answer 503.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database answered with an error nobody expected (a bug or a schema mismatch). Not retryable.
+    #[error("database error: {0}")]
+    Query(String),
+    /// The database holds data the service cannot read back (e.g. an unknown kind). Not retryable.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Errors of the [`Embedder`] port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmbedError {
+    /// The provider cannot embed now (not loaded, overloaded, unreachable). Retryable.
+    #[error("embedding provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered with something unusable (wrong dimension, wrong count, NaN).
+    #[error("embedding provider returned invalid output: {0}")]
+    InvalidOutput(String),
+}
+
+/// Persistence of audit records and their embeddings.
+///
+/// Error contract: [`StoreError::Unavailable`] when no connection could be had in time,
+/// [`StoreError::Query`] for any other database failure, [`StoreError::Corrupt`] when stored data cannot
+/// be decoded. A failed call has changed nothing.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Writes records, their missing embeddings and the idempotency claim in **one transaction**: all of
+    /// it or nothing. Returns only after the commit. A record whose content digest is already stored is
+    /// not written again: its outcome is the stored one with status `Duplicate`. Holds under concurrency.
+    async fn write(&self, request: WriteRequest) -> Result<WriteResult, StoreError>;
+
+    /// Which of these embedding digests are already stored.
+    async fn existing_embeddings(&self, digests: &[Sha256Digest]) -> Result<Vec<Sha256Digest>, StoreError>;
+
+    /// The request digest and outcomes recorded under an idempotency key, if any.
+    async fn idempotent_result(
+        &self,
+        caller: &str,
+        key: &str,
+    ) -> Result<Option<(Sha256Digest, Vec<WriteOutcome>)>, StoreError>;
+
+    /// One record by kind and id.
+    async fn get(&self, kind: Kind, id: i64) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// Every record of a correlation id, all kinds, ordered by `createdAt`, then `id`.
+    async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Checks the database: reachable, migrations applied.
+    async fn health(&self) -> Result<StoreHealth, StoreError>;
+}
+
+/// Turns texts into vectors.
+///
+/// Error contract: [`EmbedError::Unavailable`] when the provider cannot answer now,
+/// [`EmbedError::InvalidOutput`] when its answer is unusable. On success, one L2-normalised vector of
+/// [`Embedder::dimension`] finite numbers per text, in order.
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    /// The provider's name (`local`, `openai`), for metrics and logs.
+    fn provider(&self) -> &'static str;
+    /// The identity of the model, stored with every vector (e.g. `all-MiniLM-L6-v2@53aa5117`).
+    fn model_id(&self) -> &str;
+    /// The dimension of the vectors.
+    fn dimension(&self) -> usize;
+    /// Embeds the texts.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError>;
+}

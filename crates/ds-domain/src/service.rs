@@ -1,0 +1,166 @@
+//! The use-cases: write records (single or batch, with or without an idempotency key), read one record,
+//! read a trail.
+//!
+//! Write path (mode `inline`): validate (done by the caller through [`crate::parse_record`]) → answer a
+//! known idempotency key at once → look up which embedding texts are already stored (content-addressed)
+//! → embed only the missing texts → one transaction with records, new embeddings and the key → answer.
+//! Nothing is acknowledged before the commit.
+
+use crate::digest::{Sha256Digest, embedding_digest, sha256};
+use crate::error::AuditError;
+use crate::kind::Kind;
+use crate::ports::{
+    AuditStore, EmbedError, Embedder, IdempotencyClaim, NewEmbedding, StoreHealth, StoredRecord, WriteOutcome,
+    WriteRequest, WriteResult,
+};
+use crate::record::ValidRecord;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// An idempotency key with the identity it is scoped to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub caller: String,
+    pub key: String,
+}
+
+/// The answer to a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    /// One per record, in request order.
+    pub outcomes: Vec<WriteOutcome>,
+    /// True when an idempotency key replay returned the original outcomes.
+    pub replayed: bool,
+}
+
+/// The audit use-cases over the ports.
+#[derive(Clone)]
+pub struct AuditService {
+    store: Arc<dyn AuditStore>,
+    embedder: Arc<dyn Embedder>,
+}
+
+impl AuditService {
+    pub fn new(store: Arc<dyn AuditStore>, embedder: Arc<dyn Embedder>) -> Self {
+        AuditService { store, embedder }
+    }
+
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.embedder
+    }
+
+    /// Writes `records` atomically (a single write is a batch of one).
+    pub async fn write(
+        &self,
+        records: Vec<ValidRecord>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<WriteReport, AuditError> {
+        let request_digest = request_digest(&records);
+        if let Some(k) = &key
+            && let Some((digest, outcomes)) = self.store.idempotent_result(&k.caller, &k.key).await?
+        {
+            return if digest == request_digest {
+                Ok(WriteReport { outcomes, replayed: true })
+            } else {
+                Err(AuditError::IdempotencyConflict)
+            };
+        }
+
+        let model = self.embedder.model_id().to_owned();
+        let embedding_digests: Vec<Sha256Digest> =
+            records.iter().map(|r| embedding_digest(&model, &r.embedding_text)).collect();
+        let new_embeddings = self.missing_embeddings(&records, &embedding_digests, &model).await?;
+
+        let request = WriteRequest {
+            records,
+            embedding_digests,
+            new_embeddings,
+            idempotency: key.map(|k| IdempotencyClaim {
+                caller: k.caller,
+                key: k.key,
+                request_digest,
+            }),
+        };
+        match self.store.write(request).await? {
+            WriteResult::Written(outcomes) => Ok(WriteReport { outcomes, replayed: false }),
+            WriteResult::Replayed(outcomes) => Ok(WriteReport { outcomes, replayed: true }),
+            WriteResult::KeyConflict => Err(AuditError::IdempotencyConflict),
+        }
+    }
+
+    /// Embeds the texts whose vectors are not stored yet, each distinct text once.
+    async fn missing_embeddings(
+        &self,
+        records: &[ValidRecord],
+        digests: &[Sha256Digest],
+        model: &str,
+    ) -> Result<Vec<NewEmbedding>, AuditError> {
+        let mut wanted: BTreeMap<Sha256Digest, &str> = BTreeMap::new();
+        for (r, d) in records.iter().zip(digests) {
+            wanted.entry(*d).or_insert(r.embedding_text.as_str());
+        }
+        let keys: Vec<Sha256Digest> = wanted.keys().copied().collect();
+        let stored: BTreeSet<Sha256Digest> = self.store.existing_embeddings(&keys).await?.into_iter().collect();
+        let missing: Vec<(Sha256Digest, String)> = wanted
+            .into_iter()
+            .filter(|(d, _)| !stored.contains(d))
+            .map(|(d, t)| (d, t.to_owned()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let texts: Vec<String> = missing.iter().map(|(_, t)| t.clone()).collect();
+        let vectors = self.embedder.embed(texts).await?;
+        if vectors.len() != missing.len() {
+            return Err(EmbedError::InvalidOutput(format!(
+                "asked for {} vectors, got {}",
+                missing.len(),
+                vectors.len()
+            ))
+            .into());
+        }
+        let dim = self.embedder.dimension();
+        missing
+            .into_iter()
+            .zip(vectors)
+            .map(|((digest, _), vector)| {
+                if vector.len() != dim || vector.iter().any(|x| !x.is_finite()) {
+                    return Err(AuditError::Embedding(EmbedError::InvalidOutput(format!(
+                        "expected {dim} finite numbers, got {} values",
+                        vector.len()
+                    ))));
+                }
+                Ok(NewEmbedding {
+                    digest,
+                    model: model.to_owned(),
+                    vector,
+                })
+            })
+            .collect()
+    }
+
+    /// One record; [`AuditError::NotFound`] when there is no record of that kind with that id.
+    pub async fn get(&self, kind: Kind, id: i64) -> Result<StoredRecord, AuditError> {
+        self.store.get(kind, id).await?.ok_or(AuditError::NotFound)
+    }
+
+    /// The trail of a correlation id, oldest first; empty when there is none.
+    pub async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, AuditError> {
+        Ok(self.store.trail(correlation_id).await?)
+    }
+
+    /// The store's health, for readiness.
+    pub async fn store_health(&self) -> Result<StoreHealth, AuditError> {
+        Ok(self.store.health().await?)
+    }
+}
+
+/// The digest of a whole request: the content digests of its records, in order.
+pub fn request_digest(records: &[ValidRecord]) -> Sha256Digest {
+    let mut bytes = Vec::with_capacity(records.len() * 33);
+    for r in records {
+        bytes.push(r.kind as u8);
+        bytes.extend_from_slice(&r.content_digest);
+    }
+    sha256(&bytes)
+}
