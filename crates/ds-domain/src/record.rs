@@ -153,17 +153,22 @@ fn base64_payload(value: &Option<String>, _: &()) -> garde::Result {
 
 /// Fields common to every kind, as sent (contract §2.1).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, Validate)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommonInput {
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
     pub phase: Option<Phase>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(length(bytes, max = 10240))]
     pub message: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
     pub created_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +178,7 @@ pub struct CommonInput {
     #[garde(skip)]
     pub completed_at: Option<Timestamp>,
     /// `\d` is written `[0-9]`: the regex crate's `\d` also matches non-ASCII digits.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, pattern(r"^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$"))]
     pub correlation_id: Option<String>,
 }
@@ -264,18 +270,25 @@ pub trait KindInput: DeserializeOwned + Serialize + Validate<Context = ()> + Def
 
 /// remediation (contract §2.2).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, Validate)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationInput {
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
     pub signal_type: Option<SignalType>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub signal_name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub signal_namespace: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
     pub target_type: Option<TargetType>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub target_name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub target_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,8 +327,10 @@ impl KindInput for RemediationInput {
 
 /// aianalysis (contract §2.3).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, Validate)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AiAnalysisInput {
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub remediation_request_ref: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -369,10 +384,13 @@ impl KindInput for AiAnalysisInput {
 
 /// One step of a workflow (contract §2.4).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, Validate)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepStatus {
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
     pub phase: Option<Phase>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -381,6 +399,7 @@ pub struct StepStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
     pub completed_at: Option<Timestamp>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, range(min = 0))]
     pub retry_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -390,12 +409,16 @@ pub struct StepStatus {
 
 /// workflow (contract §2.4).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, Validate)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowInput {
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub remediation_request_ref: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub workflow_name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, range(min = 1))]
     pub step_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -459,16 +482,22 @@ impl KindInput for WorkflowInput {
 
 /// execution (contract §2.5).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, Validate)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionInput {
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub workflow_execution_ref: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 100), custom(no_controls))]
     pub action_type: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
     pub target_type: Option<TargetType>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub target_name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required, length(chars, min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub target_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,1 +1,87 @@
+//! The HTTP face of the service: actix-web routes, DTOs, middleware, and the one mapping from errors
+//! to HTTP statuses and contract error codes ([`error::ApiError`]).
+//!
+//! Architecture invariant: only this crate knows JSON DTOs and status codes.
 
+pub mod dto;
+pub mod error;
+mod handlers;
+pub mod middleware;
+pub mod openapi;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, web};
+use ds_domain::AuditService;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use error::ApiError;
+
+/// Request limits (contract §6).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Body limit of the single-record endpoints (2 MiB).
+    pub body_bytes: usize,
+    /// Body limit of `/api/v1/audit/batch` (16 MiB).
+    pub batch_body_bytes: usize,
+    /// Most records in one batch (1000).
+    pub batch_items: usize,
+    /// Budget of the readiness check (5 s).
+    pub readiness_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes: 2 * 1024 * 1024,
+            batch_body_bytes: 16 * 1024 * 1024,
+            batch_items: 1000,
+            readiness_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: AuditService,
+    pub limits: Limits,
+    /// Set when shutdown begins: readiness answers 503 from then on.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(service: AuditService, limits: Limits) -> Self {
+        AppState {
+            service,
+            limits,
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// The application: every route of the API, the probes, and the middleware that gives every response
+/// an `X-Correlation-ID` and every error the contract's JSON shape.
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limits = state.limits.clone();
+    App::new()
+        .app_data(web::Data::new(state))
+        .wrap(actix_web::middleware::from_fn(middleware::envelope))
+        .configure(|cfg| handlers::routes(cfg, &limits))
+}

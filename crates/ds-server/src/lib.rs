@@ -1,1 +1,187 @@
+//! The datastorage server: reads the configuration, chooses and wires the adapters, runs the HTTP
+//! servers (API on 8080, metrics on 9090).
+//!
+//! Architecture invariant: only this crate reads configuration and chooses adapters.
 
+pub mod config;
+
+use anyhow::{Context, bail};
+use config::Config;
+use ds_domain::AuditService;
+use ds_domain::ports::{AuditStore, Embedder};
+use ds_embed_local::LocalEmbedder;
+use ds_http::{AppState, Limits};
+use ds_store_pg::{PgStore, PoolSettings};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process).
+pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// A started service.
+pub struct Running {
+    /// Where the API listens (useful when the configuration asked for port 0).
+    pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub state: AppState,
+    api: actix_web::dev::Server,
+    metrics: actix_web::dev::Server,
+    shutdown_timeout: std::time::Duration,
+}
+
+impl Running {
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully: readiness goes 503 at once, listeners
+    /// close, in-flight requests finish (bounded by the shutdown timeout), then this returns.
+    pub async fn until_signal(self) -> anyhow::Result<()> {
+        let api = self.api.handle();
+        let metrics = self.metrics.handle();
+        let state = self.state.clone();
+        let timeout = self.shutdown_timeout;
+        let api_task = tokio::spawn(self.api);
+        let metrics_task = tokio::spawn(self.metrics);
+        wait_for_signal().await;
+        tracing::info!(timeout_secs = timeout.as_secs(), "shutting down: readiness is now 503, draining requests");
+        state.shutting_down.store(true, Ordering::SeqCst);
+        api.stop(true).await;
+        metrics.stop(true).await;
+        api_task.await.context("API server task")??;
+        metrics_task.await.context("metrics server task")??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Runs the servers in the background (for tests); they stop when the runtime does.
+    pub fn spawn(self) -> (SocketAddr, AppState) {
+        tokio::spawn(self.api);
+        tokio::spawn(self.metrics);
+        (self.http_addr, self.state)
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Applies pending migrations.
+pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
+    ds_store_pg::run_migrations(database_url).await.context("applying migrations")
+}
+
+/// Builds everything and binds the listeners; nothing is served until the returned servers are polled.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    if config.migrate_on_start {
+        let applied = migrate(&config.database_url).await?;
+        tracing::info!(applied = ?applied, "migrations applied");
+    }
+    let store = PgStore::new(
+        &config.database_url,
+        &PoolSettings {
+            max_size: config.db_pool_size,
+            wait_timeout: config.db_wait_timeout,
+            ..PoolSettings::default()
+        },
+    )
+    .context("creating the database pool")?;
+    let health = store.health().await.context("checking the database")?;
+    if health.migrations_pending > 0 {
+        bail!(
+            "the database lacks {} migration(s): run `datastorage migrate` or set DATASTORAGE_MIGRATE_ON_START=true",
+            health.migrations_pending
+        );
+    }
+
+    let dir = config.model_dir.clone();
+    let embedder = tokio::task::spawn_blocking(move || LocalEmbedder::load(&dir, None))
+        .await
+        .context("loading the local embedding model")?
+        .with_context(|| {
+            format!("loading the local embedding model (DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR={})", config.model_dir.display())
+        })?;
+    if embedder.dimension() != config.embedding_dimension || health.embedding_dimension != config.embedding_dimension {
+        bail!(
+            "embedding dimension mismatch: the provider `{}` gives {} dimensions, the database column embeddings.embedding has {}, DATASTORAGE_EMBEDDING_DIMENSION is {}",
+            embedder.model_id(),
+            embedder.dimension(),
+            health.embedding_dimension,
+            config.embedding_dimension
+        );
+    }
+    tracing::info!(model = embedder.model_id(), dimension = embedder.dimension(), "embedding provider `local` ready");
+
+    let store: Arc<dyn AuditStore> = Arc::new(store);
+    let embedder: Arc<dyn Embedder> = Arc::new(embedder);
+    let state = AppState::new(AuditService::new(store, embedder), Limits::default());
+
+    let app_state = state.clone();
+    let api = actix_web::HttpServer::new(move || ds_http::app(app_state.clone()))
+        .workers(config.http_workers)
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout.as_secs())
+        .bind(config.http_addr)
+        .with_context(|| format!("binding the API listener (DATASTORAGE_HTTP_ADDR={})", config.http_addr))?;
+    let http_addr = api.addrs().first().copied().context("the API listener has no address")?;
+
+    let handle = metrics_handle()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let metrics = actix_web::HttpServer::new(move || {
+        let handle = handle.clone();
+        actix_web::App::new().route(
+            "/metrics",
+            actix_web::web::get().to(move || {
+                let body = handle.render();
+                async move { actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(config.metrics_addr)
+    .with_context(|| format!("binding the metrics listener (DATASTORAGE_METRICS_ADDR={})", config.metrics_addr))?;
+    let metrics_addr = metrics.addrs().first().copied().context("the metrics listener has no address")?;
+    tracing::info!(%http_addr, %metrics_addr, "listening");
+
+    Ok(Running {
+        http_addr,
+        metrics_addr,
+        state,
+        api: api.run(),
+        metrics: metrics.run(),
+        shutdown_timeout: config.shutdown_timeout,
+    })
+}

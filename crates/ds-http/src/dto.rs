@@ -1,0 +1,176 @@
+//! The JSON bodies of the API. Request records are validated by the domain (`ds_domain::parse_record`);
+//! these types describe them for the OpenAPI document and shape the answers.
+
+use ds_domain::Violation;
+use ds_domain::kind::Kind;
+use ds_domain::ports::{EmbeddingStatus, WriteOutcome, WriteStatus};
+use ds_domain::record::{AiAnalysisInput, CommonInput, ExecutionInput, RemediationInput, WorkflowInput};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// The answer to one written record (contract §2.8).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteResponse {
+    pub id: i64,
+    pub embedding_id: Option<i64>,
+    pub embedding_status: EmbeddingStatus,
+    pub status: WriteStatus,
+    /// When the service committed the record (for a duplicate: the original's).
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: String,
+    pub message: String,
+}
+
+impl WriteResponse {
+    pub fn new(kind: Kind, o: &WriteOutcome) -> Self {
+        WriteResponse {
+            id: o.id,
+            embedding_id: o.embedding_id,
+            embedding_status: o.embedding_status,
+            status: o.status,
+            created_at: o.received_at.to_rfc3339(),
+            message: kind.created_message().to_owned(),
+        }
+    }
+}
+
+/// The answer to a batch: one result per item, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<WriteResponse>,
+}
+
+/// One item of a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    pub kind: Kind,
+    /// A record of that kind, as for its own endpoint.
+    #[schema(value_type = Object)]
+    pub record: Value,
+}
+
+/// `POST /api/v1/audit/batch`: 1 to 1000 records of any kinds, written all or nothing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchRequest {
+    pub records: Vec<BatchItem>,
+}
+
+/// A stored record: the record as written plus `id`, `kind`, `receivedAt`, `embeddingStatus`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordResponse {
+    pub id: i64,
+    pub kind: Kind,
+    #[schema(value_type = String, format = DateTime)]
+    pub received_at: String,
+    pub embedding_status: EmbeddingStatus,
+    /// Every field of the record as written, unknown fields included.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub record: Map<String, Value>,
+}
+
+/// `GET /api/v1/audit/trail/{correlationId}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrailResponse {
+    pub correlation_id: String,
+    /// Oldest first: by `createdAt`, then `id`.
+    pub records: Vec<RecordResponse>,
+}
+
+/// Error details: the first violation, and all of them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetails {
+    pub field: String,
+    pub constraint: String,
+    pub violations: Vec<Violation>,
+}
+
+/// The error object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// A stable machine-readable code, e.g. `VALIDATION_ERROR`.
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<ErrorDetails>,
+}
+
+/// Every error answer (contract §4).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: String,
+    pub path: String,
+    pub correlation_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    pub status: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyResponse {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: String,
+    #[schema(value_type = Object)]
+    pub dependencies: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+// Request schemas of the four kinds: the common fields plus the kind's own (documentation only).
+
+/// A remediation record.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RemediationRecord {
+    #[serde(flatten)]
+    common: CommonInput,
+    #[serde(flatten)]
+    spec: RemediationInput,
+}
+
+/// An AI analysis record.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AiAnalysisRecord {
+    #[serde(flatten)]
+    common: CommonInput,
+    #[serde(flatten)]
+    spec: AiAnalysisInput,
+}
+
+/// A workflow record.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct WorkflowRecord {
+    #[serde(flatten)]
+    common: CommonInput,
+    #[serde(flatten)]
+    spec: WorkflowInput,
+}
+
+/// An execution record.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ExecutionRecord {
+    #[serde(flatten)]
+    common: CommonInput,
+    #[serde(flatten)]
+    spec: ExecutionInput,
+}

@@ -1,0 +1,131 @@
+//! The one mapping from errors to HTTP (contract §4). Every error the service answers with is an
+//! [`ApiError`]; [`ApiError::parts`] is the single exhaustive `match` that gives its status and code.
+//! Errors raised by actix itself (unknown route, wrong method, payload too large, ...) are mapped by
+//! status in [`crate::middleware`], so they too leave in the contract's shape.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use ds_domain::ports::{EmbedError, StoreError};
+use ds_domain::{AuditError, Violation};
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The body is not `application/json`.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// Unknown route, kind or record.
+    #[error("{0}")]
+    NotFound(String),
+    /// A header or path parameter breaks a rule.
+    #[error("invalid request")]
+    InvalidParameter(Violation),
+    /// Shutting down.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+/// Status, contract code, message for the client.
+pub struct Parts {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub violations: Vec<Violation>,
+}
+
+impl ApiError {
+    /// The mapping. Messages of 5xx errors never carry internals (SQL, paths, stack): the detail is logged.
+    pub fn parts(&self) -> Parts {
+        let p = |status, code, message: &str| Parts {
+            status,
+            code,
+            message: message.to_owned(),
+            violations: Vec::new(),
+        };
+        match self {
+            ApiError::Audit(AuditError::Validation(v)) => Parts {
+                status: StatusCode::BAD_REQUEST,
+                code: "VALIDATION_ERROR",
+                message: summary(v),
+                violations: v.clone(),
+            },
+            ApiError::Audit(AuditError::InvalidJson(m)) => p(StatusCode::BAD_REQUEST, "INVALID_JSON", m),
+            ApiError::Audit(AuditError::IdempotencyConflict) => p(
+                StatusCode::CONFLICT,
+                "DUPLICATE_AUDIT",
+                "this Idempotency-Key was already used with a different body",
+            ),
+            ApiError::Audit(AuditError::NotFound) => p(StatusCode::NOT_FOUND, "NOT_FOUND", "record not found"),
+            ApiError::Audit(AuditError::Embedding(EmbedError::Unavailable(_) | EmbedError::InvalidOutput(_))) => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "EMBEDDING_ERROR",
+                "the embedding could not be generated; nothing was written, retry later",
+            ),
+            ApiError::Audit(AuditError::Store(StoreError::Unavailable(_))) => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "the database is unavailable; nothing was written, retry later",
+            ),
+            ApiError::Audit(AuditError::Store(StoreError::Query(_) | StoreError::Corrupt(_))) => p(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "DATABASE_ERROR",
+                "the database failed to process the request",
+            ),
+            ApiError::UnsupportedMediaType => p(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "Content-Type must be application/json",
+            ),
+            ApiError::NotFound(m) => p(StatusCode::NOT_FOUND, "NOT_FOUND", m),
+            ApiError::InvalidParameter(v) => Parts {
+                status: StatusCode::BAD_REQUEST,
+                code: "VALIDATION_ERROR",
+                message: format!("{}: {}", v.field, v.message),
+                violations: vec![v.clone()],
+            },
+            ApiError::ShuttingDown => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "the service is shutting down; retry on another replica",
+            ),
+        }
+    }
+}
+
+fn summary(v: &[Violation]) -> String {
+    match v {
+        [one] => format!("{}: {}", one.field, one.message),
+        many => format!("{} fields are invalid", many.len()),
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().status
+    }
+
+    /// The body is written by the envelope middleware, which knows the request (path, correlation id).
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).finish()
+    }
+}
+
+/// The contract code of an error that actix raised itself, by status.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "INVALID_JSON",
+        401 => "UNAUTHORIZED",
+        403 => "FORBIDDEN",
+        404 => "NOT_FOUND",
+        405 => "METHOD_NOT_ALLOWED",
+        409 => "DUPLICATE_AUDIT",
+        413 => "PAYLOAD_TOO_LARGE",
+        415 => "UNSUPPORTED_MEDIA_TYPE",
+        429 => "RATE_LIMIT_EXCEEDED",
+        503 => "SERVICE_UNAVAILABLE",
+        s if s >= 500 => "INTERNAL_ERROR",
+        _ => "BAD_REQUEST",
+    }
+}

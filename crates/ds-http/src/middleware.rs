@@ -1,0 +1,128 @@
+//! The envelope: every request gets a correlation id (from `X-Correlation-ID`, else a new UUIDv7), every
+//! response carries it back, and every error response, the framework's own included, gets the
+//! contract's JSON body. One log line per request, with the correlation id.
+
+use crate::dto::{ErrorBody, ErrorDetails, ErrorObject};
+use crate::error::{ApiError, Parts, code_for_status};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpResponse};
+use ds_domain::Timestamp;
+use std::time::Instant;
+
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The per-request context that handlers can read from the request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub correlation_id: String,
+    pub request_id: Option<String>,
+}
+
+/// A header value we are willing to echo: 1 to 255 visible ASCII characters.
+fn echoable(v: Option<&HeaderValue>) -> Option<String> {
+    let s = v?.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| s.to_owned())
+}
+
+pub async fn envelope(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let correlation_id =
+        echoable(req.headers().get(CORRELATION_HEADER)).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let request_id = echoable(req.headers().get(REQUEST_ID_HEADER));
+    let ctx = RequestContext {
+        correlation_id: correlation_id.clone(),
+        request_id: request_id.clone(),
+    };
+    req.extensions_mut().insert(ctx);
+    let http_req = req.request().clone();
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+
+    let res = match next.call(req).await {
+        Ok(res) => res.map_into_boxed_body(),
+        Err(e) => ServiceResponse::from_err(e, http_req),
+    };
+    let status = res.status();
+    let mut res = if status.is_client_error() || status.is_server_error() {
+        let parts = match res.response().error().and_then(|e| e.as_error::<ApiError>()) {
+            Some(api) => api.parts(),
+            None => framework_parts(&res),
+        };
+        if status.is_server_error() {
+            let detail = res.response().error().map(|e| e.to_string()).unwrap_or_default();
+            tracing::error!(correlation_id = %correlation_id, %method, %path, status = status.as_u16(), code = parts.code, error = %detail, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: parts.code.to_owned(),
+                message: parts.message,
+                details: parts.violations.first().map(|first| ErrorDetails {
+                    field: first.field.clone(),
+                    constraint: first.constraint.clone(),
+                    violations: parts.violations.clone(),
+                }),
+            },
+            timestamp: Timestamp::now().to_rfc3339(),
+            path: path.clone(),
+            correlation_id: correlation_id.clone(),
+            request_id,
+        };
+        let mut builder = HttpResponse::build(parts.status);
+        if parts.status.as_u16() == 503 {
+            builder.insert_header((header::RETRY_AFTER, "5"));
+        }
+        if let Some(allow) = res.headers().get(header::ALLOW) {
+            builder.insert_header((header::ALLOW, allow.clone()));
+        }
+        let (http_req, _) = res.into_parts();
+        ServiceResponse::new(http_req, builder.json(body))
+    } else {
+        res
+    };
+    if let Ok(v) = HeaderValue::from_str(&correlation_id) {
+        res.headers_mut().insert(HeaderName::from_static(CORRELATION_HEADER), v);
+    }
+    tracing::info!(
+        correlation_id = %correlation_id,
+        %method,
+        %path,
+        status = res.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    metrics::counter!("datastorage_http_requests_total", "method" => method, "status" => res.status().as_u16().to_string())
+        .increment(1);
+    Ok(res)
+}
+
+/// Errors raised by actix itself: status from actix, code from the status, a message that says what
+/// went wrong without internals.
+fn framework_parts(res: &ServiceResponse<BoxBody>) -> Parts {
+    let status = res.status();
+    let message = match status.as_u16() {
+        404 => "no such route".to_owned(),
+        405 => "method not allowed on this route".to_owned(),
+        413 => "the request body is too large".to_owned(),
+        415 => "Content-Type must be application/json".to_owned(),
+        s if s >= 500 => "internal error".to_owned(),
+        _ => res
+            .response()
+            .error()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),
+    };
+    Parts {
+        status,
+        code: code_for_status(status),
+        message,
+        violations: Vec::new(),
+    }
+}

@@ -1,0 +1,377 @@
+//! [`PgStore`]: the [`AuditStore`] port on PostgreSQL.
+
+use crate::error::PgStoreError;
+use crate::pgv::Embedding;
+use crate::rows::{NewEmbeddingRow, NewKeyRow, NewRecordRow, RecordRow};
+use crate::schema::{audit_records, embeddings, idempotency_keys};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool::Runtime;
+use diesel::prelude::*;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use ds_domain::digest::Sha256Digest;
+use ds_domain::kind::Kind;
+use ds_domain::ports::{
+    AuditStore, EmbeddingStatus, StoreError, StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult,
+    WriteStatus,
+};
+use ds_domain::time::Timestamp;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How many times a transaction that hit a serialization failure or a deadlock is run again.
+const TX_ATTEMPTS: usize = 3;
+
+/// Connection pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_size: usize,
+    /// How long a request waits for a free connection before the store answers `Unavailable`.
+    pub wait_timeout: Duration,
+    /// How long opening a new connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_size: 16,
+            wait_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool<AsyncPgConnection>,
+}
+
+impl PgStore {
+    /// Builds the pool. Connections are opened lazily: a database that is not up yet is not an error here.
+    pub fn new(database_url: &str, settings: &PoolSettings) -> Result<Self, PgStoreError> {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.wait_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.connect_timeout))
+            .build()
+            .map_err(|e| PgStoreError::Pool(e.to_string()))?;
+        Ok(PgStore { pool })
+    }
+
+    /// Pool occupancy: (connections open, of which idle).
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.available)
+    }
+
+    async fn conn(&self) -> Result<Object<AsyncPgConnection>, PgStoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => PgStoreError::Connect(e.to_string()),
+            PoolError::Timeout(t) => PgStoreError::Pool(format!("timed out waiting for a connection ({t:?})")),
+            other => PgStoreError::Pool(other.to_string()),
+        })
+    }
+
+    async fn write_once(
+        conn: &mut AsyncPgConnection,
+        request: &WriteRequest,
+    ) -> Result<WriteResult, PgStoreError> {
+        conn.transaction(async |c| -> Result<WriteResult, PgStoreError> {
+            // 1. Claim the idempotency key first: a concurrent request with the same key waits here.
+            if let Some(claim) = &request.idempotency {
+                let inserted = diesel::insert_into(idempotency_keys::table)
+                    .values(NewKeyRow {
+                        caller: &claim.caller,
+                        key: &claim.key,
+                        request_digest: &claim.request_digest,
+                        outcomes: Value::Array(Vec::new()),
+                    })
+                    .on_conflict_do_nothing()
+                    .execute(c)
+                    .await?;
+                if inserted == 0 {
+                    let (digest, outcomes): (Vec<u8>, Value) = idempotency_keys::table
+                        .find((&claim.caller, &claim.key))
+                        .select((idempotency_keys::request_digest, idempotency_keys::outcomes))
+                        .first(c)
+                        .await?;
+                    if digest != claim.request_digest {
+                        return Ok(WriteResult::KeyConflict);
+                    }
+                    let outcomes: Vec<WriteOutcome> = serde_json::from_value(outcomes)
+                        .map_err(|e| PgStoreError::Corrupt(format!("idempotency outcomes: {e}")))?;
+                    return Ok(WriteResult::Replayed(outcomes));
+                }
+            }
+
+            // 2. New embeddings, in digest order (a fixed lock order: no deadlock between writers).
+            let mut new = request.new_embeddings.iter().collect::<Vec<_>>();
+            new.sort_by(|a, b| a.digest.cmp(&b.digest));
+            new.dedup_by(|a, b| a.digest == b.digest);
+            for e in new {
+                diesel::insert_into(embeddings::table)
+                    .values(NewEmbeddingRow {
+                        digest: &e.digest,
+                        model: &e.model,
+                        embedding: Embedding(e.vector.clone()),
+                    })
+                    .on_conflict(embeddings::digest)
+                    .do_nothing()
+                    .execute(c)
+                    .await?;
+            }
+            let wanted: Vec<&[u8]> = request.embedding_digests.iter().map(|d| d.as_slice()).collect();
+            let ids: HashMap<Vec<u8>, i64> = embeddings::table
+                .filter(embeddings::digest.eq_any(&wanted))
+                .select((embeddings::digest, embeddings::id))
+                .load::<(Vec<u8>, i64)>(c)
+                .await?
+                .into_iter()
+                .collect();
+
+            // 3. Records, in content-digest order for the same reason; outcomes go back in request order.
+            let mut order: Vec<usize> = (0..request.records.len()).collect();
+            order.sort_by(|&a, &b| request.records[a].content_digest.cmp(&request.records[b].content_digest));
+            let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; request.records.len()];
+            for i in order {
+                let r = &request.records[i];
+                let edigest: &Sha256Digest = &request.embedding_digests[i];
+                let embedding_id = ids.get(edigest.as_slice()).copied();
+                let row = NewRecordRow {
+                    kind: r.kind.as_str(),
+                    name: &r.common.name,
+                    namespace: &r.common.namespace,
+                    phase: r.common.phase.as_str(),
+                    correlation_id: &r.common.correlation_id,
+                    message: r.common.message.as_deref(),
+                    created_at: r.common.created_at.as_utc(),
+                    started_at: r.common.started_at.map(|t| t.as_utc()),
+                    completed_at: r.common.completed_at.map(|t| t.as_utc()),
+                    content_digest: &r.content_digest,
+                    details: Value::Object(r.details.clone()),
+                    unknown_fields: Value::Object(r.unknown.clone()),
+                    embedding_digest: edigest,
+                    embedding_id,
+                };
+                let created: Option<(i64, DateTime<Utc>, Option<i64>)> = diesel::insert_into(audit_records::table)
+                    .values(&row)
+                    .on_conflict(audit_records::content_digest)
+                    .do_nothing()
+                    .returning((audit_records::id, audit_records::received_at, audit_records::embedding_id))
+                    .get_result(c)
+                    .await
+                    .optional()?;
+                let (id, received, eid, status) = match created {
+                    Some((id, at, eid)) => (id, at, eid, WriteStatus::Created),
+                    None => {
+                        let (id, at, eid): (i64, DateTime<Utc>, Option<i64>) = audit_records::table
+                            .filter(audit_records::content_digest.eq(r.content_digest.as_slice()))
+                            .select((audit_records::id, audit_records::received_at, audit_records::embedding_id))
+                            .first(c)
+                            .await?;
+                        (id, at, eid, WriteStatus::Duplicate)
+                    }
+                };
+                outcomes[i] = Some(WriteOutcome {
+                    id,
+                    embedding_id: eid,
+                    embedding_status: if eid.is_some() { EmbeddingStatus::Stored } else { EmbeddingStatus::Pending },
+                    status,
+                    received_at: Timestamp::from_utc(received),
+                });
+            }
+            let outcomes: Vec<WriteOutcome> = outcomes.into_iter().flatten().collect();
+
+            // 4. Remember what this key answered.
+            if let Some(claim) = &request.idempotency {
+                let json = serde_json::to_value(&outcomes)
+                    .map_err(|e| PgStoreError::Corrupt(format!("idempotency outcomes: {e}")))?;
+                diesel::update(idempotency_keys::table.find((&claim.caller, &claim.key)))
+                    .set(idempotency_keys::outcomes.eq(json))
+                    .execute(c)
+                    .await?;
+            }
+            Ok(WriteResult::Written(outcomes))
+        })
+        .await
+    }
+
+    fn to_stored(row: RecordRow) -> Result<StoredRecord, PgStoreError> {
+        let kind: Kind = row.kind.parse().map_err(|e| PgStoreError::Corrupt(format!("{e}")))?;
+        let mut record = Map::new();
+        record.insert("name".into(), Value::String(row.name));
+        record.insert("namespace".into(), Value::String(row.namespace));
+        record.insert("phase".into(), Value::String(row.phase));
+        if let Some(m) = row.message {
+            record.insert("message".into(), Value::String(m));
+        }
+        let ts = |t: DateTime<Utc>| Value::String(Timestamp::from_utc(t).to_rfc3339());
+        record.insert("createdAt".into(), ts(row.created_at));
+        if let Some(t) = row.started_at {
+            record.insert("startedAt".into(), ts(t));
+        }
+        if let Some(t) = row.completed_at {
+            record.insert("completedAt".into(), ts(t));
+        }
+        record.insert("correlationId".into(), Value::String(row.correlation_id));
+        match row.details {
+            Value::Object(m) => record.extend(m),
+            other => return Err(PgStoreError::Corrupt(format!("details is not an object: {}", type_name(&other)))),
+        }
+        match row.unknown_fields {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    record.entry(k).or_insert(v);
+                }
+            }
+            other => {
+                return Err(PgStoreError::Corrupt(format!("unknown_fields is not an object: {}", type_name(&other))));
+            }
+        }
+        Ok(StoredRecord {
+            id: row.id,
+            kind,
+            received_at: Timestamp::from_utc(row.received_at),
+            embedding_id: row.embedding_id,
+            embedding_status: if row.embedding_id.is_some() { EmbeddingStatus::Stored } else { EmbeddingStatus::Pending },
+            record,
+        })
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[derive(QueryableByName)]
+struct Dim {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    dim: i32,
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn write(&self, request: WriteRequest) -> Result<WriteResult, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::write_once(&mut conn, &request).await {
+                Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "retrying write transaction");
+                }
+                other => return other.map_err(StoreError::from),
+            }
+        }
+    }
+
+    async fn existing_embeddings(&self, digests: &[Sha256Digest]) -> Result<Vec<Sha256Digest>, StoreError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let wanted: Vec<&[u8]> = digests.iter().map(|d| d.as_slice()).collect();
+        let found: Vec<Vec<u8>> = embeddings::table
+            .filter(embeddings::digest.eq_any(&wanted))
+            .select(embeddings::digest)
+            .load(&mut conn)
+            .await
+            .map_err(PgStoreError::from)?;
+        Ok(found.into_iter().filter_map(|d| <Sha256Digest>::try_from(d.as_slice()).ok()).collect())
+    }
+
+    async fn idempotent_result(
+        &self,
+        caller: &str,
+        key: &str,
+    ) -> Result<Option<(Sha256Digest, Vec<WriteOutcome>)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: Option<(Vec<u8>, Value)> = idempotency_keys::table
+            .find((caller, key))
+            .select((idempotency_keys::request_digest, idempotency_keys::outcomes))
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(PgStoreError::from)?;
+        let Some((digest, outcomes)) = row else { return Ok(None) };
+        let digest = <Sha256Digest>::try_from(digest.as_slice())
+            .map_err(|_| StoreError::Corrupt("idempotency request digest is not 32 bytes".into()))?;
+        let outcomes: Vec<WriteOutcome> = serde_json::from_value(outcomes)
+            .map_err(|e| StoreError::Corrupt(format!("idempotency outcomes: {e}")))?;
+        Ok(Some((digest, outcomes)))
+    }
+
+    async fn get(&self, kind: Kind, id: i64) -> Result<Option<StoredRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: Option<RecordRow> = audit_records::table
+            .filter(audit_records::id.eq(id))
+            .filter(audit_records::kind.eq(kind.as_str()))
+            .select(RecordRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(PgStoreError::from)?;
+        Ok(row.map(Self::to_stored).transpose()?)
+    }
+
+    async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<RecordRow> = audit_records::table
+            .filter(audit_records::correlation_id.eq(correlation_id))
+            .order((audit_records::created_at.asc(), audit_records::id.asc()))
+            .select(RecordRow::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(PgStoreError::from)?;
+        Ok(rows.into_iter().map(Self::to_stored).collect::<Result<Vec<_>, _>>()?)
+    }
+
+    async fn health(&self) -> Result<StoreHealth, StoreError> {
+        let mut conn = self.conn().await?;
+        let applied: Vec<String> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Version>(&mut conn)
+            .await
+            .map(|v| v.into_iter().map(|v| v.version).collect())
+            .unwrap_or_default();
+        let known = crate::known_migrations();
+        let pending = known.iter().filter(|k| !applied.contains(k)).count();
+        let dim = if pending == 0 {
+            diesel::sql_query(
+                "SELECT atttypmod AS dim FROM pg_attribute \
+                 WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'",
+            )
+            .get_result::<Dim>(&mut conn)
+            .await
+            .map_err(PgStoreError::from)?
+            .dim
+        } else {
+            0
+        };
+        Ok(StoreHealth {
+            migrations_applied: known.len() - pending,
+            migrations_pending: pending,
+            embedding_dimension: usize::try_from(dim).unwrap_or(0),
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    version: String,
+}
