@@ -1,1 +1,319 @@
+//! Test support: a fresh PostgreSQL database per test, and the real service started on port 0.
+//!
+//! Databases: the first test to need one builds a migrated template database (under an advisory lock,
+//! so parallel test processes build it once); every test then gets `CREATE DATABASE … TEMPLATE …`, its
+//! own, dropped when the [`TestDb`] is dropped.
+//!
+//! Where PostgreSQL comes from: `DATABASE_URL` (an admin connection to a server with pgvector; `cargo
+//! xtask test` starts one and sets it), or, with `DATASTORAGE_TEST_DB=docker`, a pgvector container from
+//! testcontainers-modules (machines with a Docker engine only).
+
+use anyhow::{Context, Result};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use ds_server::config::Config;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::sync::OnceCell;
+
+/// An advisory lock key for building the template.
+const TEMPLATE_LOCK: i64 = 0x7465_7374_7470_6c00;
+
+/// Replaces the database name of a `postgres://` URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+async fn admin_url() -> Result<String> {
+    static ADMIN: OnceCell<String> = OnceCell::const_new();
+    ADMIN
+        .get_or_try_init(|| async {
+            if std::env::var("DATASTORAGE_TEST_DB").is_ok_and(|v| v == "docker") {
+                return docker_admin_url().await;
+            }
+            std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()).context(
+                "DATABASE_URL is not set: run the tests through `cargo xtask test` (it starts PostgreSQL with \
+                 pgvector), set DATABASE_URL to an admin connection of a server with pgvector, or set \
+                 DATASTORAGE_TEST_DB=docker on a machine with Docker",
+            )
+        })
+        .await
+        .cloned()
+}
+
+async fn docker_admin_url() -> Result<String> {
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
+    static CONTAINER: OnceCell<ContainerAsync<Postgres>> = OnceCell::const_new();
+    let node = CONTAINER
+        .get_or_try_init(|| async {
+            Postgres::default()
+                .with_name("pgvector/pgvector")
+                .with_tag("0.8.0-pg15")
+                .start()
+                .await
+                .context("DATASTORAGE_TEST_DB=docker: could not start the pgvector container (is a Docker engine running and reachable?)")
+        })
+        .await?;
+    let port = node.get_host_port_ipv4(5432).await?;
+    Ok(format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"))
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    exists: bool,
+}
+
+/// A database of one test's own, migrated, dropped on drop.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+    admin: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Result<Self> {
+        let admin = admin_url().await?;
+        let template = template_name();
+        let mut conn = AsyncPgConnection::establish(&admin).await.with_context(|| format!("connecting to {admin}"))?;
+        conn.batch_execute(&format!("SELECT pg_advisory_lock({TEMPLATE_LOCK})")).await?;
+        let built = ensure_template(&mut conn, &admin, &template).await;
+        conn.batch_execute(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK})")).await?;
+        built?;
+        let name = format!("ds_test_{}", uuid::Uuid::new_v4().simple());
+        conn.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await?;
+        Ok(TestDb {
+            url: with_database(&admin, &name),
+            name,
+            admin,
+        })
+    }
+
+    /// A connection to this test's database, for assertions on what is stored.
+    pub async fn conn(&self) -> Result<AsyncPgConnection> {
+        Ok(AsyncPgConnection::establish(&self.url).await?)
+    }
+
+    /// `SELECT count(*) FROM <table>`.
+    pub async fn count(&self, table: &str) -> Result<i64> {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut c = self.conn().await?;
+        Ok(diesel::sql_query(format!("SELECT count(*) AS n FROM {table}")).get_result::<N>(&mut c).await?.n)
+    }
+}
+
+/// The template's name changes with the set of migrations, so a new migration gets a new template.
+fn template_name() -> String {
+    let versions = ds_store_pg::known_migrations().join(",");
+    let digest = ds_domain::digest::sha256(versions.as_bytes());
+    format!("ds_template_{}", hex_prefix(&digest))
+}
+
+fn hex_prefix(d: &[u8]) -> String {
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+async fn ensure_template(conn: &mut AsyncPgConnection, admin: &str, template: &str) -> Result<()> {
+    let exists = diesel::sql_query(format!("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{template}') AS exists"))
+        .get_result::<Exists>(conn)
+        .await?
+        .exists;
+    if exists {
+        return Ok(());
+    }
+    let building = format!("{template}_building");
+    conn.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).await?;
+    conn.batch_execute(&format!("CREATE DATABASE {building}")).await?;
+    ds_store_pg::run_migrations(&with_database(admin, &building)).await.context("migrating the template database")?;
+    conn.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}")).await?;
+    Ok(())
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(mut c) = AsyncPgConnection::establish(&admin).await {
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The local model's directory.
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models/all-MiniLM-L6-v2"))
+}
+
+/// The real service on an ephemeral port, over its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+    pub state: ds_http::AppState,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs JSON; returns status, headers and the parsed body (Null when the body is not JSON).
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<Reply> {
+        self.send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply> {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
+        let res = req.send().await?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok(Reply { status, headers, body })
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Starts the service as `datastorage serve` would, with extra configuration keys.
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
+    let db = TestDb::new().await?;
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("DATASTORAGE_DATABASE_URL".into(), db.url.clone()),
+        ("DATASTORAGE_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+        ("DATASTORAGE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+        ("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR".into(), model_dir().display().to_string()),
+        ("DATASTORAGE_HTTP_WORKERS".into(), "2".into()),
+        ("DATASTORAGE_DB_POOL_SIZE".into(), "8".into()),
+    ]);
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from_lookup(&|k| env.get(k).cloned())?;
+    let running = ds_server::start(config).await?;
+    let (addr, state) = running.spawn();
+    Ok(TestApp {
+        addr,
+        db,
+        client: reqwest::Client::new(),
+        state,
+    })
+}
+
+pub async fn spawn_app() -> Result<TestApp> {
+    spawn_app_with(&[]).await
+}
+
+/// Valid records of each kind with every field set; `n` varies the content so records differ.
+pub mod fixtures {
+    use serde_json::{Value, json};
+
+    pub const CORRELATION: &str = "rr-2025-10-06-abc123";
+
+    pub fn remediation(n: u32) -> Value {
+        json!({
+            "name": format!("rr-payments-{n}"), "namespace": "payments", "phase": "Processing",
+            "message": format!("Pod restarted after OOMKill #{n}"),
+            "createdAt": "2025-10-06T10:00:46.123456Z", "startedAt": "2025-10-06T10:00:47.000001Z",
+            "completedAt": "2025-10-06T10:01:00.000000Z", "correlationId": CORRELATION,
+            "signalType": "prometheus", "signalName": "KubePodOOMKilled", "signalNamespace": "monitoring",
+            "targetType": "deployment", "targetName": "checkout-api", "targetNamespace": "payments",
+            "environment": "production", "priority": "P1",
+            "fingerprint": "sha256:ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+            "reason": "memory limit exceeded", "labels": {"app": "checkout", "team": "payments"},
+            "originalPayload": "eyJhbGVydCI6Im9vbSJ9"
+        })
+    }
+
+    pub fn aianalysis(n: u32) -> Value {
+        json!({
+            "name": format!("ai-payments-{n}"), "namespace": "payments", "phase": "Completed",
+            "createdAt": "2025-10-06T10:02:00.000000Z", "correlationId": CORRELATION,
+            "remediationRequestRef": format!("rr-payments-{n}"), "signalType": "prometheus",
+            "signalContext": {"pod": "checkout-api-7d9f"}, "llmProvider": "local", "llmModel": "llama-3-8b",
+            "temperature": 0.2, "rootCause": "The container's memory limit is below its working set",
+            "confidence": 0.87, "recommendedAction": "Raise the memory limit to 1Gi", "requiresApproval": true,
+            "investigationId": "inv-42", "tokensUsed": 1234, "investigationTimeSeconds": 12
+        })
+    }
+
+    pub fn workflow(n: u32) -> Value {
+        json!({
+            "name": format!("wf-payments-{n}"), "namespace": "payments", "phase": "Processing",
+            "createdAt": "2025-10-06T10:03:00.000000Z", "correlationId": CORRELATION,
+            "remediationRequestRef": format!("rr-payments-{n}"), "workflowName": "increase-memory", "stepCount": 3,
+            "aiAnalysisRef": format!("ai-payments-{n}"), "isAutoApproved": false, "requiresApproval": true,
+            "currentStep": 2, "completedCount": 1, "failedCount": 0, "skippedCount": 1,
+            "stepStatuses": [
+                {"name": "patch-limits", "phase": "Completed", "startedAt": "2025-10-06T10:03:01.000000Z",
+                 "completedAt": "2025-10-06T10:03:02.000000Z", "retryCount": 0, "message": "patched"},
+                {"name": "rollout", "phase": "Processing", "retryCount": 1}
+            ]
+        })
+    }
+
+    pub fn execution(n: u32) -> Value {
+        json!({
+            "name": format!("ex-payments-{n}"), "namespace": "payments", "phase": "Completed",
+            "createdAt": "2025-10-06T10:04:00.000000Z", "correlationId": CORRELATION,
+            "workflowExecutionRef": format!("wf-payments-{n}"), "actionType": "scale_deployment",
+            "targetType": "deployment", "targetName": "checkout-api", "targetNamespace": "payments",
+            "stepName": "rollout", "actionData": {"replicas": "3"}, "enableDryRun": true, "enableValidation": true,
+            "enableRollback": true, "isRolledBack": false, "actionResult": "success", "resourceVersion": "12345",
+            "previousVersion": "12344", "dryRunResult": "would scale to 3", "validationResult": "ok",
+            "validationWarnings": ["PDB allows 1 disruption"]
+        })
+    }
+
+    pub fn of(kind: &str, n: u32) -> Value {
+        match kind {
+            "remediation" => remediation(n),
+            "aianalysis" => aianalysis(n),
+            "workflow" => workflow(n),
+            _ => execution(n),
+        }
+    }
+}
 

@@ -1,1 +1,278 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's only automation entry point.
+//!
+//! - `dev`: run the service on the embedded default (local PostgreSQL + pgvector, local model).
+//! - `test`: the same set-up, then the whole test suite with nextest, then clean-up.
+//! - `ci`: fmt check, clippy `-D warnings`, architecture invariants, then `test`.
+//! - `fetch-model`, `install-pgvector`: single set-up steps.
+//!
+//! Every set-up step prints what it does. `DATABASE_URL` (a server that has pgvector) replaces the local
+//! cluster; `DATASTORAGE_TEST_DB=docker` makes the tests take PostgreSQL from testcontainers instead.
+#![allow(clippy::print_stdout)]
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const PG_MAJOR: &str = "15";
+const DEV_PORT: u16 = 55432;
+const TEST_PORT: u16 = 55433;
+/// Crates the domain must never depend on (architecture invariant).
+const FORBIDDEN_IN_DOMAIN: [&str; 8] =
+    ["actix-web", "diesel", "diesel-async", "kube", "reqwest", "async-openai", "tokio-postgres", "candle-core"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("dev") => dev(&root),
+        Some("test") => test(&root, &args[1..]),
+        Some("ci") => ci(&root),
+        Some("fetch-model") => fetch_model(&root).map(|_| ()),
+        Some("install-pgvector") => install_pgvector(&root),
+        _ => {
+            println!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 dev               run the service on 127.0.0.1:8080 (metrics :9090) with a local PostgreSQL + pgvector\n  \
+                 test [ARGS]       run the whole test suite (ARGS go to cargo nextest run)\n  \
+                 ci                fmt check + clippy -D warnings + architecture checks + test\n  \
+                 fetch-model       download the local embedding model into target/models/\n  \
+                 install-pgvector  install the pgvector extension (root, Debian) if it is missing"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn step(msg: &str) {
+    println!("==> [xtask] {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn fetch_model(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/models/all-MiniLM-L6-v2");
+    run(Command::new("bash").arg(root.join("scripts/fetch-model.sh")).arg(&dir))?;
+    Ok(dir)
+}
+
+fn install_pgvector(root: &Path) -> Result<()> {
+    run(Command::new("bash").arg(root.join("scripts/install-pgvector.sh")).arg(PG_MAJOR))
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// A throwaway PostgreSQL cluster under `target/`, on loopback only.
+struct Cluster {
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    fn bin(name: &str) -> PathBuf {
+        let p = PathBuf::from(format!("/usr/lib/postgresql/{PG_MAJOR}/bin/{name}"));
+        if p.exists() { p } else { PathBuf::from(name) }
+    }
+
+    fn cmd(&self, name: &str) -> Command {
+        if self.as_postgres {
+            // PostgreSQL refuses to run as root: run its programs as the `postgres` system user.
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(Self::bin(name));
+            c
+        } else {
+            Command::new(Self::bin(name))
+        }
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Starts the cluster in `data` (created when missing; wiped first when `fresh`).
+    fn start(root: &Path, name: &str, port: u16, fresh: bool, durable: bool) -> Result<Cluster> {
+        let data = root.join("target").join(name);
+        let cluster = Cluster { data, port, as_postgres: is_root() };
+        if cluster.data.join("postmaster.pid").exists() {
+            step(&format!("stopping a cluster left running in {}", cluster.data.display()));
+            let _ = cluster.cmd("pg_ctl").arg("-D").arg(&cluster.data).args(["-m", "immediate", "stop"]).status();
+        }
+        if fresh && cluster.data.exists() {
+            std::fs::remove_dir_all(&cluster.data)?;
+        }
+        if !cluster.data.join("PG_VERSION").exists() {
+            std::fs::create_dir_all(&cluster.data)?;
+            if cluster.as_postgres {
+                run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&cluster.data))?;
+            }
+            step(&format!("initdb {} (PostgreSQL {PG_MAJOR}, trust auth on loopback)", cluster.data.display()));
+            run(cluster
+                .cmd("initdb")
+                .arg("-D")
+                .arg(&cluster.data)
+                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"])
+                .stdout(Stdio::null()))?;
+        }
+        let mut opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200 -c shared_buffers=256MB",
+            cluster.data.display()
+        );
+        if !durable {
+            // Test data is thrown away: skip the fsyncs that dominate small transactions.
+            opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        step(&format!("starting PostgreSQL on 127.0.0.1:{port} (log: {}/server.log)", cluster.data.display()));
+        run(cluster
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(&cluster.data)
+            .arg("-l")
+            .arg(cluster.data.join("server.log"))
+            .args(["-o", &opts, "-w", "-t", "60", "start"])
+            .stdout(Stdio::null()))?;
+        Ok(cluster)
+    }
+
+    fn psql(&self, sql: &str) -> Result<()> {
+        run(self
+            .cmd("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .stdout(Stdio::null()))
+    }
+
+    fn stop(&self) {
+        step(&format!("stopping PostgreSQL on 127.0.0.1:{}", self.port));
+        let _ = self.cmd("pg_ctl").arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]).stdout(Stdio::null()).status();
+    }
+}
+
+/// pgvector present (installed when missing, as root on Debian) unless an external database is used.
+fn ensure_local_postgres(root: &Path) -> Result<()> {
+    if !Cluster::bin("initdb").exists() && Command::new("initdb").arg("--version").output().is_err() {
+        bail!("PostgreSQL {PG_MAJOR} server binaries are missing: apt-get install postgresql-{PG_MAJOR}, or set DATABASE_URL");
+    }
+    install_pgvector(root)
+}
+
+fn dev(root: &Path) -> Result<()> {
+    let model = fetch_model(root)?;
+    let external = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    let cluster = match &external {
+        Some(_) => None,
+        None => {
+            ensure_local_postgres(root)?;
+            let c = Cluster::start(root, "pg-dev", DEV_PORT, false, true)?;
+            if c.psql("CREATE DATABASE datastorage").is_err() {
+                step("database `datastorage` already exists: keeping its data (delete target/pg-dev to start empty)");
+            }
+            Some(c)
+        }
+    };
+    let url = external.unwrap_or_else(|| cluster.as_ref().map(|c| c.url("datastorage")).unwrap_or_default());
+    // Ctrl-C reaches the whole process group: the server shuts down by itself, we only wait and clean up.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    step("building and starting the service (release): API http://127.0.0.1:8080, metrics http://127.0.0.1:9090/metrics");
+    let status: Result<ExitStatus> = Command::new("cargo")
+        .args(["run", "--release", "-p", "ds-server", "--bin", "datastorage", "--", "serve"])
+        .env("DATASTORAGE_DATABASE_URL", &url)
+        .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &model)
+        .env("DATASTORAGE_LOG_FORMAT", std::env::var("DATASTORAGE_LOG_FORMAT").unwrap_or_else(|_| "text".into()))
+        .status()
+        .context("starting the service");
+    if let Some(c) = &cluster {
+        c.stop();
+    }
+    let status = status?;
+    if !status.success() && !interrupted.load(Ordering::SeqCst) {
+        bail!("the service exited with {status}");
+    }
+    Ok(())
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    let model = fetch_model(root)?;
+    let docker = std::env::var("DATASTORAGE_TEST_DB").is_ok_and(|v| v == "docker");
+    let external = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    let cluster = if docker || external.is_some() {
+        None
+    } else {
+        ensure_local_postgres(root)?;
+        Some(Cluster::start(root, "pg-test", TEST_PORT, true, false)?)
+    };
+    let mut cmd = Command::new("cargo");
+    cmd.args(["nextest", "run", "--workspace", "--cargo-profile", "ci", "--no-fail-fast"])
+        .args(extra)
+        .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &model);
+    if let Some(url) = external.or_else(|| cluster.as_ref().map(|c| c.url("postgres"))) {
+        cmd.env("DATABASE_URL", url);
+    }
+    step("cargo nextest run --workspace --cargo-profile ci (optimised: the embedding model is 50x slower unoptimised)");
+    let result = run(&mut cmd);
+    if let Some(c) = &cluster {
+        c.stop();
+        let _ = std::fs::remove_dir_all(&c.data);
+    }
+    result
+}
+
+fn ci(root: &Path) -> Result<()> {
+    step("cargo fmt --all --check");
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    step("cargo clippy --workspace --all-targets -- -D warnings");
+    run(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    architecture_checks()?;
+    test(root, &[])
+}
+
+/// Architecture invariants that a build cannot see.
+fn architecture_checks() -> Result<()> {
+    step("architecture: ds-domain depends on no framework, driver or client");
+    for krate in FORBIDDEN_IN_DOMAIN {
+        let out = Command::new("cargo")
+            .args(["tree", "-p", "ds-domain", "-e", "normal", "-i", krate])
+            .output()
+            .context("running cargo tree")?;
+        // `cargo tree -i X` fails with "did not match any packages" when X is absent from the graph of
+        // ds-domain; it prints X's reverse tree when X is present.
+        let printed = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && !printed.trim().is_empty() {
+            bail!("ds-domain depends on {krate}:\n{printed}");
+        }
+    }
+    step("architecture: only ds-store-pg knows SQL (diesel), only ds-http knows actix-web");
+    for (krate, allowed) in [("diesel", ["ds-store-pg", "ds-tests"]), ("actix-web", ["ds-http", "ds-server"])] {
+        for member in ["ds-domain", "ds-embed-local", "ds-store-pg", "ds-http"] {
+            if allowed.contains(&member) {
+                continue;
+            }
+            let out = Command::new("cargo")
+                .args(["tree", "-p", member, "-e", "normal", "--depth", "1", "--prefix", "none"])
+                .output()
+                .context("running cargo tree")?;
+            let direct = String::from_utf8_lossy(&out.stdout);
+            if direct.lines().any(|l| l.split_whitespace().next() == Some(krate)) {
+                bail!("{member} depends directly on {krate}, which belongs to {allowed:?}");
+            }
+        }
+    }
+    Ok(())
+}

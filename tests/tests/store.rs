@@ -1,0 +1,124 @@
+//! The PostgreSQL store against a real database: atomicity of record + embedding, batches, sharing of
+//! identical embeddings, timestamp precision.
+
+use diesel_async::SimpleAsyncConnection;
+use ds_domain::digest::embedding_digest;
+use ds_domain::kind::Kind;
+use ds_domain::ports::{AuditStore, NewEmbedding, StoreError, WriteRequest, WriteResult, WriteStatus};
+use ds_domain::{ValidRecord, parse_record};
+use ds_store_pg::{PgStore, PoolSettings};
+use ds_tests::{TestDb, fixtures};
+
+async fn store(db: &TestDb) -> PgStore {
+    PgStore::new(&db.url, &PoolSettings::default()).unwrap()
+}
+
+fn record(n: u32) -> ValidRecord {
+    parse_record(Kind::Remediation, fixtures::remediation(n)).unwrap()
+}
+
+fn request(records: Vec<ValidRecord>, dim: usize) -> WriteRequest {
+    let digests: Vec<_> = records.iter().map(|r| embedding_digest("test-model", &r.embedding_text)).collect();
+    let new_embeddings = digests
+        .iter()
+        .map(|d| NewEmbedding { digest: *d, model: "test-model".into(), vector: vec![0.5; dim] })
+        .collect();
+    WriteRequest { records, embedding_digests: digests, new_embeddings, idempotency: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_embedding_insert_writes_no_record() {
+    let db = TestDb::new().await.unwrap();
+    let s = store(&db).await;
+    // A 3-dimensional vector does not fit the vector(384) column: the embedding insert fails.
+    let err = s.write(request(vec![record(1)], 3)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+    assert_eq!(db.count("audit_records").await.unwrap(), 0);
+    assert_eq!(db.count("embeddings").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_record_insert_rolls_back_its_embedding() {
+    let db = TestDb::new().await.unwrap();
+    let mut c = db.conn().await.unwrap();
+    c.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
+    let s = store(&db).await;
+    assert!(s.write(request(vec![record(1)], 384)).await.is_err());
+    assert_eq!(db.count("embeddings").await.unwrap(), 0, "the embedding went with the record");
+    assert_eq!(db.count("audit_records").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constraint_violation_mid_batch_leaves_nothing() {
+    let db = TestDb::new().await.unwrap();
+    let mut c = db.conn().await.unwrap();
+    // The third record (in content-digest order, whichever it is) breaks a constraint.
+    c.batch_execute(
+        "CREATE FUNCTION third() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF (SELECT count(*) FROM audit_records) >= 2 THEN RAISE EXCEPTION 'third row'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER third BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION third();",
+    )
+    .await
+    .unwrap();
+    let s = store(&db).await;
+    assert!(s.write(request((0..5).map(record).collect(), 384)).await.is_err());
+    assert_eq!(db.count("audit_records").await.unwrap(), 0);
+    assert_eq!(db.count("embeddings").await.unwrap(), 0);
+    c.batch_execute("DROP TRIGGER third ON audit_records").await.unwrap();
+    let WriteResult::Written(out) = s.write(request((0..5).map(record).collect(), 384)).await.unwrap() else {
+        panic!("expected a write")
+    };
+    assert_eq!(out.len(), 5);
+    assert!(out.iter().all(|o| o.status == WriteStatus::Created));
+    assert_eq!(db.count("audit_records").await.unwrap(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_embedding_texts_share_one_vector() {
+    let db = TestDb::new().await.unwrap();
+    let s = store(&db).await;
+    // Records 1 and 2 differ only in name: same signal, target, phase, message → same embedding text.
+    let mut a = fixtures::remediation(1);
+    let mut b = fixtures::remediation(1);
+    a["name"] = "alert-a".into();
+    b["name"] = "alert-b".into();
+    let (a, b) = (parse_record(Kind::Remediation, a).unwrap(), parse_record(Kind::Remediation, b).unwrap());
+    assert_eq!(a.embedding_text, b.embedding_text);
+    assert_ne!(a.content_digest, b.content_digest);
+    let WriteResult::Written(first) = s.write(request(vec![a], 384)).await.unwrap() else { panic!() };
+    let WriteResult::Written(second) = s.write(request(vec![b], 384)).await.unwrap() else { panic!() };
+    assert_eq!(first[0].embedding_id, second[0].embedding_id);
+    assert_ne!(first[0].id, second[0].id);
+    assert_eq!(db.count("embeddings").await.unwrap(), 1);
+    assert_eq!(db.count("audit_records").await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_round_trip_to_the_microsecond_in_utc() {
+    let db = TestDb::new().await.unwrap();
+    let s = store(&db).await;
+    let mut v = fixtures::execution(1);
+    v["createdAt"] = "2025-10-06T23:59:59.999999-05:00".into();
+    let r = parse_record(Kind::Execution, v).unwrap();
+    let WriteResult::Written(out) = s.write(request(vec![r], 384)).await.unwrap() else { panic!() };
+    let got = s.get(Kind::Execution, out[0].id).await.unwrap().unwrap();
+    assert_eq!(got.record["createdAt"], "2025-10-07T04:59:59.999999Z");
+    assert_eq!(got.received_at, out[0].received_at);
+    assert!(s.get(Kind::Workflow, out[0].id).await.unwrap().is_none(), "kind is part of the key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_migrations_and_the_vector_dimension() {
+    let db = TestDb::new().await.unwrap();
+    let h = store(&db).await.health().await.unwrap();
+    assert_eq!(h.migrations_pending, 0);
+    assert_eq!(h.migrations_applied, ds_store_pg::known_migrations().len());
+    assert_eq!(h.embedding_dimension, 384);
+    let unreachable = PgStore::new("postgres://postgres@127.0.0.1:1/none", &PoolSettings::default()).unwrap();
+    assert!(matches!(unreachable.health().await, Err(StoreError::Unavailable(_))));
+}
