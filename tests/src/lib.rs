@@ -27,7 +27,10 @@ pub fn with_database(url: &str, db: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
     let mut out = format!("{}/{db}", &base[..host_end]);
     if let Some(q) = query {
         out.push('?');
@@ -69,7 +72,9 @@ async fn docker_admin_url() -> Result<String> {
         })
         .await?;
     let port = node.get_host_port_ipv4(5432).await?;
-    Ok(format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"))
+    Ok(format!(
+        "postgres://postgres:postgres@127.0.0.1:{port}/postgres"
+    ))
 }
 
 #[derive(QueryableByName)]
@@ -89,13 +94,18 @@ impl TestDb {
     pub async fn new() -> Result<Self> {
         let admin = admin_url().await?;
         let template = template_name();
-        let mut conn = AsyncPgConnection::establish(&admin).await.with_context(|| format!("connecting to {admin}"))?;
-        conn.batch_execute(&format!("SELECT pg_advisory_lock({TEMPLATE_LOCK})")).await?;
+        let mut conn = AsyncPgConnection::establish(&admin)
+            .await
+            .with_context(|| format!("connecting to {admin}"))?;
+        conn.batch_execute(&format!("SELECT pg_advisory_lock({TEMPLATE_LOCK})"))
+            .await?;
         let built = ensure_template(&mut conn, &admin, &template).await;
-        conn.batch_execute(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK})")).await?;
+        conn.batch_execute(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK})"))
+            .await?;
         built?;
         let name = format!("ds_test_{}", uuid::Uuid::new_v4().simple());
-        conn.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await?;
+        conn.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .await?;
         Ok(TestDb {
             url: with_database(&admin, &name),
             name,
@@ -116,7 +126,12 @@ impl TestDb {
             n: i64,
         }
         let mut c = self.conn().await?;
-        Ok(diesel::sql_query(format!("SELECT count(*) AS n FROM {table}")).get_result::<N>(&mut c).await?.n)
+        Ok(
+            diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+                .get_result::<N>(&mut c)
+                .await?
+                .n,
+        )
     }
 }
 
@@ -132,18 +147,25 @@ fn hex_prefix(d: &[u8]) -> String {
 }
 
 async fn ensure_template(conn: &mut AsyncPgConnection, admin: &str, template: &str) -> Result<()> {
-    let exists = diesel::sql_query(format!("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{template}') AS exists"))
-        .get_result::<Exists>(conn)
-        .await?
-        .exists;
+    let exists = diesel::sql_query(format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{template}') AS exists"
+    ))
+    .get_result::<Exists>(conn)
+    .await?
+    .exists;
     if exists {
         return Ok(());
     }
     let building = format!("{template}_building");
-    conn.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).await?;
-    conn.batch_execute(&format!("CREATE DATABASE {building}")).await?;
-    ds_store_pg::run_migrations(&with_database(admin, &building)).await.context("migrating the template database")?;
-    conn.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}")).await?;
+    conn.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+        .await?;
+    conn.batch_execute(&format!("CREATE DATABASE {building}"))
+        .await?;
+    ds_store_pg::run_migrations(&with_database(admin, &building))
+        .await
+        .context("migrating the template database")?;
+    conn.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+        .await?;
     Ok(())
 }
 
@@ -153,10 +175,17 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of our own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async {
                 if let Ok(mut c) = AsyncPgConnection::establish(&admin).await {
-                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
                 }
             });
         })
@@ -168,7 +197,9 @@ impl Drop for TestDb {
 pub fn model_dir() -> PathBuf {
     std::env::var_os("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models/all-MiniLM-L6-v2"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models/all-MiniLM-L6-v2")
+        })
 }
 
 /// The real service on an ephemeral port, over its own database.
@@ -199,7 +230,11 @@ impl TestApp {
         let headers = res.headers().clone();
         let bytes = res.bytes().await?;
         let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Ok(Reply { status, headers, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -224,7 +259,10 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
         ("DATASTORAGE_DATABASE_URL".into(), db.url.clone()),
         ("DATASTORAGE_HTTP_ADDR".into(), "127.0.0.1:0".into()),
         ("DATASTORAGE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        ("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR".into(), model_dir().display().to_string()),
+        (
+            "DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR".into(),
+            model_dir().display().to_string(),
+        ),
         ("DATASTORAGE_HTTP_WORKERS".into(), "2".into()),
         ("DATASTORAGE_DB_POOL_SIZE".into(), "8".into()),
     ]);
@@ -316,4 +354,3 @@ pub mod fixtures {
         }
     }
 }
-

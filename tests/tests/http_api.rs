@@ -9,17 +9,36 @@ const KINDS: [&str; 4] = ["remediation", "aianalysis", "workflow", "execution"];
 fn assert_error_shape(r: &ds_tests::Reply, status: u16, code: &str, path: &str) {
     assert_eq!(r.status, status, "{:#}", r.body);
     assert_eq!(r.body["error"]["code"], code, "{:#}", r.body);
-    assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{:#}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{:#}",
+        r.body
+    );
     assert_eq!(r.body["path"], path);
-    assert!(r.body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        r.body["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
     let corr = r.body["correlationId"].as_str().unwrap_or_default();
     assert!(!corr.is_empty());
-    assert_eq!(r.header("x-correlation-id"), Some(corr), "header and body carry the same correlation id");
-    assert!(r.header("content-type").is_some_and(|c| c.starts_with("application/json")));
+    assert_eq!(
+        r.header("x-correlation-id"),
+        Some(corr),
+        "header and body carry the same correlation id"
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json"))
+    );
 }
 
 async fn write(app: &TestApp, kind: &str, body: &Value) -> ds_tests::Reply {
-    app.post(&format!("/api/v1/audit/{kind}"), body).await.unwrap()
+    app.post(&format!("/api/v1/audit/{kind}"), body)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +61,10 @@ async fn every_kind_round_trips_with_every_field() {
         let id = r.body["id"].as_i64().unwrap();
         assert!(r.header("x-correlation-id").is_some());
 
-        let got = app.get(&format!("/api/v1/audit/{kind}/{id}")).await.unwrap();
+        let got = app
+            .get(&format!("/api/v1/audit/{kind}/{id}"))
+            .await
+            .unwrap();
         assert_eq!(got.status, 200);
         let mut expected = sent.as_object().unwrap().clone();
         if kind == &"remediation" {
@@ -58,12 +80,34 @@ async fn every_kind_round_trips_with_every_field() {
         assert_eq!(got.body["kind"], *kind);
         assert_eq!(got.body["embeddingStatus"], "stored");
         assert_eq!(got.body["receivedAt"], r.body["createdAt"]);
-        let extra: Vec<&String> = got.body.as_object().unwrap().keys().filter(|k| !expected.contains_key(*k)).collect();
-        assert_eq!(extra, ["embeddingStatus", "id", "kind", "receivedAt"], "nothing else is added");
+        let extra: Vec<&String> = got
+            .body
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !expected.contains_key(*k))
+            .collect();
+        assert_eq!(
+            extra,
+            ["embeddingStatus", "id", "kind", "receivedAt"],
+            "nothing else is added"
+        );
         // The same id under another kind does not exist.
-        let other = if *kind == "remediation" { "workflow" } else { "remediation" };
-        let miss = app.get(&format!("/api/v1/audit/{other}/{id}")).await.unwrap();
-        assert_error_shape(&miss, 404, "NOT_FOUND", &format!("/api/v1/audit/{other}/{id}"));
+        let other = if *kind == "remediation" {
+            "workflow"
+        } else {
+            "remediation"
+        };
+        let miss = app
+            .get(&format!("/api/v1/audit/{other}/{id}"))
+            .await
+            .unwrap();
+        assert_error_shape(
+            &miss,
+            404,
+            "NOT_FOUND",
+            &format!("/api/v1/audit/{other}/{id}"),
+        );
     }
     assert_eq!(app.db.count("audit_records").await.unwrap(), 4);
 }
@@ -92,18 +136,35 @@ async fn a_replay_without_key_is_a_duplicate_and_a_changed_field_is_a_new_versio
 async fn idempotency_keys_replay_the_original_and_refuse_another_body() {
     let app = spawn_app().await.unwrap();
     let post = |body: Value, key: &'static str| {
-        app.send(app.client.post(app.url("/api/v1/audit/workflow")).header("Idempotency-Key", key).json(&body))
+        app.send(
+            app.client
+                .post(app.url("/api/v1/audit/workflow"))
+                .header("Idempotency-Key", key)
+                .json(&body),
+        )
     };
     let first = post(fixtures::workflow(1), "key-1").await.unwrap();
     assert_eq!(first.status, 201);
     let replay = post(fixtures::workflow(1), "key-1").await.unwrap();
     assert_eq!(replay.status, 201);
-    assert_eq!(replay.body, first.body, "a replay answers exactly what the first request got");
+    assert_eq!(
+        replay.body, first.body,
+        "a replay answers exactly what the first request got"
+    );
     let conflict = post(fixtures::workflow(2), "key-1").await.unwrap();
     assert_error_shape(&conflict, 409, "DUPLICATE_AUDIT", "/api/v1/audit/workflow");
-    assert_eq!(app.db.count("audit_records").await.unwrap(), 1, "the conflicting body was not written");
+    assert_eq!(
+        app.db.count("audit_records").await.unwrap(),
+        1,
+        "the conflicting body was not written"
+    );
     let bad = app
-        .send(app.client.post(app.url("/api/v1/audit/workflow")).header("Idempotency-Key", "x".repeat(256)).json(&fixtures::workflow(3)))
+        .send(
+            app.client
+                .post(app.url("/api/v1/audit/workflow"))
+                .header("Idempotency-Key", "x".repeat(256))
+                .json(&fixtures::workflow(3)),
+        )
         .await
         .unwrap();
     assert_error_shape(&bad, 400, "VALIDATION_ERROR", "/api/v1/audit/workflow");
@@ -114,11 +175,21 @@ async fn idempotency_keys_replay_the_original_and_refuse_another_body() {
 async fn fifty_concurrent_identical_writes_store_one_row() {
     let app = spawn_app().await.unwrap();
     let body = fixtures::execution(50);
-    let replies = futures_util::future::join_all((0..50).map(|_| write(&app, "execution", &body))).await;
-    let ids: std::collections::BTreeSet<i64> = replies.iter().map(|r| r.body["id"].as_i64().unwrap()).collect();
+    let replies =
+        futures_util::future::join_all((0..50).map(|_| write(&app, "execution", &body))).await;
+    let ids: std::collections::BTreeSet<i64> = replies
+        .iter()
+        .map(|r| r.body["id"].as_i64().unwrap())
+        .collect();
     assert!(replies.iter().all(|r| r.status == 201));
     assert_eq!(ids.len(), 1, "every answer names the same record");
-    assert_eq!(replies.iter().filter(|r| r.body["status"] == "created").count(), 1);
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|r| r.body["status"] == "created")
+            .count(),
+        1
+    );
     assert_eq!(app.db.count("audit_records").await.unwrap(), 1);
     assert_eq!(app.db.count("embeddings").await.unwrap(), 1);
 }
@@ -127,11 +198,15 @@ async fn fifty_concurrent_identical_writes_store_one_row() {
 async fn unknown_fields_are_kept_verbatim_and_reserved_ones_refused() {
     let app = spawn_app().await.unwrap();
     let mut body = fixtures::aianalysis(3);
-    body["futureField"] = json!({"nested": [1, "two", null, {"deep": true}], "html": "<b>kept as is</b>"});
+    body["futureField"] =
+        json!({"nested": [1, "two", null, {"deep": true}], "html": "<b>kept as is</b>"});
     body["modelVersion"] = json!(3.5);
     let r = write(&app, "aianalysis", &body).await;
     assert_eq!(r.status, 201, "{:#}", r.body);
-    let got = app.get(&format!("/api/v1/audit/aianalysis/{}", r.body["id"])).await.unwrap();
+    let got = app
+        .get(&format!("/api/v1/audit/aianalysis/{}", r.body["id"]))
+        .await
+        .unwrap();
     assert_eq!(got.body["futureField"], body["futureField"]);
     assert_eq!(got.body["modelVersion"], 3.5);
 
@@ -152,39 +227,87 @@ async fn the_trail_is_ordered_by_created_at_then_id_across_kinds() {
         v.as_object_mut().unwrap().remove("completedAt");
         v
     };
-    let late = write(&app, "execution", &at("execution", 1, "2025-10-06T10:10:00.000000Z")).await;
-    let early = write(&app, "remediation", &at("remediation", 1, "2025-10-06T10:00:00.000000Z")).await;
-    let tie_a = write(&app, "workflow", &at("workflow", 1, "2025-10-06T10:05:00.000000Z")).await;
-    let tie_b = write(&app, "aianalysis", &at("aianalysis", 1, "2025-10-06T10:05:00.000000Z")).await;
+    let late = write(
+        &app,
+        "execution",
+        &at("execution", 1, "2025-10-06T10:10:00.000000Z"),
+    )
+    .await;
+    let early = write(
+        &app,
+        "remediation",
+        &at("remediation", 1, "2025-10-06T10:00:00.000000Z"),
+    )
+    .await;
+    let tie_a = write(
+        &app,
+        "workflow",
+        &at("workflow", 1, "2025-10-06T10:05:00.000000Z"),
+    )
+    .await;
+    let tie_b = write(
+        &app,
+        "aianalysis",
+        &at("aianalysis", 1, "2025-10-06T10:05:00.000000Z"),
+    )
+    .await;
     let mut other = fixtures::remediation(9);
     other["correlationId"] = json!("rr-2025-10-06-zzz999");
     write(&app, "remediation", &other).await;
 
-    let trail = app.get(&format!("/api/v1/audit/trail/{CORRELATION}")).await.unwrap();
+    let trail = app
+        .get(&format!("/api/v1/audit/trail/{CORRELATION}"))
+        .await
+        .unwrap();
     assert_eq!(trail.status, 200);
-    let ids: Vec<i64> = trail.body["records"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = trail.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     let id = |r: &ds_tests::Reply| r.body["id"].as_i64().unwrap();
     assert_eq!(ids, [id(&early), id(&tie_a), id(&tie_b), id(&late)]);
     assert_eq!(trail.body["records"][0]["kind"], "remediation");
 
-    let empty = app.get("/api/v1/audit/trail/rr-2025-10-06-nonone").await.unwrap();
+    let empty = app
+        .get("/api/v1/audit/trail/rr-2025-10-06-nonone")
+        .await
+        .unwrap();
     assert_eq!(empty.status, 200);
     assert_eq!(empty.body["records"], json!([]));
     let bad = app.get("/api/v1/audit/trail/not%20valid").await.unwrap();
-    assert_error_shape(&bad, 400, "VALIDATION_ERROR", "/api/v1/audit/trail/not%20valid");
+    assert_error_shape(
+        &bad,
+        400,
+        "VALIDATION_ERROR",
+        "/api/v1/audit/trail/not%20valid",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_all_or_nothing_and_names_the_bad_item() {
     let app = spawn_app().await.unwrap();
-    let records: Vec<Value> = KINDS.iter().map(|k| json!({"kind": k, "record": fixtures::of(k, 5)})).collect();
-    let ok = app.post("/api/v1/audit/batch", &json!({ "records": records })).await.unwrap();
+    let records: Vec<Value> = KINDS
+        .iter()
+        .map(|k| json!({"kind": k, "record": fixtures::of(k, 5)}))
+        .collect();
+    let ok = app
+        .post("/api/v1/audit/batch", &json!({ "records": records }))
+        .await
+        .unwrap();
     assert_eq!(ok.status, 201, "{:#}", ok.body);
     let results = ok.body["results"].as_array().unwrap();
     assert_eq!(results.len(), 4);
-    assert_eq!(results[1]["message"], "AI analysis audit record created successfully");
+    assert_eq!(
+        results[1]["message"],
+        "AI analysis audit record created successfully"
+    );
     for (k, r) in KINDS.iter().zip(results) {
-        let got = app.get(&format!("/api/v1/audit/{k}/{}", r["id"])).await.unwrap();
+        let got = app
+            .get(&format!("/api/v1/audit/{k}/{}", r["id"]))
+            .await
+            .unwrap();
         assert_eq!(got.status, 200, "results are in request order");
     }
 
@@ -198,15 +321,31 @@ async fn a_batch_is_all_or_nothing_and_names_the_bad_item() {
     ]});
     let r = app.post("/api/v1/audit/batch", &mixed).await.unwrap();
     assert_error_shape(&r, 400, "VALIDATION_ERROR", "/api/v1/audit/batch");
-    let fields: Vec<&str> =
-        r.body["error"]["details"]["violations"].as_array().unwrap().iter().map(|v| v["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = r.body["error"]["details"]["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["field"].as_str().unwrap())
+        .collect();
     assert!(fields.contains(&"records[1].record.name"), "{fields:?}");
-    assert!(fields.contains(&"records[1].record.stepCount"), "{fields:?}");
+    assert!(
+        fields.contains(&"records[1].record.stepCount"),
+        "{fields:?}"
+    );
     assert!(fields.contains(&"records[2].kind"), "{fields:?}");
-    assert_eq!(app.db.count("audit_records").await.unwrap(), 4, "nothing of the bad batch was written");
+    assert_eq!(
+        app.db.count("audit_records").await.unwrap(),
+        4,
+        "nothing of the bad batch was written"
+    );
 
-    let too_many: Vec<Value> = (0..1001).map(|i| json!({"kind": "remediation", "record": fixtures::remediation(i)})).collect();
-    let r = app.post("/api/v1/audit/batch", &json!({ "records": too_many })).await.unwrap();
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| json!({"kind": "remediation", "record": fixtures::remediation(i)}))
+        .collect();
+    let r = app
+        .post("/api/v1/audit/batch", &json!({ "records": too_many }))
+        .await
+        .unwrap();
     assert_error_shape(&r, 400, "VALIDATION_ERROR", "/api/v1/audit/batch");
     assert_eq!(r.body["error"]["details"]["constraint"], "maxItems");
 }
@@ -226,7 +365,15 @@ async fn every_violation_is_reported_together() {
     fields.sort();
     assert_eq!(
         fields,
-        ["correlationId", "createdAt", "name", "namespace", "phase", "signalName", "signalNamespace"],
+        [
+            "correlationId",
+            "createdAt",
+            "name",
+            "namespace",
+            "phase",
+            "signalName",
+            "signalNamespace"
+        ],
         "{v:#?}"
     );
     assert_eq!(app.db.count("audit_records").await.unwrap(), 0);
@@ -236,48 +383,98 @@ async fn every_violation_is_reported_together() {
 async fn framework_errors_come_in_the_contract_shape() {
     let app = spawn_app().await.unwrap();
     let path = "/api/v1/audit/remediation";
-    let raw = |body: Vec<u8>, ct: &str| app.client.post(app.url(path)).header("content-type", ct).body(body);
+    let raw = |body: Vec<u8>, ct: &str| {
+        app.client
+            .post(app.url(path))
+            .header("content-type", ct)
+            .body(body)
+    };
 
-    let r = app.send(raw(b"{\"name\": ".to_vec(), "application/json")).await.unwrap();
+    let r = app
+        .send(raw(b"{\"name\": ".to_vec(), "application/json"))
+        .await
+        .unwrap();
     assert_error_shape(&r, 400, "INVALID_JSON", path);
-    let r = app.send(raw(b"{\"name\": \"\xff\xfe\"}".to_vec(), "application/json")).await.unwrap();
+    let r = app
+        .send(raw(
+            b"{\"name\": \"\xff\xfe\"}".to_vec(),
+            "application/json",
+        ))
+        .await
+        .unwrap();
     assert_error_shape(&r, 400, "INVALID_JSON", path);
-    let r = app.send(raw(b"[1,2]".to_vec(), "application/json")).await.unwrap();
+    let r = app
+        .send(raw(b"[1,2]".to_vec(), "application/json"))
+        .await
+        .unwrap();
     assert_error_shape(&r, 400, "INVALID_JSON", path);
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let r = app.send(raw(format!("{{\"x\": {deep}}}").into_bytes(), "application/json")).await.unwrap();
+    let r = app
+        .send(raw(
+            format!("{{\"x\": {deep}}}").into_bytes(),
+            "application/json",
+        ))
+        .await
+        .unwrap();
     assert_error_shape(&r, 400, "INVALID_JSON", path);
     let r = app.send(raw(b"{}".to_vec(), "text/plain")).await.unwrap();
     assert_error_shape(&r, 415, "UNSUPPORTED_MEDIA_TYPE", path);
-    let r = app.send(raw(vec![b' '; 3 * 1024 * 1024], "application/json")).await.unwrap();
+    let r = app
+        .send(raw(vec![b' '; 3 * 1024 * 1024], "application/json"))
+        .await
+        .unwrap();
     assert_error_shape(&r, 413, "PAYLOAD_TOO_LARGE", path);
     let r = app.get(path).await.unwrap();
     assert_error_shape(&r, 405, "METHOD_NOT_ALLOWED", path);
     let r = app.get("/api/v1/nothing/here").await.unwrap();
     assert_error_shape(&r, 404, "NOT_FOUND", "/api/v1/nothing/here");
-    let r = app.get("/api/v1/audit/remediation/not-a-number").await.unwrap();
-    assert_error_shape(&r, 404, "NOT_FOUND", "/api/v1/audit/remediation/not-a-number");
+    let r = app
+        .get("/api/v1/audit/remediation/not-a-number")
+        .await
+        .unwrap();
+    assert_error_shape(
+        &r,
+        404,
+        "NOT_FOUND",
+        "/api/v1/audit/remediation/not-a-number",
+    );
     let r = app.get("/api/v1/audit/remediation/999999").await.unwrap();
     assert_error_shape(&r, 404, "NOT_FOUND", "/api/v1/audit/remediation/999999");
 
     let r = app
-        .send(app.client.get(app.url("/nope")).header("X-Correlation-ID", "corr-123").header("X-Request-ID", "req-9"))
+        .send(
+            app.client
+                .get(app.url("/nope"))
+                .header("X-Correlation-ID", "corr-123")
+                .header("X-Request-ID", "req-9"),
+        )
         .await
         .unwrap();
     assert_eq!(r.body["correlationId"], "corr-123");
     assert_eq!(r.body["requestId"], "req-9");
-    assert_eq!(app.db.count("audit_records").await.unwrap(), 0, "no error wrote anything");
+    assert_eq!(
+        app.db.count("audit_records").await.unwrap(),
+        0,
+        "no error wrote anything"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_text_is_sanitized_or_refused_never_a_500() {
     let app = spawn_app().await.unwrap();
     let mut body = fixtures::remediation(11);
-    body["message"] = json!("<script>alert(1)</script>OOM\u{0} in 'payments'; DROP TABLE audit_records;--");
+    body["message"] =
+        json!("<script>alert(1)</script>OOM\u{0} in 'payments'; DROP TABLE audit_records;--");
     let r = write(&app, "remediation", &body).await;
     assert_eq!(r.status, 201, "{:#}", r.body);
-    let got = app.get(&format!("/api/v1/audit/remediation/{}", r.body["id"])).await.unwrap();
-    assert_eq!(got.body["message"], "OOM in 'payments'; DROP TABLE audit_records;--");
+    let got = app
+        .get(&format!("/api/v1/audit/remediation/{}", r.body["id"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body["message"],
+        "OOM in 'payments'; DROP TABLE audit_records;--"
+    );
 
     let mut nul = fixtures::remediation(12);
     nul["signalName"] = json!("Kube\u{0}Alert");
@@ -308,19 +505,38 @@ async fn probes_and_the_openapi_document() {
     assert_eq!(r.status, 200, "{:#}", r.body);
     assert_eq!(r.body["status"], "ready");
     assert_eq!(r.body["dependencies"]["postgresql"]["status"], "up");
-    assert_eq!(r.body["dependencies"]["postgresql"]["embeddingDimension"], 384);
-    assert_eq!(r.body["dependencies"]["embedding"]["model"], "all-MiniLM-L6-v2@53aa5117");
+    assert_eq!(
+        r.body["dependencies"]["postgresql"]["embeddingDimension"],
+        384
+    );
+    assert_eq!(
+        r.body["dependencies"]["embedding"]["model"],
+        "all-MiniLM-L6-v2@53aa5117"
+    );
 
     let doc = app.get("/api/v1/openapi.json").await.unwrap();
     assert_eq!(doc.status, 200);
     assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
-    for p in ["/api/v1/audit/remediation", "/api/v1/audit/batch", "/api/v1/audit/{kind}/{id}", "/readyz"] {
+    for p in [
+        "/api/v1/audit/remediation",
+        "/api/v1/audit/batch",
+        "/api/v1/audit/{kind}/{id}",
+        "/readyz",
+    ] {
         assert!(doc.body["paths"].get(p).is_some(), "{p} is documented");
     }
     let required = &doc.body["components"]["schemas"]["CommonInput"]["required"];
-    assert!(required.as_array().unwrap().contains(&json!("correlationId")), "{required}");
+    assert!(
+        required
+            .as_array()
+            .unwrap()
+            .contains(&json!("correlationId")),
+        "{required}"
+    );
 
-    app.state.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+    app.state
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let r = app.get("/readyz").await.unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.body["status"], "not_ready");

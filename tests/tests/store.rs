@@ -4,7 +4,9 @@
 use diesel_async::SimpleAsyncConnection;
 use ds_domain::digest::embedding_digest;
 use ds_domain::kind::Kind;
-use ds_domain::ports::{AuditStore, NewEmbedding, StoreError, WriteRequest, WriteResult, WriteStatus};
+use ds_domain::ports::{
+    AuditStore, NewEmbedding, StoreError, WriteRequest, WriteResult, WriteStatus,
+};
 use ds_domain::{ValidRecord, parse_record};
 use ds_store_pg::{PgStore, PoolSettings};
 use ds_tests::{TestDb, fixtures};
@@ -18,12 +20,24 @@ fn record(n: u32) -> ValidRecord {
 }
 
 fn request(records: Vec<ValidRecord>, dim: usize) -> WriteRequest {
-    let digests: Vec<_> = records.iter().map(|r| embedding_digest("test-model", &r.embedding_text)).collect();
+    let digests: Vec<_> = records
+        .iter()
+        .map(|r| embedding_digest("test-model", &r.embedding_text))
+        .collect();
     let new_embeddings = digests
         .iter()
-        .map(|d| NewEmbedding { digest: *d, model: "test-model".into(), vector: vec![0.5; dim] })
+        .map(|d| NewEmbedding {
+            digest: *d,
+            model: "test-model".into(),
+            vector: vec![0.5; dim],
+        })
         .collect();
-    WriteRequest { records, embedding_digests: digests, new_embeddings, idempotency: None }
+    WriteRequest {
+        records,
+        embedding_digests: digests,
+        new_embeddings,
+        idempotency: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +63,11 @@ async fn a_failing_record_insert_rolls_back_its_embedding() {
     .unwrap();
     let s = store(&db).await;
     assert!(s.write(request(vec![record(1)], 384)).await.is_err());
-    assert_eq!(db.count("embeddings").await.unwrap(), 0, "the embedding went with the record");
+    assert_eq!(
+        db.count("embeddings").await.unwrap(),
+        0,
+        "the embedding went with the record"
+    );
     assert_eq!(db.count("audit_records").await.unwrap(), 0);
 }
 
@@ -66,11 +84,21 @@ async fn a_constraint_violation_mid_batch_leaves_nothing() {
     .await
     .unwrap();
     let s = store(&db).await;
-    assert!(s.write(request((0..5).map(record).collect(), 384)).await.is_err());
+    assert!(
+        s.write(request((0..5).map(record).collect(), 384))
+            .await
+            .is_err()
+    );
     assert_eq!(db.count("audit_records").await.unwrap(), 0);
     assert_eq!(db.count("embeddings").await.unwrap(), 0);
-    c.batch_execute("DROP TRIGGER third ON audit_records").await.unwrap();
-    let WriteResult::Written(out) = s.write(request((0..5).map(record).collect(), 384)).await.unwrap() else {
+    c.batch_execute("DROP TRIGGER third ON audit_records")
+        .await
+        .unwrap();
+    let WriteResult::Written(out) = s
+        .write(request((0..5).map(record).collect(), 384))
+        .await
+        .unwrap()
+    else {
         panic!("expected a write")
     };
     assert_eq!(out.len(), 5);
@@ -87,11 +115,18 @@ async fn identical_embedding_texts_share_one_vector() {
     let mut b = fixtures::remediation(1);
     a["name"] = "alert-a".into();
     b["name"] = "alert-b".into();
-    let (a, b) = (parse_record(Kind::Remediation, a).unwrap(), parse_record(Kind::Remediation, b).unwrap());
+    let (a, b) = (
+        parse_record(Kind::Remediation, a).unwrap(),
+        parse_record(Kind::Remediation, b).unwrap(),
+    );
     assert_eq!(a.embedding_text, b.embedding_text);
     assert_ne!(a.content_digest, b.content_digest);
-    let WriteResult::Written(first) = s.write(request(vec![a], 384)).await.unwrap() else { panic!() };
-    let WriteResult::Written(second) = s.write(request(vec![b], 384)).await.unwrap() else { panic!() };
+    let WriteResult::Written(first) = s.write(request(vec![a], 384)).await.unwrap() else {
+        panic!()
+    };
+    let WriteResult::Written(second) = s.write(request(vec![b], 384)).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(first[0].embedding_id, second[0].embedding_id);
     assert_ne!(first[0].id, second[0].id);
     assert_eq!(db.count("embeddings").await.unwrap(), 1);
@@ -105,11 +140,16 @@ async fn timestamps_round_trip_to_the_microsecond_in_utc() {
     let mut v = fixtures::execution(1);
     v["createdAt"] = "2025-10-06T23:59:59.999999-05:00".into();
     let r = parse_record(Kind::Execution, v).unwrap();
-    let WriteResult::Written(out) = s.write(request(vec![r], 384)).await.unwrap() else { panic!() };
+    let WriteResult::Written(out) = s.write(request(vec![r], 384)).await.unwrap() else {
+        panic!()
+    };
     let got = s.get(Kind::Execution, out[0].id).await.unwrap().unwrap();
     assert_eq!(got.record["createdAt"], "2025-10-07T04:59:59.999999Z");
     assert_eq!(got.received_at, out[0].received_at);
-    assert!(s.get(Kind::Workflow, out[0].id).await.unwrap().is_none(), "kind is part of the key");
+    assert!(
+        s.get(Kind::Workflow, out[0].id).await.unwrap().is_none(),
+        "kind is part of the key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,6 +159,13 @@ async fn readiness_reports_migrations_and_the_vector_dimension() {
     assert_eq!(h.migrations_pending, 0);
     assert_eq!(h.migrations_applied, ds_store_pg::known_migrations().len());
     assert_eq!(h.embedding_dimension, 384);
-    let unreachable = PgStore::new("postgres://postgres@127.0.0.1:1/none", &PoolSettings::default()).unwrap();
-    assert!(matches!(unreachable.health().await, Err(StoreError::Unavailable(_))));
+    let unreachable = PgStore::new(
+        "postgres://postgres@127.0.0.1:1/none",
+        &PoolSettings::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        unreachable.health().await,
+        Err(StoreError::Unavailable(_))
+    ));
 }

@@ -19,8 +19,16 @@ const PG_MAJOR: &str = "15";
 const DEV_PORT: u16 = 55432;
 const TEST_PORT: u16 = 55433;
 /// Crates the domain must never depend on (architecture invariant).
-const FORBIDDEN_IN_DOMAIN: [&str; 8] =
-    ["actix-web", "diesel", "diesel-async", "kube", "reqwest", "async-openai", "tokio-postgres", "candle-core"];
+const FORBIDDEN_IN_DOMAIN: [&str; 8] = [
+    "actix-web",
+    "diesel",
+    "diesel-async",
+    "kube",
+    "reqwest",
+    "async-openai",
+    "tokio-postgres",
+    "candle-core",
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,7 +56,10 @@ fn main() -> Result<()> {
 }
 
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn step(msg: &str) {
@@ -65,16 +76,24 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn fetch_model(root: &Path) -> Result<PathBuf> {
     let dir = root.join("target/models/all-MiniLM-L6-v2");
-    run(Command::new("bash").arg(root.join("scripts/fetch-model.sh")).arg(&dir))?;
+    run(Command::new("bash")
+        .arg(root.join("scripts/fetch-model.sh"))
+        .arg(&dir))?;
     Ok(dir)
 }
 
 fn install_pgvector(root: &Path) -> Result<()> {
-    run(Command::new("bash").arg(root.join("scripts/install-pgvector.sh")).arg(PG_MAJOR))
+    run(Command::new("bash")
+        .arg(root.join("scripts/install-pgvector.sh"))
+        .arg(PG_MAJOR))
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// A throwaway PostgreSQL cluster under `target/`, on loopback only.
@@ -108,10 +127,22 @@ impl Cluster {
     /// Starts the cluster in `data` (created when missing; wiped first when `fresh`).
     fn start(root: &Path, name: &str, port: u16, fresh: bool, durable: bool) -> Result<Cluster> {
         let data = root.join("target").join(name);
-        let cluster = Cluster { data, port, as_postgres: is_root() };
+        let cluster = Cluster {
+            data,
+            port,
+            as_postgres: is_root(),
+        };
         if cluster.data.join("postmaster.pid").exists() {
-            step(&format!("stopping a cluster left running in {}", cluster.data.display()));
-            let _ = cluster.cmd("pg_ctl").arg("-D").arg(&cluster.data).args(["-m", "immediate", "stop"]).status();
+            step(&format!(
+                "stopping a cluster left running in {}",
+                cluster.data.display()
+            ));
+            let _ = cluster
+                .cmd("pg_ctl")
+                .arg("-D")
+                .arg(&cluster.data)
+                .args(["-m", "immediate", "stop"])
+                .status();
         }
         if fresh && cluster.data.exists() {
             std::fs::remove_dir_all(&cluster.data)?;
@@ -119,9 +150,15 @@ impl Cluster {
         if !cluster.data.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&cluster.data)?;
             if cluster.as_postgres {
-                run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&cluster.data))?;
+                run(Command::new("chown")
+                    .arg("-R")
+                    .arg("postgres:postgres")
+                    .arg(&cluster.data))?;
             }
-            step(&format!("initdb {} (PostgreSQL {PG_MAJOR}, trust auth on loopback)", cluster.data.display()));
+            step(&format!(
+                "initdb {} (PostgreSQL {PG_MAJOR}, trust auth on loopback)",
+                cluster.data.display()
+            ));
             run(cluster
                 .cmd("initdb")
                 .arg("-D")
@@ -137,7 +174,10 @@ impl Cluster {
             // Test data is thrown away: skip the fsyncs that dominate small transactions.
             opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
-        step(&format!("starting PostgreSQL on 127.0.0.1:{port} (log: {}/server.log)", cluster.data.display()));
+        step(&format!(
+            "starting PostgreSQL on 127.0.0.1:{port} (log: {}/server.log)",
+            cluster.data.display()
+        ));
         run(cluster
             .cmd("pg_ctl")
             .arg("-D")
@@ -152,21 +192,39 @@ impl Cluster {
     fn psql(&self, sql: &str) -> Result<()> {
         run(self
             .cmd("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
             .args(["-U", "postgres", "-d", "postgres", "-c", sql])
             .stdout(Stdio::null()))
     }
 
     fn stop(&self) {
         step(&format!("stopping PostgreSQL on 127.0.0.1:{}", self.port));
-        let _ = self.cmd("pg_ctl").arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]).stdout(Stdio::null()).status();
+        let _ = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status();
     }
 }
 
 /// pgvector present (installed when missing, as root on Debian) unless an external database is used.
 fn ensure_local_postgres(root: &Path) -> Result<()> {
-    if !Cluster::bin("initdb").exists() && Command::new("initdb").arg("--version").output().is_err() {
-        bail!("PostgreSQL {PG_MAJOR} server binaries are missing: apt-get install postgresql-{PG_MAJOR}, or set DATABASE_URL");
+    if !Cluster::bin("initdb").exists() && Command::new("initdb").arg("--version").output().is_err()
+    {
+        bail!(
+            "PostgreSQL {PG_MAJOR} server binaries are missing: apt-get install postgresql-{PG_MAJOR}, or set DATABASE_URL"
+        );
     }
     install_pgvector(root)
 }
@@ -180,22 +238,44 @@ fn dev(root: &Path) -> Result<()> {
             ensure_local_postgres(root)?;
             let c = Cluster::start(root, "pg-dev", DEV_PORT, false, true)?;
             if c.psql("CREATE DATABASE datastorage").is_err() {
-                step("database `datastorage` already exists: keeping its data (delete target/pg-dev to start empty)");
+                step(
+                    "database `datastorage` already exists: keeping its data (delete target/pg-dev to start empty)",
+                );
             }
             Some(c)
         }
     };
-    let url = external.unwrap_or_else(|| cluster.as_ref().map(|c| c.url("datastorage")).unwrap_or_default());
+    let url = external.unwrap_or_else(|| {
+        cluster
+            .as_ref()
+            .map(|c| c.url("datastorage"))
+            .unwrap_or_default()
+    });
     // Ctrl-C reaches the whole process group: the server shuts down by itself, we only wait and clean up.
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    step("building and starting the service (release): API http://127.0.0.1:8080, metrics http://127.0.0.1:9090/metrics");
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    step(
+        "building and starting the service (release): API http://127.0.0.1:8080, metrics http://127.0.0.1:9090/metrics",
+    );
     let status: Result<ExitStatus> = Command::new("cargo")
-        .args(["run", "--release", "-p", "ds-server", "--bin", "datastorage", "--", "serve"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "ds-server",
+            "--bin",
+            "datastorage",
+            "--",
+            "serve",
+        ])
         .env("DATASTORAGE_DATABASE_URL", &url)
         .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &model)
-        .env("DATASTORAGE_LOG_FORMAT", std::env::var("DATASTORAGE_LOG_FORMAT").unwrap_or_else(|_| "text".into()))
+        .env(
+            "DATASTORAGE_LOG_FORMAT",
+            std::env::var("DATASTORAGE_LOG_FORMAT").unwrap_or_else(|_| "text".into()),
+        )
         .status()
         .context("starting the service");
     if let Some(c) = &cluster {
@@ -219,13 +299,22 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         Some(Cluster::start(root, "pg-test", TEST_PORT, true, false)?)
     };
     let mut cmd = Command::new("cargo");
-    cmd.args(["nextest", "run", "--workspace", "--cargo-profile", "ci", "--no-fail-fast"])
-        .args(extra)
-        .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &model);
+    cmd.args([
+        "nextest",
+        "run",
+        "--workspace",
+        "--cargo-profile",
+        "ci",
+        "--no-fail-fast",
+    ])
+    .args(extra)
+    .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &model);
     if let Some(url) = external.or_else(|| cluster.as_ref().map(|c| c.url("postgres"))) {
         cmd.env("DATABASE_URL", url);
     }
-    step("cargo nextest run --workspace --cargo-profile ci (optimised: the embedding model is 50x slower unoptimised)");
+    step(
+        "cargo nextest run --workspace --cargo-profile ci (optimised: the embedding model is 50x slower unoptimised)",
+    );
     let result = run(&mut cmd);
     if let Some(c) = &cluster {
         c.stop();
@@ -238,7 +327,14 @@ fn ci(root: &Path) -> Result<()> {
     step("cargo fmt --all --check");
     run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     step("cargo clippy --workspace --all-targets -- -D warnings");
-    run(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     architecture_checks()?;
     test(root, &[])
 }
@@ -259,17 +355,25 @@ fn architecture_checks() -> Result<()> {
         }
     }
     step("architecture: only ds-store-pg knows SQL (diesel), only ds-http knows actix-web");
-    for (krate, allowed) in [("diesel", ["ds-store-pg", "ds-tests"]), ("actix-web", ["ds-http", "ds-server"])] {
+    for (krate, allowed) in [
+        ("diesel", ["ds-store-pg", "ds-tests"]),
+        ("actix-web", ["ds-http", "ds-server"]),
+    ] {
         for member in ["ds-domain", "ds-embed-local", "ds-store-pg", "ds-http"] {
             if allowed.contains(&member) {
                 continue;
             }
             let out = Command::new("cargo")
-                .args(["tree", "-p", member, "-e", "normal", "--depth", "1", "--prefix", "none"])
+                .args([
+                    "tree", "-p", member, "-e", "normal", "--depth", "1", "--prefix", "none",
+                ])
                 .output()
                 .context("running cargo tree")?;
             let direct = String::from_utf8_lossy(&out.stdout);
-            if direct.lines().any(|l| l.split_whitespace().next() == Some(krate)) {
+            if direct
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(krate))
+            {
                 bail!("{member} depends directly on {krate}, which belongs to {allowed:?}");
             }
         }

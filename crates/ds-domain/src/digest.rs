@@ -46,10 +46,18 @@ pub fn canonical_json(v: &Value, out: &mut String) {
 }
 
 /// The content digest of a record (contract §2.9).
-pub fn canonical_digest(kind: Kind, common: &Common, details: &Map<String, Value>, unknown: &Map<String, Value>) -> Sha256Digest {
+pub fn canonical_digest(
+    kind: Kind,
+    common: &Common,
+    details: &Map<String, Value>,
+    unknown: &Map<String, Value>,
+) -> Sha256Digest {
     let mut whole = Map::new();
     whole.insert("kind".into(), Value::String(kind.as_str().into()));
-    whole.insert("common".into(), serde_json::to_value(common).unwrap_or(Value::Null));
+    whole.insert(
+        "common".into(),
+        serde_json::to_value(common).unwrap_or(Value::Null),
+    );
     whole.insert("details".into(), Value::Object(details.clone()));
     whole.insert("unknown".into(), Value::Object(unknown.clone()));
     let mut text = String::new();
@@ -78,8 +86,10 @@ mod tests {
 
     #[test]
     fn key_order_does_not_change_the_canonical_form() {
-        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,{"d":2,"c":3}],"x":"s"}}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#).unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"y":[1,{"d":2,"c":3}],"x":"s"}}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#).unwrap();
         let (mut ca, mut cb) = (String::new(), String::new());
         canonical_json(&a, &mut ca);
         canonical_json(&b, &mut cb);

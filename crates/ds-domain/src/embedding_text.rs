@@ -11,11 +11,19 @@
 use crate::record::{AiAnalysisInput, Common, ExecutionInput, RemediationInput, WorkflowInput};
 
 fn join(parts: Vec<String>) -> String {
-    parts.into_iter().filter(|p| !p.trim().is_empty()).collect::<Vec<_>>().join(". ")
+    parts
+        .into_iter()
+        .filter(|p| !p.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(". ")
 }
 
 fn message(common: &Common) -> Option<String> {
-    common.message.as_ref().filter(|m| !m.is_empty()).map(|m| m.to_owned())
+    common
+        .message
+        .as_ref()
+        .filter(|m| !m.is_empty())
+        .map(|m| m.to_owned())
 }
 
 /// `remediation <phase>: <signalType> signal <signalName> in namespace <signalNamespace>.
@@ -45,7 +53,11 @@ pub fn remediation(common: &Common, r: &RemediationInput) -> String {
 /// recommended action: <recommendedAction>. <message>`
 pub fn aianalysis(common: &Common, a: &AiAnalysisInput) -> String {
     let head = match a.signal_type {
-        Some(s) => format!("AI analysis {}: {} signal", common.phase.as_str(), s.as_str()),
+        Some(s) => format!(
+            "AI analysis {}: {} signal",
+            common.phase.as_str(),
+            s.as_str()
+        ),
         None => format!("AI analysis {}", common.phase.as_str()),
     };
     let mut parts = vec![head];

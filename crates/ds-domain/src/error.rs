@@ -15,7 +15,11 @@ pub struct Violation {
 }
 
 impl Violation {
-    pub fn new(field: impl Into<String>, constraint: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        field: impl Into<String>,
+        constraint: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Violation {
             field: field.into(),
             constraint: constraint.into(),

@@ -17,7 +17,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Remediation, Kind::AiAnalysis, Kind::Workflow, Kind::Execution];
+    pub const ALL: [Kind; 4] = [
+        Kind::Remediation,
+        Kind::AiAnalysis,
+        Kind::Workflow,
+        Kind::Execution,
+    ];
 
     /// The name used in paths, in the `kind` column and in JSON.
     pub fn as_str(self) -> &'static str {

@@ -69,8 +69,16 @@ pub fn from_map<T: DeserializeOwned>(mut map: Map<String, Value>) -> (Option<T>,
         if let Err(e) = serde_path_to_error::deserialize::<_, T>(Value::Object(only)) {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
-            let constraint = if message.contains("unknown variant") { "enum" } else { "type" };
-            let field = if path.is_empty() || path == "." { key.clone() } else { path };
+            let constraint = if message.contains("unknown variant") {
+                "enum"
+            } else {
+                "type"
+            };
+            let field = if path.is_empty() || path == "." {
+                key.clone()
+            } else {
+                path
+            };
             violations.push(Violation::new(field, constraint, message));
             map.remove(&key);
         }
@@ -105,7 +113,9 @@ mod tests {
     #[test]
     fn every_type_error_is_reported_and_good_fields_survive() {
         let map = serde_json::json!({"stepCount": "three", "name": "ok", "flag": 7});
-        let Value::Object(map) = map else { unreachable!() };
+        let Value::Object(map) = map else {
+            unreachable!()
+        };
         let (value, violations) = from_map::<Probe>(map);
         let value = value.unwrap();
         assert_eq!(value.name.as_deref(), Some("ok"));

@@ -142,7 +142,10 @@ pub trait AuditStore: Send + Sync {
     async fn write(&self, request: WriteRequest) -> Result<WriteResult, StoreError>;
 
     /// Which of these embedding digests are already stored.
-    async fn existing_embeddings(&self, digests: &[Sha256Digest]) -> Result<Vec<Sha256Digest>, StoreError>;
+    async fn existing_embeddings(
+        &self,
+        digests: &[Sha256Digest],
+    ) -> Result<Vec<Sha256Digest>, StoreError>;
 
     /// The request digest and outcomes recorded under an idempotency key, if any.
     async fn idempotent_result(

@@ -102,7 +102,9 @@ enum_str!(SignalType, TargetType, ActionResult);
 
 fn no_controls(value: &Option<String>, _: &()) -> garde::Result {
     match value {
-        Some(s) if has_forbidden_controls(s) => Err(err("noControlChars", "must not contain control characters")),
+        Some(s) if has_forbidden_controls(s) => {
+            Err(err("noControlChars", "must not contain control characters"))
+        }
         _ => Ok(()),
     }
 }
@@ -112,21 +114,36 @@ fn no_controls(value: &Option<String>, _: &()) -> garde::Result {
 fn string_map(value: &Option<BTreeMap<String, String>>, _: &()) -> garde::Result {
     let Some(map) = value else { return Ok(()) };
     if map.len() > 64 {
-        return Err(err("maxItems", format!("must have at most 64 entries, has {}", map.len())));
+        return Err(err(
+            "maxItems",
+            format!("must have at most 64 entries, has {}", map.len()),
+        ));
     }
     for (k, v) in map {
         let shown: String = k.chars().take(64).collect();
         if k.is_empty() || k.chars().count() > 317 {
-            return Err(err("keyLength", format!("key {shown:?} must be 1 to 317 characters long")));
+            return Err(err(
+                "keyLength",
+                format!("key {shown:?} must be 1 to 317 characters long"),
+            ));
         }
         if k.chars().any(char::is_control) {
-            return Err(err("noControlChars", format!("key {shown:?} must not contain control characters")));
+            return Err(err(
+                "noControlChars",
+                format!("key {shown:?} must not contain control characters"),
+            ));
         }
         if v.len() > 1024 {
-            return Err(err("valueLength", format!("value of {shown:?} must be at most 1 KiB")));
+            return Err(err(
+                "valueLength",
+                format!("value of {shown:?} must be at most 1 KiB"),
+            ));
         }
         if has_forbidden_controls(v) {
-            return Err(err("noControlChars", format!("value of {shown:?} must not contain control characters")));
+            return Err(err(
+                "noControlChars",
+                format!("value of {shown:?} must not contain control characters"),
+            ));
         }
     }
     Ok(())
@@ -143,7 +160,10 @@ fn base64_payload(value: &Option<String>, _: &()) -> garde::Result {
             Err(err("maxLength", "decoded payload must be at most 1 MiB"))
         }
         Ok(_) => Ok(()),
-        Err(_) => Err(err("base64", "must be standard base64 (RFC 4648, with padding)")),
+        Err(_) => Err(err(
+            "base64",
+            "must be standard base64 (RFC 4648, with padding)",
+        )),
     }
 }
 
@@ -157,10 +177,18 @@ fn base64_payload(value: &Option<String>, _: &()) -> garde::Result {
 #[serde(rename_all = "camelCase")]
 pub struct CommonInput {
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(required, length(chars, min = 1, max = 255), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[garde(
+        required,
+        length(chars, min = 1, max = 255),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(required, length(chars, min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[garde(
+        required,
+        length(chars, min = 1, max = 63),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub namespace: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
@@ -240,14 +268,26 @@ fn check_order(
     if let (Some(c), Some(s)) = (created, started)
         && s < c
     {
-        out.push(Violation::new(format!("{prefix}startedAt"), "notBefore", "must not be before createdAt"));
+        out.push(Violation::new(
+            format!("{prefix}startedAt"),
+            "notBefore",
+            "must not be before createdAt",
+        ));
     }
     match (started, created, completed) {
         (Some(s), _, Some(done)) if done < s => {
-            out.push(Violation::new(format!("{prefix}completedAt"), "notBefore", "must not be before startedAt"));
+            out.push(Violation::new(
+                format!("{prefix}completedAt"),
+                "notBefore",
+                "must not be before startedAt",
+            ));
         }
         (None, Some(c), Some(done)) if done < c => {
-            out.push(Violation::new(format!("{prefix}completedAt"), "notBefore", "must not be before createdAt"));
+            out.push(Violation::new(
+                format!("{prefix}completedAt"),
+                "notBefore",
+                "must not be before createdAt",
+            ));
         }
         _ => {}
     }
@@ -280,7 +320,11 @@ pub struct RemediationInput {
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub signal_name: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(required, length(chars, min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[garde(
+        required,
+        length(chars, min = 1, max = 63),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub signal_namespace: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
@@ -289,7 +333,11 @@ pub struct RemediationInput {
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub target_name: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(required, length(chars, min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[garde(
+        required,
+        length(chars, min = 1, max = 63),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub target_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
@@ -458,7 +506,11 @@ impl KindInput for WorkflowInput {
         if let (Some(total), Some(cur)) = (self.step_count, self.current_step)
             && cur > total
         {
-            out.push(Violation::new("currentStep", "maximum", format!("must be at most stepCount ({total})")));
+            out.push(Violation::new(
+                "currentStep",
+                "maximum",
+                format!("must be at most stepCount ({total})"),
+            ));
         }
         let counts = [self.completed_count, self.failed_count, self.skipped_count];
         if let Some(total) = self.step_count {
@@ -472,7 +524,13 @@ impl KindInput for WorkflowInput {
             }
         }
         for (i, step) in self.step_statuses.iter().flatten().enumerate() {
-            check_order(None, step.started_at, step.completed_at, &format!("stepStatuses[{i}]."), out);
+            check_order(
+                None,
+                step.started_at,
+                step.completed_at,
+                &format!("stepStatuses[{i}]."),
+                out,
+            );
         }
     }
     fn embedding_text(&self, common: &Common) -> String {
@@ -498,7 +556,11 @@ pub struct ExecutionInput {
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub target_name: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(required, length(chars, min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[garde(
+        required,
+        length(chars, min = 1, max = 63),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub target_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(length(chars, max = 255), custom(no_controls))]
@@ -590,7 +652,9 @@ impl ValidRecord {
 /// Validates one record of `kind`. Every broken rule is reported, with camelCase field paths.
 pub fn parse_record(kind: Kind, value: Value) -> Result<ValidRecord, AuditError> {
     let Value::Object(map) = value else {
-        return Err(AuditError::InvalidJson(format!("a {kind} record must be a JSON object")));
+        return Err(AuditError::InvalidJson(format!(
+            "a {kind} record must be a JSON object"
+        )));
     };
     match kind {
         Kind::Remediation => parse_kind::<RemediationInput>(map),
@@ -614,11 +678,19 @@ fn parse_kind<T: KindInput>(map: Map<String, Value>) -> Result<ValidRecord, Vec<
         } else if kind_names.contains(&k.as_str()) {
             kind_map.insert(k, v);
         } else if RESERVED_FIELDS.contains(&k.as_str()) {
-            violations.push(Violation::new(k, "reserved", "is set by the service and may not be sent"));
+            violations.push(Violation::new(
+                k,
+                "reserved",
+                "is set by the service and may not be sent",
+            ));
         } else {
             check_storable(&v, &k, &mut violations);
             if k.contains('\0') {
-                violations.push(Violation::new(k.replace('\0', "\\u0000"), "noNul", "field names may not contain NUL"));
+                violations.push(Violation::new(
+                    k.replace('\0', "\\u0000"),
+                    "noNul",
+                    "field names may not contain NUL",
+                ));
             }
             unknown.insert(k, v);
         }
@@ -630,12 +702,16 @@ fn parse_kind<T: KindInput>(map: Map<String, Value>) -> Result<ValidRecord, Vec<
     violations.append(&mut v2);
     let mut common = common.unwrap_or_default();
     let mut spec = spec.unwrap_or_default();
-    let typed_bad: Vec<String> = violations.iter().map(|v| top_field(&v.field).to_owned()).collect();
+    let typed_bad: Vec<String> = violations
+        .iter()
+        .map(|v| top_field(&v.field).to_owned())
+        .collect();
 
     common.sanitize();
     spec.sanitize();
     // A field already reported for its type is not reported again as missing.
-    let not_retyped = |v: &Violation| !(v.constraint == "required" && typed_bad.iter().any(|b| b == &v.field));
+    let not_retyped =
+        |v: &Violation| !(v.constraint == "required" && typed_bad.iter().any(|b| b == &v.field));
     violations.extend(validate::run(&common).into_iter().filter(not_retyped));
     violations.extend(validate::run(&spec).into_iter().filter(not_retyped));
     common.cross_check(&mut violations);
@@ -648,7 +724,13 @@ fn parse_kind<T: KindInput>(map: Map<String, Value>) -> Result<ValidRecord, Vec<
     let details = match serde_json::to_value(&spec) {
         Ok(Value::Object(m)) => m,
         // Serializing a struct of strings, numbers and maps cannot fail nor give a non-object.
-        _ => return Err(vec![Violation::new(".", "internal", "record could not be serialized")]),
+        _ => {
+            return Err(vec![Violation::new(
+                ".",
+                "internal",
+                "record could not be serialized",
+            )]);
+        }
     };
     let embedding_text = spec.embedding_text(&common);
     let content_digest = canonical_digest(T::KIND, &common, &details, &unknown);
@@ -672,7 +754,11 @@ fn top_field(path: &str) -> &str {
 fn check_storable(v: &Value, path: &str, out: &mut Vec<Violation>) {
     match v {
         Value::String(s) if s.contains('\0') => {
-            out.push(Violation::new(path, "noNul", "must not contain the NUL character"));
+            out.push(Violation::new(
+                path,
+                "noNul",
+                "must not contain the NUL character",
+            ));
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -682,7 +768,11 @@ fn check_storable(v: &Value, path: &str, out: &mut Vec<Violation>) {
         Value::Object(m) => {
             for (k, item) in m {
                 if k.contains('\0') {
-                    out.push(Violation::new(path, "noNul", "field names must not contain the NUL character"));
+                    out.push(Violation::new(
+                        path,
+                        "noNul",
+                        "field names must not contain the NUL character",
+                    ));
                 } else {
                     check_storable(item, &format!("{path}.{k}"), out);
                 }
@@ -691,3 +781,7 @@ fn check_storable(v: &Value, path: &str, out: &mut Vec<Violation>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;

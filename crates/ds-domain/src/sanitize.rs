@@ -20,25 +20,36 @@ fn cleaner() -> &'static ammonia::Builder<'static> {
     CLEANER.get_or_init(|| {
         let mut b = ammonia::Builder::empty();
         // `empty()` allows no tag; the content of these is dropped entirely, not kept as text.
-        b.clean_content_tags(["script", "style", "noscript", "template", "iframe", "object", "textarea", "title"].into());
+        b.clean_content_tags(
+            [
+                "script", "style", "noscript", "template", "iframe", "object", "textarea", "title",
+            ]
+            .into(),
+        );
         b
     })
 }
 
 /// Removes every control character except tab, line feed and carriage return.
 pub fn strip_controls(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r')).collect()
+    s.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r'))
+        .collect()
 }
 
 /// Whether `s` holds a character that [`strip_controls`] would remove.
 pub fn has_forbidden_controls(s: &str) -> bool {
-    s.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
 fn strip_markup_once(s: &str) -> String {
     let html = cleaner().clean(s).to_string();
     // Undo exactly the escapes that html5ever's text serializer produces.
-    html.replace("&lt;", "<").replace("&gt;", ">").replace("&nbsp;", "\u{a0}").replace("&amp;", "&")
+    html.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&nbsp;", "\u{a0}")
+        .replace("&amp;", "&")
 }
 
 /// Sanitizes one free-text value. The result may be empty (e.g. a value that was only a `<script>`).

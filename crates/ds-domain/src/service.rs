@@ -10,8 +10,8 @@ use crate::digest::{Sha256Digest, embedding_digest, sha256};
 use crate::error::AuditError;
 use crate::kind::Kind;
 use crate::ports::{
-    AuditStore, EmbedError, Embedder, IdempotencyClaim, NewEmbedding, StoreHealth, StoredRecord, WriteOutcome,
-    WriteRequest, WriteResult,
+    AuditStore, EmbedError, Embedder, IdempotencyClaim, NewEmbedding, StoreHealth, StoredRecord,
+    WriteOutcome, WriteRequest, WriteResult,
 };
 use crate::record::ValidRecord;
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,19 +57,27 @@ impl AuditService {
     ) -> Result<WriteReport, AuditError> {
         let request_digest = request_digest(&records);
         if let Some(k) = &key
-            && let Some((digest, outcomes)) = self.store.idempotent_result(&k.caller, &k.key).await?
+            && let Some((digest, outcomes)) =
+                self.store.idempotent_result(&k.caller, &k.key).await?
         {
             return if digest == request_digest {
-                Ok(WriteReport { outcomes, replayed: true })
+                Ok(WriteReport {
+                    outcomes,
+                    replayed: true,
+                })
             } else {
                 Err(AuditError::IdempotencyConflict)
             };
         }
 
         let model = self.embedder.model_id().to_owned();
-        let embedding_digests: Vec<Sha256Digest> =
-            records.iter().map(|r| embedding_digest(&model, &r.embedding_text)).collect();
-        let new_embeddings = self.missing_embeddings(&records, &embedding_digests, &model).await?;
+        let embedding_digests: Vec<Sha256Digest> = records
+            .iter()
+            .map(|r| embedding_digest(&model, &r.embedding_text))
+            .collect();
+        let new_embeddings = self
+            .missing_embeddings(&records, &embedding_digests, &model)
+            .await?;
 
         let request = WriteRequest {
             records,
@@ -82,8 +90,14 @@ impl AuditService {
             }),
         };
         match self.store.write(request).await? {
-            WriteResult::Written(outcomes) => Ok(WriteReport { outcomes, replayed: false }),
-            WriteResult::Replayed(outcomes) => Ok(WriteReport { outcomes, replayed: true }),
+            WriteResult::Written(outcomes) => Ok(WriteReport {
+                outcomes,
+                replayed: false,
+            }),
+            WriteResult::Replayed(outcomes) => Ok(WriteReport {
+                outcomes,
+                replayed: true,
+            }),
             WriteResult::KeyConflict => Err(AuditError::IdempotencyConflict),
         }
     }
@@ -100,7 +114,12 @@ impl AuditService {
             wanted.entry(*d).or_insert(r.embedding_text.as_str());
         }
         let keys: Vec<Sha256Digest> = wanted.keys().copied().collect();
-        let stored: BTreeSet<Sha256Digest> = self.store.existing_embeddings(&keys).await?.into_iter().collect();
+        let stored: BTreeSet<Sha256Digest> = self
+            .store
+            .existing_embeddings(&keys)
+            .await?
+            .into_iter()
+            .collect();
         let missing: Vec<(Sha256Digest, String)> = wanted
             .into_iter()
             .filter(|(d, _)| !stored.contains(d))

@@ -120,7 +120,10 @@ mod tests {
 
     #[test]
     fn paths_become_camel_case() {
-        assert_eq!(camel_path("step_statuses[10].retry_count"), "stepStatuses[10].retryCount");
+        assert_eq!(
+            camel_path("step_statuses[10].retry_count"),
+            "stepStatuses[10].retryCount"
+        );
         assert_eq!(camel_path("name"), "name");
     }
 }

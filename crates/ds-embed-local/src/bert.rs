@@ -39,8 +39,16 @@ impl Embeddings {
     fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Embeddings {
             word: embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?,
-            position: embedding(cfg.max_position_embeddings, cfg.hidden_size, vb.pp("position_embeddings"))?,
-            token_type: embedding(cfg.type_vocab_size, cfg.hidden_size, vb.pp("token_type_embeddings"))?,
+            position: embedding(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type: embedding(
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
             norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
         })
     }
@@ -93,7 +101,9 @@ impl Layer {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, s, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, s, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
@@ -101,8 +111,14 @@ impl Layer {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, h))?;
-        let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, s, h))?;
+        let x = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
         // GELU, exact (erf) form, as BERT was trained with.
         let ff = self.intermediate.forward(&x)?.gelu_erf()?;
         self.out_norm.forward(&(self.output.forward(&ff)? + x)?)
@@ -134,7 +150,9 @@ impl Bert {
     pub fn embed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let maskf = mask.to_dtype(DType::F32)?;
         // 0 for real tokens, -10000 for padding, broadcast over heads and query positions.
-        let additive = ((maskf.ones_like()? - &maskf)? * -10_000.0)?.unsqueeze(1)?.unsqueeze(1)?;
+        let additive = ((maskf.ones_like()? - &maskf)? * -10_000.0)?
+            .unsqueeze(1)?
+            .unsqueeze(1)?;
         let mut x = self.embeddings.forward(ids)?;
         for layer in &self.layers {
             x = layer.forward(&x, &additive)?;

@@ -43,7 +43,9 @@ pub enum LocalEmbedError {
 impl From<LocalEmbedError> for EmbedError {
     fn from(e: LocalEmbedError) -> Self {
         match e {
-            LocalEmbedError::Tokenizer(_) | LocalEmbedError::Model(_) => EmbedError::InvalidOutput(e.to_string()),
+            LocalEmbedError::Tokenizer(_) | LocalEmbedError::Model(_) => {
+                EmbedError::InvalidOutput(e.to_string())
+            }
             other => EmbedError::Unavailable(other.to_string()),
         }
     }
@@ -63,7 +65,11 @@ impl Model {
                 .tokenizer
                 .encode_batch(inputs, true)
                 .map_err(|e| LocalEmbedError::Tokenizer(e.to_string()))?;
-            let seq = encodings.first().map(|e| e.get_ids().len()).unwrap_or(0).max(1);
+            let seq = encodings
+                .first()
+                .map(|e| e.get_ids().len())
+                .unwrap_or(0)
+                .max(1);
             let mut ids = Vec::with_capacity(chunk.len() * seq);
             let mut mask = Vec::with_capacity(chunk.len() * seq);
             for e in &encodings {
@@ -99,13 +105,16 @@ impl LocalEmbedder {
             }
             std::fs::read(&path).map_err(|e| LocalEmbedError::Io(path, e))
         };
-        let config: BertConfig =
-            serde_json::from_slice(&read("config.json")?).map_err(|e| LocalEmbedError::Config(e.to_string()))?;
+        let config: BertConfig = serde_json::from_slice(&read("config.json")?)
+            .map_err(|e| LocalEmbedError::Config(e.to_string()))?;
         if config.hidden_act.as_deref().is_some_and(|a| a != "gelu") {
-            return Err(LocalEmbedError::Config(format!("unsupported activation {:?}", config.hidden_act)));
+            return Err(LocalEmbedError::Config(format!(
+                "unsupported activation {:?}",
+                config.hidden_act
+            )));
         }
-        let mut tokenizer =
-            Tokenizer::from_bytes(read("tokenizer.json")?).map_err(|e| LocalEmbedError::Tokenizer(e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
+            .map_err(|e| LocalEmbedError::Tokenizer(e.to_string()))?;
         // Pad each batch to its longest member (the file pads to a fixed 128, which wastes compute).
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
@@ -121,8 +130,13 @@ impl LocalEmbedder {
         let short_hash = hex::encode(&Sha256::digest(&weights)[..4]);
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)?;
         let bert = Bert::new(&config, vb)?;
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "local".into());
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "local".into());
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         Ok(LocalEmbedder {
             model: Arc::new(Model { bert, tokenizer }),
             model_id: format!("{name}@{short_hash}"),

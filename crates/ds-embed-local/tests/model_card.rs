@@ -10,7 +10,9 @@ use std::path::PathBuf;
 fn model_dir() -> PathBuf {
     std::env::var_os("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models/all-MiniLM-L6-v2"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models/all-MiniLM-L6-v2")
+        })
 }
 
 fn load() -> LocalEmbedder {
@@ -24,9 +26,13 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn reproduces_the_model_card_similarities() {
     let e = load();
-    let texts: Vec<String> = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
-        .map(String::from)
-        .to_vec();
+    let texts: Vec<String> = [
+        "The weather is lovely today.",
+        "It's so sunny outside!",
+        "He drove to the stadium.",
+    ]
+    .map(String::from)
+    .to_vec();
     let v = e.embed_blocking(&texts).unwrap();
     assert_eq!(v.len(), 3);
     assert!(v.iter().all(|x| x.len() == 384));
@@ -34,7 +40,10 @@ fn reproduces_the_model_card_similarities() {
     assert!((s1 - 0.6660).abs() < 5e-4, "lovely/sunny: {s1}");
     assert!((s2 - 0.1046).abs() < 5e-4, "lovely/stadium: {s2}");
     let norm: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
-    assert!((norm - 1.0).abs() < 1e-4, "vectors are L2-normalised: {norm}");
+    assert!(
+        (norm - 1.0).abs() < 1e-4,
+        "vectors are L2-normalised: {norm}"
+    );
 }
 
 #[tokio::test]
@@ -57,15 +66,24 @@ fn batched_and_single_results_agree_and_padding_does_not_leak() {
     let long = "the node ran out of disk space because the log volume of the payments service grew without bound".to_owned();
     let alone = e.embed_blocking(std::slice::from_ref(&short)).unwrap();
     let batched = e.embed_blocking(&[short, long]).unwrap();
-    let diff = alone[0].iter().zip(&batched[0]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = alone[0]
+        .iter()
+        .zip(&batched[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(diff < 1e-4, "padding changed the vector by {diff}");
 }
 
 #[test]
 fn a_missing_model_directory_names_the_fetch_command() {
-    let err = LocalEmbedder::load(std::path::Path::new("/nonexistent/model"), None).err().unwrap();
+    let err = LocalEmbedder::load(std::path::Path::new("/nonexistent/model"), None)
+        .err()
+        .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("cargo xtask fetch-model") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("cargo xtask fetch-model") && msg.contains("config.json"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use ds_domain::Violation;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{EmbeddingStatus, WriteOutcome, WriteStatus};
-use ds_domain::record::{AiAnalysisInput, CommonInput, ExecutionInput, RemediationInput, WorkflowInput};
+use ds_domain::record::{
+    AiAnalysisInput, CommonInput, ExecutionInput, RemediationInput, WorkflowInput,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;

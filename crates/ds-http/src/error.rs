@@ -51,14 +51,20 @@ impl ApiError {
                 message: summary(v),
                 violations: v.clone(),
             },
-            ApiError::Audit(AuditError::InvalidJson(m)) => p(StatusCode::BAD_REQUEST, "INVALID_JSON", m),
+            ApiError::Audit(AuditError::InvalidJson(m)) => {
+                p(StatusCode::BAD_REQUEST, "INVALID_JSON", m)
+            }
             ApiError::Audit(AuditError::IdempotencyConflict) => p(
                 StatusCode::CONFLICT,
                 "DUPLICATE_AUDIT",
                 "this Idempotency-Key was already used with a different body",
             ),
-            ApiError::Audit(AuditError::NotFound) => p(StatusCode::NOT_FOUND, "NOT_FOUND", "record not found"),
-            ApiError::Audit(AuditError::Embedding(EmbedError::Unavailable(_) | EmbedError::InvalidOutput(_))) => p(
+            ApiError::Audit(AuditError::NotFound) => {
+                p(StatusCode::NOT_FOUND, "NOT_FOUND", "record not found")
+            }
+            ApiError::Audit(AuditError::Embedding(
+                EmbedError::Unavailable(_) | EmbedError::InvalidOutput(_),
+            )) => p(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "EMBEDDING_ERROR",
                 "the embedding could not be generated; nothing was written, retry later",

@@ -1,6 +1,8 @@
 //! Route handlers.
 
-use crate::dto::{BatchResponse, HealthResponse, ReadyResponse, RecordResponse, TrailResponse, WriteResponse};
+use crate::dto::{
+    BatchResponse, HealthResponse, ReadyResponse, RecordResponse, TrailResponse, WriteResponse,
+};
 use crate::error::ApiError;
 use crate::middleware::RequestContext;
 use crate::{AppState, Limits};
@@ -28,13 +30,17 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                 .route(web::post().to(move |s, r, b| write_one(kind, s, r, b))),
         );
     }
-    cfg.service(web::resource("/api/v1/audit/batch").app_data(batch).route(web::post().to(write_batch)))
-        .service(web::resource("/api/v1/audit/trail/{correlation_id}").route(web::get().to(trail)))
-        .service(web::resource("/api/v1/audit/{kind}/{id}").route(web::get().to(get_record)))
-        .service(web::resource("/api/v1/openapi.json").route(web::get().to(crate::openapi::serve)))
-        .service(web::resource("/healthz").route(web::get().to(healthz)))
-        .service(web::resource("/readyz").route(web::get().to(readyz)))
-        .default_service(web::to(not_found));
+    cfg.service(
+        web::resource("/api/v1/audit/batch")
+            .app_data(batch)
+            .route(web::post().to(write_batch)),
+    )
+    .service(web::resource("/api/v1/audit/trail/{correlation_id}").route(web::get().to(trail)))
+    .service(web::resource("/api/v1/audit/{kind}/{id}").route(web::get().to(get_record)))
+    .service(web::resource("/api/v1/openapi.json").route(web::get().to(crate::openapi::serve)))
+    .service(web::resource("/healthz").route(web::get().to(healthz)))
+    .service(web::resource("/readyz").route(web::get().to(readyz)))
+    .default_service(web::to(not_found));
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -44,7 +50,10 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 /// `Content-Type: application/json` (parameters such as `charset=utf-8` allowed) or 415.
 fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     match req.mime_type() {
-        Ok(Some(m)) if m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json")) => {
+        Ok(Some(m))
+            if m.type_() == "application"
+                && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json")) =>
+        {
             Ok(())
         }
         _ => Err(ApiError::UnsupportedMediaType),
@@ -63,7 +72,9 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 
 /// The `Idempotency-Key` header: ≤ 255 visible ASCII characters, scoped to the caller.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
     let bad = || {
         ApiError::InvalidParameter(Violation::new(
             "Idempotency-Key",
@@ -84,7 +95,12 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
 fn count_validation_failures(kind: &str, err: &AuditError) {
     if let AuditError::Validation(violations) = err {
         for v in violations {
-            let field = v.field.split(['.', '[']).next().unwrap_or_default().to_owned();
+            let field = v
+                .field
+                .split(['.', '['])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             metrics::counter!("datastorage_validation_failures_total", "kind" => kind.to_owned(), "field" => field)
                 .increment(1);
         }
@@ -95,7 +111,8 @@ fn count_written(kind: Kind, r: &ValidRecord, status: &str) {
     metrics::counter!("datastorage_audit_writes_total", "kind" => kind.as_str(), "status" => status.to_owned())
         .increment(1);
     if !r.unknown.is_empty() {
-        metrics::counter!("datastorage_unknown_fields_total", "kind" => kind.as_str()).increment(r.unknown.len() as u64);
+        metrics::counter!("datastorage_unknown_fields_total", "kind" => kind.as_str())
+            .increment(r.unknown.len() as u64);
     }
 }
 
@@ -117,7 +134,9 @@ async fn write_one(
     let counted = record.clone();
     let report = state.service.write(vec![record], key).await?;
     let outcome = report.outcomes.first().ok_or_else(|| {
-        ApiError::Audit(AuditError::Store(ds_domain::ports::StoreError::Corrupt("no outcome for the record".into())))
+        ApiError::Audit(AuditError::Store(ds_domain::ports::StoreError::Corrupt(
+            "no outcome for the record".into(),
+        )))
     })?;
     count_written(kind, &counted, status_label(outcome.status));
     metrics::histogram!("datastorage_audit_write_duration_seconds", "kind" => kind.as_str())
@@ -135,21 +154,43 @@ fn status_label(s: ds_domain::ports::WriteStatus) -> &'static str {
 /// Validates a whole batch; every violation of every item is reported, under `records[i]`.
 fn parse_batch(value: Value, max_items: usize) -> Result<Vec<ValidRecord>, AuditError> {
     let Value::Object(mut envelope) = value else {
-        return Err(AuditError::InvalidJson("a batch must be a JSON object {\"records\": [...]}".into()));
+        return Err(AuditError::InvalidJson(
+            "a batch must be a JSON object {\"records\": [...]}".into(),
+        ));
     };
     let mut violations = Vec::new();
     for k in envelope.keys().filter(|k| k.as_str() != "records") {
-        violations.push(Violation::new(k.clone(), "unknownField", "a batch holds only `records`"));
+        violations.push(Violation::new(
+            k.clone(),
+            "unknownField",
+            "a batch holds only `records`",
+        ));
     }
     let items = match envelope.remove("records") {
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(AuditError::Validation(vec![Violation::new("records", "type", "must be an array")])),
-        None => return Err(AuditError::Validation(vec![Violation::new("records", "required", "is required")])),
+        Some(_) => {
+            return Err(AuditError::Validation(vec![Violation::new(
+                "records",
+                "type",
+                "must be an array",
+            )]));
+        }
+        None => {
+            return Err(AuditError::Validation(vec![Violation::new(
+                "records",
+                "required",
+                "is required",
+            )]));
+        }
     };
     if items.is_empty() || items.len() > max_items {
         violations.push(Violation::new(
             "records",
-            if items.is_empty() { "minItems" } else { "maxItems" },
+            if items.is_empty() {
+                "minItems"
+            } else {
+                "maxItems"
+            },
             format!("must hold 1 to {max_items} records, holds {}", items.len()),
         ));
         return Err(AuditError::Validation(violations));
@@ -158,7 +199,11 @@ fn parse_batch(value: Value, max_items: usize) -> Result<Vec<ValidRecord>, Audit
     for (i, item) in items.into_iter().enumerate() {
         let at = format!("records[{i}]");
         let Value::Object(mut item) = item else {
-            violations.push(Violation::new(at, "type", "must be an object {\"kind\": ..., \"record\": {...}}"));
+            violations.push(Violation::new(
+                at,
+                "type",
+                "must be an object {\"kind\": ..., \"record\": {...}}",
+            ));
             continue;
         };
         let kind = match item.remove("kind") {
@@ -170,19 +215,35 @@ fn parse_batch(value: Value, max_items: usize) -> Result<Vec<ValidRecord>, Audit
                 }
             },
             Some(_) => {
-                violations.push(Violation::new(format!("{at}.kind"), "type", "must be a string"));
+                violations.push(Violation::new(
+                    format!("{at}.kind"),
+                    "type",
+                    "must be a string",
+                ));
                 None
             }
             None => {
-                violations.push(Violation::new(format!("{at}.kind"), "required", "is required"));
+                violations.push(Violation::new(
+                    format!("{at}.kind"),
+                    "required",
+                    "is required",
+                ));
                 None
             }
         };
         for k in item.keys().filter(|k| k.as_str() != "record") {
-            violations.push(Violation::new(format!("{at}.{k}"), "unknownField", "an item holds only `kind` and `record`"));
+            violations.push(Violation::new(
+                format!("{at}.{k}"),
+                "unknownField",
+                "an item holds only `kind` and `record`",
+            ));
         }
         let Some(record) = item.remove("record") else {
-            violations.push(Violation::new(format!("{at}.record"), "required", "is required"));
+            violations.push(Violation::new(
+                format!("{at}.record"),
+                "required",
+                "is required",
+            ));
             continue;
         };
         let Some(kind) = kind else { continue };
@@ -192,27 +253,42 @@ fn parse_batch(value: Value, max_items: usize) -> Result<Vec<ValidRecord>, Audit
                 count_validation_failures(kind.as_str(), &AuditError::Validation(v.clone()));
                 violations.extend(v.into_iter().map(|v| v.prefixed(&format!("{at}.record"))));
             }
-            Err(AuditError::InvalidJson(m)) => violations.push(Violation::new(format!("{at}.record"), "type", m)),
+            Err(AuditError::InvalidJson(m)) => {
+                violations.push(Violation::new(format!("{at}.record"), "type", m))
+            }
             Err(other) => return Err(other),
         }
     }
-    if violations.is_empty() { Ok(records) } else { Err(AuditError::Validation(violations)) }
+    if violations.is_empty() {
+        Ok(records)
+    } else {
+        Err(AuditError::Validation(violations))
+    }
 }
 
-async fn write_batch(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+async fn write_batch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     require_json(&req)?;
     let key = idempotency_key(&req)?;
     let max = state.limits.batch_items;
     // Parsing and validating up to 16 MiB is CPU work: off the async executor.
-    let parsed = web::block(move || parse_json(&body).and_then(|v| parse_batch(v, max).map_err(ApiError::from)))
-        .await
-        .map_err(|_| ApiError::ShuttingDown)??;
+    let parsed = web::block(move || {
+        parse_json(&body).and_then(|v| parse_batch(v, max).map_err(ApiError::from))
+    })
+    .await
+    .map_err(|_| ApiError::ShuttingDown)??;
     let kinds: Vec<Kind> = parsed.iter().map(|r| r.kind).collect();
     let counted = parsed.clone();
     let report = state.service.write(parsed, key).await?;
-    let results: Vec<WriteResponse> =
-        kinds.iter().zip(&report.outcomes).map(|(k, o)| WriteResponse::new(*k, o)).collect();
+    let results: Vec<WriteResponse> = kinds
+        .iter()
+        .zip(&report.outcomes)
+        .map(|(k, o)| WriteResponse::new(*k, o))
+        .collect();
     for (r, o) in counted.iter().zip(&report.outcomes) {
         count_written(r.kind, r, status_label(o.status));
     }
@@ -232,19 +308,31 @@ fn record_response(r: StoredRecord) -> RecordResponse {
     }
 }
 
-async fn get_record(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn get_record(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (kind, id) = path.into_inner();
-    let kind: Kind = kind.parse().map_err(|e: ds_domain::kind::UnknownKind| ApiError::NotFound(e.to_string()))?;
-    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("record ids are 64-bit integers".into()))?;
+    let kind: Kind = kind
+        .parse()
+        .map_err(|e: ds_domain::kind::UnknownKind| ApiError::NotFound(e.to_string()))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::NotFound("record ids are 64-bit integers".into()))?;
     let record = state.service.get(kind, id).await?;
     Ok(HttpResponse::Ok().json(record_response(record)))
 }
 
-async fn trail(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn trail(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let correlation_id = path.into_inner();
     let valid = correlation_id.len() <= 255
         && correlation_id.split('-').count() == 5
-        && correlation_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && correlation_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !valid {
         return Err(ApiError::InvalidParameter(Violation::new(
             "correlationId",
@@ -275,27 +363,40 @@ async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         "dimension": embedder.dimension(),
     });
     let not_ready = |reason: String, postgresql: Value| {
-        let ctx = req.extensions().get::<RequestContext>().map(|c| c.correlation_id.clone());
+        let ctx = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.correlation_id.clone());
         tracing::warn!(correlation_id = ctx.as_deref().unwrap_or_default(), %reason, "not ready");
-        HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, "5")).json(ReadyResponse {
-            status: "not_ready".into(),
-            timestamp: Timestamp::now().to_rfc3339(),
-            dependencies: json!({"postgresql": postgresql, "embedding": embedding}),
-            reason: Some(reason),
-        })
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "5"))
+            .json(ReadyResponse {
+                status: "not_ready".into(),
+                timestamp: Timestamp::now().to_rfc3339(),
+                dependencies: json!({"postgresql": postgresql, "embedding": embedding}),
+                reason: Some(reason),
+            })
     };
     if state.is_shutting_down() {
         return not_ready("shutting down".into(), json!({"status": "unknown"}));
     }
     let started = Instant::now();
-    let health = actix_web::rt::time::timeout(state.limits.readiness_timeout, state.service.store_health()).await;
+    let health =
+        actix_web::rt::time::timeout(state.limits.readiness_timeout, state.service.store_health())
+            .await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match health {
         Err(_) => not_ready(
-            format!("postgresql did not answer within {:?}", state.limits.readiness_timeout),
+            format!(
+                "postgresql did not answer within {:?}",
+                state.limits.readiness_timeout
+            ),
             json!({"status": "down"}),
         ),
-        Ok(Err(e)) => not_ready(format!("postgresql: {}", public_reason(&e)), json!({"status": "down"})),
+        Ok(Err(e)) => not_ready(
+            format!("postgresql: {}", public_reason(&e)),
+            json!({"status": "down"}),
+        ),
         Ok(Ok(h)) => {
             let pg = json!({
                 "status": if h.migrations_pending == 0 { "up" } else { "migrations_pending" },
@@ -305,7 +406,10 @@ async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
                 "embeddingDimension": h.embedding_dimension,
             });
             if h.migrations_pending > 0 {
-                return not_ready(format!("{} migration(s) not applied", h.migrations_pending), pg);
+                return not_ready(
+                    format!("{} migration(s) not applied", h.migrations_pending),
+                    pg,
+                );
             }
             if h.embedding_dimension != embedder.dimension() {
                 return not_ready(

@@ -34,8 +34,8 @@ pub async fn envelope(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
-    let correlation_id =
-        echoable(req.headers().get(CORRELATION_HEADER)).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let correlation_id = echoable(req.headers().get(CORRELATION_HEADER))
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let request_id = echoable(req.headers().get(REQUEST_ID_HEADER));
     let ctx = RequestContext {
         correlation_id: correlation_id.clone(),
@@ -52,12 +52,20 @@ pub async fn envelope(
     };
     let status = res.status();
     let mut res = if status.is_client_error() || status.is_server_error() {
-        let parts = match res.response().error().and_then(|e| e.as_error::<ApiError>()) {
+        let parts = match res
+            .response()
+            .error()
+            .and_then(|e| e.as_error::<ApiError>())
+        {
             Some(api) => api.parts(),
             None => framework_parts(&res),
         };
         if status.is_server_error() {
-            let detail = res.response().error().map(|e| e.to_string()).unwrap_or_default();
+            let detail = res
+                .response()
+                .error()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             tracing::error!(correlation_id = %correlation_id, %method, %path, status = status.as_u16(), code = parts.code, error = %detail, "request failed");
         }
         let body = ErrorBody {
@@ -88,7 +96,8 @@ pub async fn envelope(
         res
     };
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
-        res.headers_mut().insert(HeaderName::from_static(CORRELATION_HEADER), v);
+        res.headers_mut()
+            .insert(HeaderName::from_static(CORRELATION_HEADER), v);
     }
     tracing::info!(
         correlation_id = %correlation_id,

@@ -66,9 +66,21 @@ mod paths {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Kubernaut datastorage", description = "The audit-trail store of the Kubernaut platform."),
-    paths(paths::remediation, paths::aianalysis, paths::workflow, paths::execution, paths::batch,
-          paths::get_record, paths::trail, paths::healthz, paths::readyz),
+    info(
+        title = "Kubernaut datastorage",
+        description = "The audit-trail store of the Kubernaut platform."
+    ),
+    paths(
+        paths::remediation,
+        paths::aianalysis,
+        paths::workflow,
+        paths::execution,
+        paths::batch,
+        paths::get_record,
+        paths::trail,
+        paths::healthz,
+        paths::readyz
+    ),
     components(schemas(ErrorBody, WriteResponse, BatchResponse, RecordResponse, TrailResponse))
 )]
 pub struct ApiDoc;

@@ -73,24 +73,38 @@ impl Config {
 
     /// Reads any key → value lookup (tests pass a map).
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let database_url = get("DATASTORAGE_DATABASE_URL").or_else(|| get("DATABASE_URL")).ok_or(ConfigError {
-            key: "DATASTORAGE_DATABASE_URL",
-            reason: "is required (postgres://user:password@host:port/database)".into(),
-        })?;
+        let database_url = get("DATASTORAGE_DATABASE_URL")
+            .or_else(|| get("DATABASE_URL"))
+            .ok_or(ConfigError {
+                key: "DATASTORAGE_DATABASE_URL",
+                reason: "is required (postgres://user:password@host:port/database)".into(),
+            })?;
         let auth_mode = match get("DATASTORAGE_AUTH_MODE").as_deref().unwrap_or("none") {
             "none" => AuthMode::None,
             other => {
                 return Err(ConfigError {
                     key: "DATASTORAGE_AUTH_MODE",
-                    reason: format!("{other:?} is not supported by this version; the supported mode is `none`"),
+                    reason: format!(
+                        "{other:?} is not supported by this version; the supported mode is `none`"
+                    ),
                 });
             }
         };
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let config = Config {
             database_url,
-            http_addr: parse(get, "DATASTORAGE_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-            metrics_addr: parse(get, "DATASTORAGE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090)))?,
+            http_addr: parse(
+                get,
+                "DATASTORAGE_HTTP_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )?,
+            metrics_addr: parse(
+                get,
+                "DATASTORAGE_METRICS_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9090)),
+            )?,
             auth_mode,
             model_dir: get("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR")
                 .map(PathBuf::from)
@@ -98,9 +112,17 @@ impl Config {
             embedding_dimension: parse(get, "DATASTORAGE_EMBEDDING_DIMENSION", 384)?,
             migrate_on_start: parse(get, "DATASTORAGE_MIGRATE_ON_START", true)?,
             db_pool_size: parse(get, "DATASTORAGE_DB_POOL_SIZE", 16)?,
-            db_wait_timeout: Duration::from_millis(parse(get, "DATASTORAGE_DB_WAIT_TIMEOUT_MS", 5000)?),
+            db_wait_timeout: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_DB_WAIT_TIMEOUT_MS",
+                5000,
+            )?),
             http_workers: parse(get, "DATASTORAGE_HTTP_WORKERS", cores)?,
-            shutdown_timeout: Duration::from_secs(parse(get, "DATASTORAGE_SHUTDOWN_TIMEOUT_SECS", 30)?),
+            shutdown_timeout: Duration::from_secs(parse(
+                get,
+                "DATASTORAGE_SHUTDOWN_TIMEOUT_SECS",
+                30,
+            )?),
         };
         config.check()?;
         Ok(config)
@@ -108,7 +130,10 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         if self.auth_mode == AuthMode::None {
-            for (key, addr) in [("DATASTORAGE_HTTP_ADDR", self.http_addr), ("DATASTORAGE_METRICS_ADDR", self.metrics_addr)] {
+            for (key, addr) in [
+                ("DATASTORAGE_HTTP_ADDR", self.http_addr),
+                ("DATASTORAGE_METRICS_ADDR", self.metrics_addr),
+            ] {
                 if !addr.ip().is_loopback() {
                     return Err(ConfigError {
                         key,
@@ -120,13 +145,22 @@ impl Config {
             }
         }
         if self.db_pool_size == 0 {
-            return Err(ConfigError { key: "DATASTORAGE_DB_POOL_SIZE", reason: "must be at least 1".into() });
+            return Err(ConfigError {
+                key: "DATASTORAGE_DB_POOL_SIZE",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.http_workers == 0 {
-            return Err(ConfigError { key: "DATASTORAGE_HTTP_WORKERS", reason: "must be at least 1".into() });
+            return Err(ConfigError {
+                key: "DATASTORAGE_HTTP_WORKERS",
+                reason: "must be at least 1".into(),
+            });
         }
         if !(1..=16000).contains(&self.embedding_dimension) {
-            return Err(ConfigError { key: "DATASTORAGE_EMBEDDING_DIMENSION", reason: "must be 1 to 16000".into() });
+            return Err(ConfigError {
+                key: "DATASTORAGE_EMBEDDING_DIMENSION",
+                reason: "must be 1 to 16000".into(),
+            });
         }
         Ok(())
     }
@@ -138,7 +172,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(&|k| map.get(k).cloned())
     }
 
@@ -155,17 +192,29 @@ mod tests {
     fn errors_name_the_key() {
         let e = load(&[]).unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_DATABASE_URL");
-        let e = load(&[("DATABASE_URL", "postgres://x/db"), ("DATASTORAGE_DB_POOL_SIZE", "many")]).unwrap_err();
+        let e = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_DB_POOL_SIZE", "many"),
+        ])
+        .unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_DB_POOL_SIZE");
         assert!(e.to_string().contains("DATASTORAGE_DB_POOL_SIZE"));
     }
 
     #[test]
     fn auth_none_is_refused_on_a_non_loopback_listener() {
-        let e = load(&[("DATABASE_URL", "postgres://x/db"), ("DATASTORAGE_HTTP_ADDR", "0.0.0.0:8080")]).unwrap_err();
+        let e = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_HTTP_ADDR", "0.0.0.0:8080"),
+        ])
+        .unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_HTTP_ADDR");
         assert!(e.reason.contains("loopback"));
-        let e = load(&[("DATABASE_URL", "postgres://x/db"), ("DATASTORAGE_AUTH_MODE", "tokenreview")]).unwrap_err();
+        let e = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_AUTH_MODE", "tokenreview"),
+        ])
+        .unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_AUTH_MODE");
     }
 }

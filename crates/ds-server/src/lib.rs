@@ -51,7 +51,10 @@ impl Running {
         let api_task = tokio::spawn(self.api);
         let metrics_task = tokio::spawn(self.metrics);
         wait_for_signal().await;
-        tracing::info!(timeout_secs = timeout.as_secs(), "shutting down: readiness is now 503, draining requests");
+        tracing::info!(
+            timeout_secs = timeout.as_secs(),
+            "shutting down: readiness is now 503, draining requests"
+        );
         state.shutting_down.store(true, Ordering::SeqCst);
         api.stop(true).await;
         metrics.stop(true).await;
@@ -73,7 +76,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {},
@@ -93,7 +99,9 @@ async fn wait_for_signal() {
 
 /// Applies pending migrations.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
-    ds_store_pg::run_migrations(database_url).await.context("applying migrations")
+    ds_store_pg::run_migrations(database_url)
+        .await
+        .context("applying migrations")
 }
 
 /// Builds everything and binds the listeners; nothing is served until the returned servers are polled.
@@ -124,9 +132,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .context("loading the local embedding model")?
         .with_context(|| {
-            format!("loading the local embedding model (DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR={})", config.model_dir.display())
+            format!(
+                "loading the local embedding model (DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR={})",
+                config.model_dir.display()
+            )
         })?;
-    if embedder.dimension() != config.embedding_dimension || health.embedding_dimension != config.embedding_dimension {
+    if embedder.dimension() != config.embedding_dimension
+        || health.embedding_dimension != config.embedding_dimension
+    {
         bail!(
             "embedding dimension mismatch: the provider `{}` gives {} dimensions, the database column embeddings.embedding has {}, DATASTORAGE_EMBEDDING_DIMENSION is {}",
             embedder.model_id(),
@@ -135,7 +148,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.embedding_dimension
         );
     }
-    tracing::info!(model = embedder.model_id(), dimension = embedder.dimension(), "embedding provider `local` ready");
+    tracing::info!(
+        model = embedder.model_id(),
+        dimension = embedder.dimension(),
+        "embedding provider `local` ready"
+    );
 
     let store: Arc<dyn AuditStore> = Arc::new(store);
     let embedder: Arc<dyn Embedder> = Arc::new(embedder);
@@ -147,8 +164,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout.as_secs())
         .bind(config.http_addr)
-        .with_context(|| format!("binding the API listener (DATASTORAGE_HTTP_ADDR={})", config.http_addr))?;
-    let http_addr = api.addrs().first().copied().context("the API listener has no address")?;
+        .with_context(|| {
+            format!(
+                "binding the API listener (DATASTORAGE_HTTP_ADDR={})",
+                config.http_addr
+            )
+        })?;
+    let http_addr = api
+        .addrs()
+        .first()
+        .copied()
+        .context("the API listener has no address")?;
 
     let handle = metrics_handle()?;
     let upkeep = handle.clone();
@@ -165,15 +191,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "/metrics",
             actix_web::web::get().to(move || {
                 let body = handle.render();
-                async move { actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
+                async move {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4")
+                        .body(body)
+                }
             }),
         )
     })
     .workers(1)
     .disable_signals()
     .bind(config.metrics_addr)
-    .with_context(|| format!("binding the metrics listener (DATASTORAGE_METRICS_ADDR={})", config.metrics_addr))?;
-    let metrics_addr = metrics.addrs().first().copied().context("the metrics listener has no address")?;
+    .with_context(|| {
+        format!(
+            "binding the metrics listener (DATASTORAGE_METRICS_ADDR={})",
+            config.metrics_addr
+        )
+    })?;
+    let metrics_addr = metrics
+        .addrs()
+        .first()
+        .copied()
+        .context("the metrics listener has no address")?;
     tracing::info!(%http_addr, %metrics_addr, "listening");
 
     Ok(Running {

@@ -5,7 +5,11 @@ use ds_server::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "datastorage", version, about = "The audit-trail store of the Kubernaut platform")]
+#[command(
+    name = "datastorage",
+    version,
+    about = "The audit-trail store of the Kubernaut platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -21,9 +25,15 @@ enum Command {
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("DATASTORAGE_LOG_FORMAT").map(|f| f != "text").unwrap_or(true);
+    let json = std::env::var("DATASTORAGE_LOG_FORMAT")
+        .map(|f| f != "text")
+        .unwrap_or(true);
     if json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }

@@ -25,8 +25,13 @@ impl PgStoreError {
     pub fn is_retryable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         match self {
-            PgStoreError::Query(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => true,
-            PgStoreError::Query(Error::DatabaseError(_, info)) => info.message().contains("deadlock detected"),
+            PgStoreError::Query(Error::DatabaseError(
+                DatabaseErrorKind::SerializationFailure,
+                _,
+            )) => true,
+            PgStoreError::Query(Error::DatabaseError(_, info)) => {
+                info.message().contains("deadlock detected")
+            }
             _ => false,
         }
     }

@@ -39,7 +39,8 @@ pub async fn run_migrations(database_url: &str) -> Result<Vec<String>, PgStoreEr
             .run_pending_migrations(MIGRATIONS)
             .map(|versions| versions.iter().map(ToString::to_string).collect())
             .map_err(|e| PgStoreError::Migration(e.to_string()));
-        let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(&mut conn);
+        let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .execute(&mut conn);
         let applied = applied?;
         unlock?;
         Ok(applied)

@@ -12,7 +12,9 @@ use std::io::Write;
 pub struct Vector;
 
 /// A vector value.
-#[derive(Debug, Clone, PartialEq, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+#[derive(
+    Debug, Clone, PartialEq, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow,
+)]
 #[diesel(sql_type = Vector)]
 pub struct Embedding(pub Vec<f32>);
 
@@ -38,7 +40,10 @@ impl FromSql<Vector, Pg> for Embedding {
             return Err("vector: bad length".into());
         }
         Ok(Embedding(
-            b[4..].chunks_exact(4).map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            b[4..]
+                .chunks_exact(4)
+                .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
         ))
     }
 }

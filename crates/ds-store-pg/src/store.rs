@@ -14,8 +14,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ds_domain::digest::Sha256Digest;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, EmbeddingStatus, StoreError, StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult,
-    WriteStatus,
+    AuditStore, EmbeddingStatus, StoreError, StoreHealth, StoredRecord, WriteOutcome, WriteRequest,
+    WriteResult, WriteStatus,
 };
 use ds_domain::time::Timestamp;
 use serde_json::{Map, Value};
@@ -75,7 +75,9 @@ impl PgStore {
     async fn conn(&self) -> Result<Object<AsyncPgConnection>, PgStoreError> {
         self.pool.get().await.map_err(|e| match e {
             PoolError::Backend(e) => PgStoreError::Connect(e.to_string()),
-            PoolError::Timeout(t) => PgStoreError::Pool(format!("timed out waiting for a connection ({t:?})")),
+            PoolError::Timeout(t) => {
+                PgStoreError::Pool(format!("timed out waiting for a connection ({t:?})"))
+            }
             other => PgStoreError::Pool(other.to_string()),
         })
     }
@@ -128,7 +130,11 @@ impl PgStore {
                     .execute(c)
                     .await?;
             }
-            let wanted: Vec<&[u8]> = request.embedding_digests.iter().map(|d| d.as_slice()).collect();
+            let wanted: Vec<&[u8]> = request
+                .embedding_digests
+                .iter()
+                .map(|d| d.as_slice())
+                .collect();
             let ids: HashMap<Vec<u8>, i64> = embeddings::table
                 .filter(embeddings::digest.eq_any(&wanted))
                 .select((embeddings::digest, embeddings::id))
@@ -139,7 +145,11 @@ impl PgStore {
 
             // 3. Records, in content-digest order for the same reason; outcomes go back in request order.
             let mut order: Vec<usize> = (0..request.records.len()).collect();
-            order.sort_by(|&a, &b| request.records[a].content_digest.cmp(&request.records[b].content_digest));
+            order.sort_by(|&a, &b| {
+                request.records[a]
+                    .content_digest
+                    .cmp(&request.records[b].content_digest)
+            });
             let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; request.records.len()];
             for i in order {
                 let r = &request.records[i];
@@ -161,20 +171,29 @@ impl PgStore {
                     embedding_digest: edigest,
                     embedding_id,
                 };
-                let created: Option<(i64, DateTime<Utc>, Option<i64>)> = diesel::insert_into(audit_records::table)
-                    .values(&row)
-                    .on_conflict(audit_records::content_digest)
-                    .do_nothing()
-                    .returning((audit_records::id, audit_records::received_at, audit_records::embedding_id))
-                    .get_result(c)
-                    .await
-                    .optional()?;
+                let created: Option<(i64, DateTime<Utc>, Option<i64>)> =
+                    diesel::insert_into(audit_records::table)
+                        .values(&row)
+                        .on_conflict(audit_records::content_digest)
+                        .do_nothing()
+                        .returning((
+                            audit_records::id,
+                            audit_records::received_at,
+                            audit_records::embedding_id,
+                        ))
+                        .get_result(c)
+                        .await
+                        .optional()?;
                 let (id, received, eid, status) = match created {
                     Some((id, at, eid)) => (id, at, eid, WriteStatus::Created),
                     None => {
                         let (id, at, eid): (i64, DateTime<Utc>, Option<i64>) = audit_records::table
                             .filter(audit_records::content_digest.eq(r.content_digest.as_slice()))
-                            .select((audit_records::id, audit_records::received_at, audit_records::embedding_id))
+                            .select((
+                                audit_records::id,
+                                audit_records::received_at,
+                                audit_records::embedding_id,
+                            ))
                             .first(c)
                             .await?;
                         (id, at, eid, WriteStatus::Duplicate)
@@ -183,7 +202,11 @@ impl PgStore {
                 outcomes[i] = Some(WriteOutcome {
                     id,
                     embedding_id: eid,
-                    embedding_status: if eid.is_some() { EmbeddingStatus::Stored } else { EmbeddingStatus::Pending },
+                    embedding_status: if eid.is_some() {
+                        EmbeddingStatus::Stored
+                    } else {
+                        EmbeddingStatus::Pending
+                    },
                     status,
                     received_at: Timestamp::from_utc(received),
                 });
@@ -205,7 +228,10 @@ impl PgStore {
     }
 
     fn to_stored(row: RecordRow) -> Result<StoredRecord, PgStoreError> {
-        let kind: Kind = row.kind.parse().map_err(|e| PgStoreError::Corrupt(format!("{e}")))?;
+        let kind: Kind = row
+            .kind
+            .parse()
+            .map_err(|e| PgStoreError::Corrupt(format!("{e}")))?;
         let mut record = Map::new();
         record.insert("name".into(), Value::String(row.name));
         record.insert("namespace".into(), Value::String(row.namespace));
@@ -224,7 +250,12 @@ impl PgStore {
         record.insert("correlationId".into(), Value::String(row.correlation_id));
         match row.details {
             Value::Object(m) => record.extend(m),
-            other => return Err(PgStoreError::Corrupt(format!("details is not an object: {}", type_name(&other)))),
+            other => {
+                return Err(PgStoreError::Corrupt(format!(
+                    "details is not an object: {}",
+                    type_name(&other)
+                )));
+            }
         }
         match row.unknown_fields {
             Value::Object(m) => {
@@ -233,7 +264,10 @@ impl PgStore {
                 }
             }
             other => {
-                return Err(PgStoreError::Corrupt(format!("unknown_fields is not an object: {}", type_name(&other))));
+                return Err(PgStoreError::Corrupt(format!(
+                    "unknown_fields is not an object: {}",
+                    type_name(&other)
+                )));
             }
         }
         Ok(StoredRecord {
@@ -241,7 +275,11 @@ impl PgStore {
             kind,
             received_at: Timestamp::from_utc(row.received_at),
             embedding_id: row.embedding_id,
-            embedding_status: if row.embedding_id.is_some() { EmbeddingStatus::Stored } else { EmbeddingStatus::Pending },
+            embedding_status: if row.embedding_id.is_some() {
+                EmbeddingStatus::Stored
+            } else {
+                EmbeddingStatus::Pending
+            },
             record,
         })
     }
@@ -280,7 +318,10 @@ impl AuditStore for PgStore {
         }
     }
 
-    async fn existing_embeddings(&self, digests: &[Sha256Digest]) -> Result<Vec<Sha256Digest>, StoreError> {
+    async fn existing_embeddings(
+        &self,
+        digests: &[Sha256Digest],
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
@@ -292,7 +333,10 @@ impl AuditStore for PgStore {
             .load(&mut conn)
             .await
             .map_err(PgStoreError::from)?;
-        Ok(found.into_iter().filter_map(|d| <Sha256Digest>::try_from(d.as_slice()).ok()).collect())
+        Ok(found
+            .into_iter()
+            .filter_map(|d| <Sha256Digest>::try_from(d.as_slice()).ok())
+            .collect())
     }
 
     async fn idempotent_result(
@@ -308,9 +352,12 @@ impl AuditStore for PgStore {
             .await
             .optional()
             .map_err(PgStoreError::from)?;
-        let Some((digest, outcomes)) = row else { return Ok(None) };
-        let digest = <Sha256Digest>::try_from(digest.as_slice())
-            .map_err(|_| StoreError::Corrupt("idempotency request digest is not 32 bytes".into()))?;
+        let Some((digest, outcomes)) = row else {
+            return Ok(None);
+        };
+        let digest = <Sha256Digest>::try_from(digest.as_slice()).map_err(|_| {
+            StoreError::Corrupt("idempotency request digest is not 32 bytes".into())
+        })?;
         let outcomes: Vec<WriteOutcome> = serde_json::from_value(outcomes)
             .map_err(|e| StoreError::Corrupt(format!("idempotency outcomes: {e}")))?;
         Ok(Some((digest, outcomes)))
@@ -338,16 +385,20 @@ impl AuditStore for PgStore {
             .load(&mut conn)
             .await
             .map_err(PgStoreError::from)?;
-        Ok(rows.into_iter().map(Self::to_stored).collect::<Result<Vec<_>, _>>()?)
+        Ok(rows
+            .into_iter()
+            .map(Self::to_stored)
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     async fn health(&self) -> Result<StoreHealth, StoreError> {
         let mut conn = self.conn().await?;
-        let applied: Vec<String> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
-            .load::<Version>(&mut conn)
-            .await
-            .map(|v| v.into_iter().map(|v| v.version).collect())
-            .unwrap_or_default();
+        let applied: Vec<String> =
+            diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+                .load::<Version>(&mut conn)
+                .await
+                .map(|v| v.into_iter().map(|v| v.version).collect())
+                .unwrap_or_default();
         let known = crate::known_migrations();
         let pending = known.iter().filter(|k| !applied.contains(k)).count();
         let dim = if pending == 0 {
