@@ -96,6 +96,17 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the `postgres` system user can enter `dir` (every parent must be searchable).
+fn postgres_can_reach(dir: &Path) -> bool {
+    let _ = std::fs::create_dir_all(dir);
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// A throwaway PostgreSQL cluster under `target/`, on loopback only.
 struct Cluster {
     data: PathBuf,
@@ -126,11 +137,21 @@ impl Cluster {
 
     /// Starts the cluster in `data` (created when missing; wiped first when `fresh`).
     fn start(root: &Path, name: &str, port: u16, fresh: bool, durable: bool) -> Result<Cluster> {
-        let data = root.join("target").join(name);
+        let as_postgres = is_root();
+        let mut data = root.join("target").join(name);
+        if as_postgres && !postgres_can_reach(&root.join("target")) {
+            // e.g. a checkout under /root (mode 700): the postgres user cannot reach target/.
+            data = std::env::temp_dir().join(format!("datastorage-{name}-{port}"));
+            step(&format!(
+                "the postgres user cannot reach {}/target: using {}",
+                root.display(),
+                data.display()
+            ));
+        }
         let cluster = Cluster {
             data,
             port,
-            as_postgres: is_root(),
+            as_postgres,
         };
         if cluster.data.join("postmaster.pid").exists() {
             step(&format!(

@@ -42,16 +42,22 @@ pub async fn envelope(
         request_id: request_id.clone(),
     };
     req.extensions_mut().insert(ctx);
-    let http_req = req.request().clone();
     let method = req.method().to_string();
     let path = req.path().to_owned();
 
-    let res = match next.call(req).await {
-        Ok(res) => res.map_into_boxed_body(),
-        Err(e) => ServiceResponse::from_err(e, http_req),
-    };
+    // The request must not be cloned before routing (actix needs it unshared to record path
+    // parameters). Handlers' errors arrive as responses; an `Err` here comes from actix's own service
+    // stack and is rendered by actix.
+    let res = next.call(req).await?.map_into_boxed_body();
     let status = res.status();
-    let mut res = if status.is_client_error() || status.is_server_error() {
+    // Error answers that a handler wrote itself as JSON (readiness' 503) are left as they are.
+    let handler_json = res.response().error().is_none()
+        && res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+    let mut res = if (status.is_client_error() || status.is_server_error()) && !handler_json {
         let parts = match res
             .response()
             .error()
