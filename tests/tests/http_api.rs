@@ -1,5 +1,7 @@
 //! End to end over HTTP against the real service (real PostgreSQL + pgvector, real local model).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use ds_tests::fixtures::{self, CORRELATION};
 use ds_tests::{TestApp, spawn_app};
 use serde_json::{Value, json};

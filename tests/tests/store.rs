@@ -1,6 +1,8 @@
 //! The PostgreSQL store against a real database: atomicity of record + embedding, batches, sharing of
 //! identical embeddings, timestamp precision.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use diesel_async::SimpleAsyncConnection;
 use ds_domain::digest::embedding_digest;
 use ds_domain::kind::Kind;

@@ -3,6 +3,8 @@
 //!
 //! Needs the model files: `cargo xtask fetch-model` (the `cargo xtask test` command does it first).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use ds_domain::ports::Embedder;
 use ds_embed_local::LocalEmbedder;
 use std::path::PathBuf;

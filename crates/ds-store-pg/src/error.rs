@@ -45,11 +45,10 @@ impl From<PgStoreError> for StoreError {
             PgStoreError::Query(Error::BrokenTransactionManager) => {
                 StoreError::Unavailable("connection lost during a transaction".into())
             }
-            PgStoreError::Query(Error::DatabaseError(kind, info))
-                if matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection) =>
-            {
-                StoreError::Unavailable(info.message().to_owned())
-            }
+            PgStoreError::Query(Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::ClosedConnection,
+                info,
+            )) => StoreError::Unavailable(info.message().to_owned()),
             PgStoreError::Query(q) => StoreError::Query(q.to_string()),
             PgStoreError::Migration(m) => StoreError::Query(m),
             PgStoreError::Corrupt(m) => StoreError::Corrupt(m),

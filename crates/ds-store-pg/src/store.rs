@@ -116,7 +116,7 @@ impl PgStore {
 
             // 2. New embeddings, in digest order (a fixed lock order: no deadlock between writers).
             let mut new = request.new_embeddings.iter().collect::<Vec<_>>();
-            new.sort_by(|a, b| a.digest.cmp(&b.digest));
+            new.sort_by_key(|e| e.digest);
             new.dedup_by(|a, b| a.digest == b.digest);
             for e in new {
                 diesel::insert_into(embeddings::table)
