@@ -56,6 +56,14 @@ async fn admin_url() -> Result<String> {
         .cloned()
 }
 
+#[cfg(not(feature = "docker"))]
+async fn docker_admin_url() -> Result<String> {
+    anyhow::bail!(
+        "DATASTORAGE_TEST_DB=docker needs the tests built with `--features ds-tests/docker`: run `cargo xtask test`, which adds it"
+    )
+}
+
+#[cfg(feature = "docker")]
 async fn docker_admin_url() -> Result<String> {
     use testcontainers_modules::postgres::Postgres;
     use testcontainers_modules::testcontainers::runners::AsyncRunner;
@@ -205,6 +213,7 @@ pub fn model_dir() -> PathBuf {
 /// The real service on an ephemeral port, over its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub db: TestDb,
     pub client: reqwest::Client,
     pub state: ds_http::AppState,
@@ -271,9 +280,11 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
     }
     let config = Config::from_lookup(&|k| env.get(k).cloned())?;
     let running = ds_server::start(config).await?;
+    let metrics_addr = running.metrics_addr;
     let (addr, state) = running.spawn();
     Ok(TestApp {
         addr,
+        metrics_addr,
         db,
         client: reqwest::Client::new(),
         state,

@@ -545,3 +545,42 @@ async fn probes_and_the_openapi_document() {
     assert_eq!(r.body["reason"], "shutting down");
     assert_eq!(r.header("retry-after"), Some("5"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_writes_and_validation_failures() {
+    let app = spawn_app().await.unwrap();
+    assert_eq!(
+        write(&app, "remediation", &fixtures::remediation(1))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        write(&app, "remediation", &fixtures::remediation(1))
+            .await
+            .status,
+        201
+    );
+    let mut bad = fixtures::remediation(2);
+    bad["namespace"] = json!("Bad");
+    assert_eq!(write(&app, "remediation", &bad).await.status, 400);
+    let text = app
+        .client
+        .get(format!("http://{}/metrics", app.metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"datastorage_audit_writes_total{kind="remediation",status="created"} 1"#,
+        r#"datastorage_audit_writes_total{kind="remediation",status="duplicate"} 1"#,
+        r#"datastorage_validation_failures_total{kind="remediation",field="namespace"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line} in:\n{text}"
+        );
+    }
+}

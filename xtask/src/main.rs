@@ -330,6 +330,12 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     ])
     .args(extra)
     .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &model);
+    if docker {
+        step(
+            "DATASTORAGE_TEST_DB=docker: tests take PostgreSQL from a pgvector container (needs a Docker engine)",
+        );
+        cmd.args(["--features", "ds-tests/docker"]);
+    }
     if let Some(url) = external.or_else(|| cluster.as_ref().map(|c| c.url("postgres"))) {
         cmd.env("DATABASE_URL", url);
     }
