@@ -313,6 +313,15 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     let model = fetch_model(root)?;
     let docker = std::env::var("DATASTORAGE_TEST_DB").is_ok_and(|v| v == "docker");
     let external = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    if docker
+        && std::env::var_os("DOCKER_HOST").is_none()
+        && !Path::new("/var/run/docker.sock").exists()
+    {
+        bail!(
+            "DATASTORAGE_TEST_DB=docker, but no Docker engine is reachable (no /var/run/docker.sock, no DOCKER_HOST): \
+             unset DATASTORAGE_TEST_DB to test against a local PostgreSQL cluster"
+        );
+    }
     let cluster = if docker || external.is_some() {
         None
     } else {
