@@ -14,6 +14,7 @@ pub mod lenient;
 pub mod ports;
 pub mod record;
 pub mod sanitize;
+pub mod search;
 pub mod service;
 pub mod time;
 pub mod validate;

@@ -7,6 +7,7 @@
 use crate::digest::Sha256Digest;
 use crate::kind::Kind;
 use crate::record::ValidRecord;
+use crate::search::SearchFilters;
 use crate::time::Timestamp;
 use async_trait::async_trait;
 use serde::Serialize;
@@ -92,6 +93,13 @@ pub struct StoredRecord {
     pub record: Map<String, Value>,
 }
 
+/// A search result: a record and its cosine similarity to the query (1 = same direction).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub record: StoredRecord,
+    pub similarity: f64,
+}
+
 /// The state of the store, for readiness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -159,6 +167,17 @@ pub trait AuditStore: Send + Sync {
 
     /// Every record of a correlation id, all kinds, ordered by `createdAt`, then `id`.
     async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// The records nearest to `vector` by cosine similarity, best first, among the records whose
+    /// embedding was made by `model` and that pass `filters`; at most `limit`. Filters never silently
+    /// shrink the answer: when fewer than `limit` records are returned, fewer exist.
+    async fn search(
+        &self,
+        vector: Vec<f32>,
+        model: &str,
+        filters: &SearchFilters,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, StoreError>;
 
     /// Checks the database: reachable, migrations applied.
     async fn health(&self) -> Result<StoreHealth, StoreError>;

@@ -8,12 +8,14 @@
 
 use crate::digest::{Sha256Digest, embedding_digest, sha256};
 use crate::error::AuditError;
+use crate::error::Violation;
 use crate::kind::Kind;
 use crate::ports::{
-    AuditStore, EmbedError, Embedder, IdempotencyClaim, NewEmbedding, StoreHealth, StoredRecord,
-    WriteOutcome, WriteRequest, WriteResult,
+    AuditStore, EmbedError, Embedder, IdempotencyClaim, NewEmbedding, SearchHit, StoreHealth,
+    StoredRecord, WriteOutcome, WriteRequest, WriteResult,
 };
 use crate::record::ValidRecord;
+use crate::search::{SearchBy, SearchRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -166,6 +168,51 @@ impl AuditService {
     /// The trail of a correlation id, oldest first; empty when there is none.
     pub async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, AuditError> {
         Ok(self.store.trail(correlation_id).await?)
+    }
+
+    /// Similarity search: text is embedded with the configured provider (same model as the stored
+    /// vectors); a vector must have the provider's dimension.
+    pub async fn search(&self, request: SearchRequest) -> Result<Vec<SearchHit>, AuditError> {
+        let dim = self.embedder.dimension();
+        let vector = match request.by {
+            SearchBy::Text(text) => {
+                let mut v = self.embedder.embed(vec![text]).await?;
+                match v.pop() {
+                    Some(x) if x.len() == dim && v.is_empty() => x,
+                    _ => {
+                        return Err(EmbedError::InvalidOutput(format!(
+                            "expected one vector of {dim}"
+                        ))
+                        .into());
+                    }
+                }
+            }
+            SearchBy::Vector(v) if v.len() == dim => v,
+            SearchBy::Vector(v) => {
+                return Err(AuditError::Validation(vec![Violation::new(
+                    "vector",
+                    "dimension",
+                    format!(
+                        "must have {dim} numbers (the embedding model's dimension), has {}",
+                        v.len()
+                    ),
+                )]));
+            }
+        };
+        let mut hits = self
+            .store
+            .search(
+                vector,
+                self.embedder.model_id(),
+                &request.filters,
+                request.limit,
+            )
+            .await?;
+        if let Some(min) = request.min_similarity {
+            // Hits come best first: everything after the first one under the threshold is under it too.
+            hits.retain(|h| h.similarity >= min);
+        }
+        Ok(hits)
     }
 
     /// The store's health, for readiness.

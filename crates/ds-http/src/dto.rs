@@ -83,6 +83,47 @@ pub struct TrailResponse {
     pub records: Vec<RecordResponse>,
 }
 
+/// `POST /api/v1/audit/search`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchBody {
+    /// Text to search by (embedded with the configured model); or give `vector`.
+    pub query: Option<String>,
+    /// A vector of the model's dimension; or give `query`.
+    pub vector: Option<Vec<f32>>,
+    pub kinds: Option<Vec<Kind>>,
+    pub namespace: Option<String>,
+    /// Records created at or after this instant.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub since: Option<String>,
+    /// Records created before this instant.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub until: Option<String>,
+    /// 1–100, default 10.
+    pub limit: Option<u32>,
+    /// 0–1: leave out hits less similar than this.
+    pub min_similarity: Option<f64>,
+}
+
+/// One hit, best first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResult {
+    pub kind: Kind,
+    pub id: i64,
+    pub name: String,
+    pub namespace: String,
+    pub phase: String,
+    /// Cosine similarity to the query, 1 = same direction.
+    pub similarity: f64,
+    pub record: RecordResponse,
+}
+
+/// The answer to a search.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResult>,
+}
+
 /// Error details: the first violation, and all of them.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetails {

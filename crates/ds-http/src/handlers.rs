@@ -1,7 +1,8 @@
 //! Route handlers.
 
 use crate::dto::{
-    BatchResponse, HealthResponse, ReadyResponse, RecordResponse, TrailResponse, WriteResponse,
+    BatchResponse, HealthResponse, ReadyResponse, RecordResponse, SearchResponse, SearchResult,
+    TrailResponse, WriteResponse,
 };
 use crate::error::ApiError;
 use crate::middleware::RequestContext;
@@ -34,6 +35,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
         web::resource("/api/v1/audit/batch")
             .app_data(batch)
             .route(web::post().to(write_batch)),
+    )
+    .service(
+        web::resource("/api/v1/audit/search")
+            .app_data(web::PayloadConfig::new(limits.body_bytes))
+            .route(web::post().to(search)),
     )
     .service(web::resource("/api/v1/audit/trail/{correlation_id}").route(web::get().to(trail)))
     .service(web::resource("/api/v1/audit/{kind}/{id}").route(web::get().to(get_record)))
@@ -345,6 +351,48 @@ async fn trail(
         correlation_id,
         records: records.into_iter().map(record_response).collect(),
     }))
+}
+
+async fn search(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    require_json(&req)?;
+    let request = parse_json(&body)
+        .and_then(|v| ds_domain::search::parse_search(v).map_err(ApiError::from))?;
+    let hits = state.service.search(request).await?;
+    let results = hits
+        .into_iter()
+        .map(|h| SearchResult {
+            kind: h.record.kind,
+            id: h.record.id,
+            name: h
+                .record
+                .record
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            namespace: h
+                .record
+                .record
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            phase: h
+                .record
+                .record
+                .get("phase")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            similarity: h.similarity,
+            record: record_response(h.record),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(SearchResponse { results }))
 }
 
 async fn healthz() -> HttpResponse {

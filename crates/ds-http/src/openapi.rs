@@ -56,6 +56,11 @@ mod paths {
         responses((status = 200, body = TrailResponse), (status = 400, body = ErrorBody)))]
     pub fn trail() {}
 
+    #[utoipa::path(post, path = "/api/v1/audit/search", tag = "read",
+        request_body(content = SearchBody, content_type = "application/json"),
+        responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    pub fn search() {}
+
     #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthResponse)))]
     pub fn healthz() {}
 
@@ -77,6 +82,7 @@ mod paths {
         paths::execution,
         paths::batch,
         paths::get_record,
+        paths::search,
         paths::trail,
         paths::healthz,
         paths::readyz

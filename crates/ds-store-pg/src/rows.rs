@@ -41,7 +41,7 @@ pub struct NewKeyRow<'a> {
     pub outcomes: serde_json::Value,
 }
 
-#[derive(Queryable, Selectable, Debug)]
+#[derive(Queryable, QueryableByName, Selectable, Debug)]
 #[diesel(table_name = audit_records, check_for_backend(diesel::pg::Pg))]
 pub struct RecordRow {
     pub id: i64,
@@ -58,4 +58,13 @@ pub struct RecordRow {
     pub details: serde_json::Value,
     pub unknown_fields: serde_json::Value,
     pub embedding_id: Option<i64>,
+}
+
+/// A search result row: the record and its cosine distance to the query.
+#[derive(QueryableByName, Debug)]
+pub struct SearchRow {
+    #[diesel(embed)]
+    pub record: RecordRow,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub distance: f64,
 }

@@ -2,7 +2,7 @@
 
 use crate::error::PgStoreError;
 use crate::pgv::Embedding;
-use crate::rows::{NewEmbeddingRow, NewKeyRow, NewRecordRow, RecordRow};
+use crate::rows::{NewEmbeddingRow, NewKeyRow, NewRecordRow, RecordRow, SearchRow};
 use crate::schema::{audit_records, embeddings, idempotency_keys};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -10,13 +10,14 @@ use deadpool::Runtime;
 use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use ds_domain::digest::Sha256Digest;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, EmbeddingStatus, StoreError, StoreHealth, StoredRecord, WriteOutcome, WriteRequest,
-    WriteResult, WriteStatus,
+    AuditStore, EmbeddingStatus, SearchHit, StoreError, StoreHealth, StoredRecord, WriteOutcome,
+    WriteRequest, WriteResult, WriteStatus,
 };
+use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -391,6 +392,56 @@ impl AuditStore for PgStore {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
+    async fn search(
+        &self,
+        vector: Vec<f32>,
+        model: &str,
+        filters: &SearchFilters,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
+        let mut conn = self.conn().await?;
+        let kinds: Option<Vec<String>> = filters
+            .kinds
+            .as_ref()
+            .map(|ks| ks.iter().map(|k| k.as_str().to_owned()).collect());
+        let namespace = filters.namespace.clone();
+        let since = filters.since.map(|t| t.as_utc());
+        let until = filters.until.map(|t| t.as_utc());
+        let model = model.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(100);
+        let rows: Vec<SearchRow> = conn
+            .transaction(async |c| -> Result<Vec<SearchRow>, diesel::result::Error> {
+                // pgvector 0.8 iterative index scans: the HNSW scan goes on until `limit` rows pass the
+                // filters instead of stopping after ef_search candidates, so filters do not drop results.
+                c.batch_execute(
+                    "SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL hnsw.ef_search = 100",
+                )
+                .await?;
+                diesel::sql_query(SEARCH_SQL)
+                    .bind::<crate::pgv::Vector, _>(Embedding(vector))
+                    .bind::<Text, _>(model)
+                    .bind::<Nullable<Array<Text>>, _>(kinds)
+                    .bind::<Nullable<Text>, _>(namespace)
+                    .bind::<Nullable<Timestamptz>, _>(since)
+                    .bind::<Nullable<Timestamptz>, _>(until)
+                    .bind::<BigInt, _>(limit)
+                    .load::<SearchRow>(c)
+                    .await
+            })
+            .await
+            .map_err(PgStoreError::from)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(SearchHit {
+                    similarity: 1.0 - r.distance,
+                    record: Self::to_stored(r.record)?,
+                })
+            })
+            .collect::<Result<Vec<_>, PgStoreError>>()
+            .map_err(StoreError::from)
+    }
+
     async fn health(&self) -> Result<StoreHealth, StoreError> {
         let mut conn = self.conn().await?;
         let applied: Vec<String> =
@@ -420,6 +471,23 @@ impl AuditStore for PgStore {
         })
     }
 }
+
+/// Nearest records by cosine distance, ordered best first (ties by id), filters applied inside the scan.
+const SEARCH_SQL: &str = "\
+SELECT * FROM (
+    SELECT r.id, r.kind, r.name, r.namespace, r.phase, r.correlation_id, r.message, r.created_at,
+           r.started_at, r.completed_at, r.received_at, r.details, r.unknown_fields, r.embedding_id,
+           (e.embedding <=> $1) AS distance
+    FROM embeddings e
+    JOIN audit_records r ON r.embedding_id = e.id
+    WHERE e.model = $2
+      AND ($3::text[] IS NULL OR r.kind = ANY($3))
+      AND ($4::text IS NULL OR r.namespace = $4)
+      AND ($5::timestamptz IS NULL OR r.created_at >= $5)
+      AND ($6::timestamptz IS NULL OR r.created_at < $6)
+    ORDER BY e.embedding <=> $1
+    LIMIT $7
+) hits ORDER BY distance, id";
 
 #[derive(QueryableByName)]
 struct Version {
