@@ -28,6 +28,10 @@ pub struct Config {
     pub model_dir: PathBuf,
     /// `DATASTORAGE_EMBEDDING_DIMENSION`: the vector dimension of this deployment (default 384).
     pub embedding_dimension: usize,
+    /// `DATASTORAGE_EMBEDDING_CACHE_CAPACITY`: most cached vectors (default 10000; ~1.6 KB each at 384 dims).
+    pub embedding_cache_capacity: usize,
+    /// `DATASTORAGE_EMBEDDING_CACHE_TTL_SECS`: how long a cached vector is used (default 300).
+    pub embedding_cache_ttl: Duration,
     /// `DATASTORAGE_MIGRATE_ON_START`: apply pending migrations at start-up (default `true`).
     pub migrate_on_start: bool,
     /// `DATASTORAGE_DB_POOL_SIZE`: most database connections (default 16).
@@ -110,6 +114,12 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("target/models/all-MiniLM-L6-v2")),
             embedding_dimension: parse(get, "DATASTORAGE_EMBEDDING_DIMENSION", 384)?,
+            embedding_cache_capacity: parse(get, "DATASTORAGE_EMBEDDING_CACHE_CAPACITY", 10_000)?,
+            embedding_cache_ttl: Duration::from_secs(parse(
+                get,
+                "DATASTORAGE_EMBEDDING_CACHE_TTL_SECS",
+                300,
+            )?),
             migrate_on_start: parse(get, "DATASTORAGE_MIGRATE_ON_START", true)?,
             db_pool_size: parse(get, "DATASTORAGE_DB_POOL_SIZE", 16)?,
             db_wait_timeout: Duration::from_millis(parse(

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use config::Config;
 use ds_domain::AuditService;
 use ds_domain::ports::{AuditStore, Embedder};
+use ds_embed_cache::CachedEmbedder;
 use ds_embed_local::LocalEmbedder;
 use ds_http::{AppState, Limits};
 use ds_store_pg::{PgStore, PoolSettings};
@@ -155,7 +156,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
 
     let store: Arc<dyn AuditStore> = Arc::new(store);
-    let embedder: Arc<dyn Embedder> = Arc::new(embedder);
+    let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
+        Arc::new(embedder),
+        config.embedding_cache_capacity,
+        config.embedding_cache_ttl,
+    ));
     let state = AppState::new(AuditService::new(store, embedder), Limits::default());
 
     let app_state = state.clone();
