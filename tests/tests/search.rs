@@ -193,6 +193,7 @@ async fn filters_hold_with_more_non_matching_rows_than_ef_search_through_the_hns
             records,
             embedding_digests: digests,
             new_embeddings,
+            jobs: Vec::new(),
             idempotency: None,
         })
         .await

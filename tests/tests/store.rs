@@ -38,6 +38,7 @@ fn request(records: Vec<ValidRecord>, dim: usize) -> WriteRequest {
         records,
         embedding_digests: digests,
         new_embeddings,
+        jobs: Vec::new(),
         idempotency: None,
     }
 }

@@ -51,6 +51,15 @@ pub struct NewEmbedding {
     pub vector: Vec<f32>,
 }
 
+/// A durable embedding job: the text whose vector is still to be computed, written with the records
+/// that wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingJob {
+    pub digest: Sha256Digest,
+    pub model: String,
+    pub text: String,
+}
+
 /// An `Idempotency-Key` claim: the key, scoped to the caller, and the digest of the request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyClaim {
@@ -67,6 +76,8 @@ pub struct WriteRequest {
     pub embedding_digests: Vec<Sha256Digest>,
     /// Vectors to insert (any digest already stored is simply reused).
     pub new_embeddings: Vec<NewEmbedding>,
+    /// Texts to embed later: their records are committed with `embeddingStatus: pending`.
+    pub jobs: Vec<EmbeddingJob>,
     pub idempotency: Option<IdempotencyClaim>,
 }
 
@@ -126,6 +137,15 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Why a run of embedding jobs failed; its jobs stay queued either way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
 /// Errors of the [`Embedder`] port.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EmbedError {
@@ -178,6 +198,19 @@ pub trait AuditStore: Send + Sync {
         filters: &SearchFilters,
         limit: usize,
     ) -> Result<Vec<SearchHit>, StoreError>;
+
+    /// Runs up to `limit` embedding jobs: claims them (`FOR UPDATE SKIP LOCKED`, so replicas never take
+    /// the same job), embeds their texts with `embedder`, stores the vectors, links the waiting records
+    /// and deletes the jobs, all in one transaction. A worker that dies mid-way leaves its jobs for the
+    /// next one; nothing is embedded twice. Returns how many jobs were done.
+    async fn run_embedding_jobs(
+        &self,
+        limit: usize,
+        embedder: &dyn Embedder,
+    ) -> Result<usize, JobError>;
+
+    /// How many embedding jobs wait.
+    async fn pending_jobs(&self) -> Result<i64, StoreError>;
 
     /// Checks the database: reachable, migrations applied.
     async fn health(&self) -> Result<StoreHealth, StoreError>;

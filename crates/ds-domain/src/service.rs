@@ -11,13 +11,31 @@ use crate::error::AuditError;
 use crate::error::Violation;
 use crate::kind::Kind;
 use crate::ports::{
-    AuditStore, EmbedError, Embedder, IdempotencyClaim, NewEmbedding, SearchHit, StoreHealth,
-    StoredRecord, WriteOutcome, WriteRequest, WriteResult,
+    AuditStore, EmbedError, Embedder, EmbeddingJob, IdempotencyClaim, JobError, NewEmbedding,
+    SearchHit, StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult,
 };
 use crate::record::ValidRecord;
 use crate::search::{SearchBy, SearchRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+/// When records are embedded (contract §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingMode {
+    /// Embed inside the request; record and vector in one transaction (default).
+    Inline,
+    /// Commit the record with a durable job and answer at once; the worker embeds later.
+    Deferred,
+}
+
+/// What a write does when the provider fails (mode `inline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Commit the record as `pending` with a durable job (default).
+    Defer,
+    /// Answer `503 EMBEDDING_ERROR` and write nothing.
+    Reject,
+}
 
 /// An idempotency key with the identity it is scoped to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +58,40 @@ pub struct WriteReport {
 pub struct AuditService {
     store: Arc<dyn AuditStore>,
     embedder: Arc<dyn Embedder>,
+    mode: EmbeddingMode,
+    policy: FailurePolicy,
 }
 
 impl AuditService {
+    /// Mode `inline`, policy `defer`.
     pub fn new(store: Arc<dyn AuditStore>, embedder: Arc<dyn Embedder>) -> Self {
-        AuditService { store, embedder }
+        Self::with_options(store, embedder, EmbeddingMode::Inline, FailurePolicy::Defer)
+    }
+
+    pub fn with_options(
+        store: Arc<dyn AuditStore>,
+        embedder: Arc<dyn Embedder>,
+        mode: EmbeddingMode,
+        policy: FailurePolicy,
+    ) -> Self {
+        AuditService {
+            store,
+            embedder,
+            mode,
+            policy,
+        }
+    }
+
+    /// Runs up to `limit` durable embedding jobs; the worker's unit of work.
+    pub async fn run_embedding_jobs(&self, limit: usize) -> Result<usize, JobError> {
+        self.store
+            .run_embedding_jobs(limit, self.embedder.as_ref())
+            .await
+    }
+
+    /// The embedding backlog.
+    pub async fn pending_jobs(&self) -> Result<i64, AuditError> {
+        Ok(self.store.pending_jobs().await?)
     }
 
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
@@ -77,14 +124,27 @@ impl AuditService {
             .iter()
             .map(|r| embedding_digest(&model, &r.embedding_text))
             .collect();
-        let new_embeddings = self
-            .missing_embeddings(&records, &embedding_digests, &model)
-            .await?;
+        let missing = self.missing_texts(&records, &embedding_digests).await?;
+        let (new_embeddings, jobs) = if missing.is_empty() {
+            (Vec::new(), Vec::new())
+        } else if self.mode == EmbeddingMode::Deferred {
+            (Vec::new(), jobs_for(missing, &model))
+        } else {
+            match self.embed_missing(missing.clone(), &model).await {
+                Ok(new) => (new, Vec::new()),
+                // The records are committed as pending; the worker retries the embedding.
+                Err(AuditError::Embedding(_)) if self.policy == FailurePolicy::Defer => {
+                    (Vec::new(), jobs_for(missing, &model))
+                }
+                Err(e) => return Err(e),
+            }
+        };
 
         let request = WriteRequest {
             records,
             embedding_digests,
             new_embeddings,
+            jobs,
             idempotency: key.map(|k| IdempotencyClaim {
                 caller: k.caller,
                 key: k.key,
@@ -104,13 +164,12 @@ impl AuditService {
         }
     }
 
-    /// Embeds the texts whose vectors are not stored yet, each distinct text once.
-    async fn missing_embeddings(
+    /// The distinct (digest, text) pairs whose vectors are not stored yet.
+    async fn missing_texts(
         &self,
         records: &[ValidRecord],
         digests: &[Sha256Digest],
-        model: &str,
-    ) -> Result<Vec<NewEmbedding>, AuditError> {
+    ) -> Result<Vec<(Sha256Digest, String)>, AuditError> {
         let mut wanted: BTreeMap<Sha256Digest, &str> = BTreeMap::new();
         for (r, d) in records.iter().zip(digests) {
             wanted.entry(*d).or_insert(r.embedding_text.as_str());
@@ -122,14 +181,19 @@ impl AuditService {
             .await?
             .into_iter()
             .collect();
-        let missing: Vec<(Sha256Digest, String)> = wanted
+        Ok(wanted
             .into_iter()
             .filter(|(d, _)| !stored.contains(d))
             .map(|(d, t)| (d, t.to_owned()))
-            .collect();
-        if missing.is_empty() {
-            return Ok(Vec::new());
-        }
+            .collect())
+    }
+
+    /// Embeds each missing text once.
+    async fn embed_missing(
+        &self,
+        missing: Vec<(Sha256Digest, String)>,
+        model: &str,
+    ) -> Result<Vec<NewEmbedding>, AuditError> {
         let texts: Vec<String> = missing.iter().map(|(_, t)| t.clone()).collect();
         let vectors = self.embedder.embed(texts).await?;
         if vectors.len() != missing.len() {
@@ -219,6 +283,17 @@ impl AuditService {
     pub async fn store_health(&self) -> Result<StoreHealth, AuditError> {
         Ok(self.store.health().await?)
     }
+}
+
+fn jobs_for(missing: Vec<(Sha256Digest, String)>, model: &str) -> Vec<EmbeddingJob> {
+    missing
+        .into_iter()
+        .map(|(digest, text)| EmbeddingJob {
+            digest,
+            model: model.to_owned(),
+            text,
+        })
+        .collect()
 }
 
 /// The digest of a whole request: the content digests of its records, in order.

@@ -12,6 +12,8 @@ pub enum AuthMode {
     None,
 }
 
+pub use ds_domain::service::{EmbeddingMode, FailurePolicy};
+
 /// The configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +30,15 @@ pub struct Config {
     pub model_dir: PathBuf,
     /// `DATASTORAGE_EMBEDDING_DIMENSION`: the vector dimension of this deployment (default 384).
     pub embedding_dimension: usize,
+    /// `DATASTORAGE_EMBEDDING_MODE`: `inline` (default) or `deferred`.
+    pub embedding_mode: EmbeddingMode,
+    /// `DATASTORAGE_EMBEDDING_FAILURE_POLICY`: `defer` (default) or `reject`.
+    pub embedding_failure_policy: FailurePolicy,
+    /// `DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS`: how often the embedding worker looks for jobs when the
+    /// queue was empty (default 1000; 0 disables the worker of this replica).
+    pub embedding_worker_interval: Duration,
+    /// `DATASTORAGE_EMBEDDING_WORKER_BATCH`: jobs per worker transaction (default 32).
+    pub embedding_worker_batch: usize,
     /// `DATASTORAGE_EMBEDDING_CACHE_CAPACITY`: most cached vectors (default 10000; ~1.6 KB each at 384 dims).
     pub embedding_cache_capacity: usize,
     /// `DATASTORAGE_EMBEDDING_CACHE_TTL_SECS`: how long a cached vector is used (default 300).
@@ -114,6 +125,38 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("target/models/all-MiniLM-L6-v2")),
             embedding_dimension: parse(get, "DATASTORAGE_EMBEDDING_DIMENSION", 384)?,
+            embedding_mode: match get("DATASTORAGE_EMBEDDING_MODE")
+                .as_deref()
+                .unwrap_or("inline")
+            {
+                "inline" => EmbeddingMode::Inline,
+                "deferred" => EmbeddingMode::Deferred,
+                other => {
+                    return Err(ConfigError {
+                        key: "DATASTORAGE_EMBEDDING_MODE",
+                        reason: format!("{other:?} is not `inline` or `deferred`"),
+                    });
+                }
+            },
+            embedding_failure_policy: match get("DATASTORAGE_EMBEDDING_FAILURE_POLICY")
+                .as_deref()
+                .unwrap_or("defer")
+            {
+                "defer" => FailurePolicy::Defer,
+                "reject" => FailurePolicy::Reject,
+                other => {
+                    return Err(ConfigError {
+                        key: "DATASTORAGE_EMBEDDING_FAILURE_POLICY",
+                        reason: format!("{other:?} is not `defer` or `reject`"),
+                    });
+                }
+            },
+            embedding_worker_interval: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS",
+                1000,
+            )?),
+            embedding_worker_batch: parse(get, "DATASTORAGE_EMBEDDING_WORKER_BATCH", 32)?,
             embedding_cache_capacity: parse(get, "DATASTORAGE_EMBEDDING_CACHE_CAPACITY", 10_000)?,
             embedding_cache_ttl: Duration::from_secs(parse(
                 get,

@@ -98,6 +98,31 @@ async fn wait_for_signal() {
     }
 }
 
+/// The embedding worker: runs durable jobs while there are any, polls every `interval` when the queue
+/// is empty, backs off (up to 30 s) while the provider or the database fails. Safe on every replica:
+/// jobs are claimed with `FOR UPDATE SKIP LOCKED`.
+async fn embedding_worker(service: AuditService, batch: usize, interval: std::time::Duration) {
+    let mut backoff = interval;
+    loop {
+        match service.run_embedding_jobs(batch).await {
+            Ok(n) if n > 0 => {
+                backoff = interval;
+                tracing::debug!(jobs = n, "embedded pending records");
+                continue;
+            }
+            Ok(_) => backoff = interval,
+            Err(e) => {
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "embedding jobs failed; they stay queued");
+            }
+        }
+        if let Ok(pending) = service.pending_jobs().await {
+            metrics::gauge!("datastorage_embedding_pending").set(pending as f64);
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
 /// Applies pending migrations.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     ds_store_pg::run_migrations(database_url)
@@ -161,7 +186,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.embedding_cache_capacity,
         config.embedding_cache_ttl,
     ));
-    let state = AppState::new(AuditService::new(store, embedder), Limits::default());
+    let service = AuditService::with_options(
+        store,
+        embedder,
+        config.embedding_mode,
+        config.embedding_failure_policy,
+    );
+    if !config.embedding_worker_interval.is_zero() {
+        tokio::spawn(embedding_worker(
+            service.clone(),
+            config.embedding_worker_batch.max(1),
+            config.embedding_worker_interval,
+        ));
+    }
+    let state = AppState::new(service, Limits::default());
 
     let app_state = state.clone();
     let api = actix_web::HttpServer::new(move || ds_http::app(app_state.clone()))

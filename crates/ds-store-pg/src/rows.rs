@@ -1,7 +1,7 @@
 //! Row types: what diesel reads and writes.
 
 use crate::pgv::Embedding;
-use crate::schema::{audit_records, embeddings, idempotency_keys};
+use crate::schema::{audit_records, embedding_jobs, embeddings, idempotency_keys};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
@@ -30,6 +30,14 @@ pub struct NewRecordRow<'a> {
     pub unknown_fields: serde_json::Value,
     pub embedding_digest: &'a [u8],
     pub embedding_id: Option<i64>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = embedding_jobs)]
+pub struct NewJobRow<'a> {
+    pub digest: &'a [u8],
+    pub model: &'a str,
+    pub text: &'a str,
 }
 
 #[derive(Insertable)]

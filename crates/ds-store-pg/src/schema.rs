@@ -45,4 +45,19 @@ diesel::table! {
 }
 
 diesel::joinable!(audit_records -> embeddings (embedding_id));
-diesel::allow_tables_to_appear_in_same_query!(audit_records, embeddings, idempotency_keys);
+diesel::allow_tables_to_appear_in_same_query!(
+    audit_records,
+    embeddings,
+    idempotency_keys,
+    embedding_jobs
+);
+
+diesel::table! {
+    embedding_jobs (digest) {
+        digest -> Bytea,
+        model -> Text,
+        text -> Text,
+        attempts -> Int4,
+        created_at -> Timestamptz,
+    }
+}

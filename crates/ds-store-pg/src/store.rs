@@ -2,8 +2,8 @@
 
 use crate::error::PgStoreError;
 use crate::pgv::Embedding;
-use crate::rows::{NewEmbeddingRow, NewKeyRow, NewRecordRow, RecordRow, SearchRow};
-use crate::schema::{audit_records, embeddings, idempotency_keys};
+use crate::rows::{NewEmbeddingRow, NewJobRow, NewKeyRow, NewRecordRow, RecordRow, SearchRow};
+use crate::schema::{audit_records, embedding_jobs, embeddings, idempotency_keys};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool::Runtime;
@@ -14,8 +14,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use ds_domain::digest::Sha256Digest;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, EmbeddingStatus, SearchHit, StoreError, StoreHealth, StoredRecord, WriteOutcome,
-    WriteRequest, WriteResult, WriteStatus,
+    AuditStore, EmbedError, Embedder, EmbeddingStatus, JobError, SearchHit, StoreError,
+    StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
@@ -143,6 +143,26 @@ impl PgStore {
                 .await?
                 .into_iter()
                 .collect();
+
+            // Durable jobs for the texts still without a vector (mode deferred, or the provider failed).
+            let mut jobs: Vec<_> = request
+                .jobs
+                .iter()
+                .filter(|j| !ids.contains_key(j.digest.as_slice()))
+                .collect();
+            jobs.sort_by_key(|j| j.digest);
+            for j in jobs {
+                diesel::insert_into(embedding_jobs::table)
+                    .values(NewJobRow {
+                        digest: &j.digest,
+                        model: &j.model,
+                        text: &j.text,
+                    })
+                    .on_conflict(embedding_jobs::digest)
+                    .do_nothing()
+                    .execute(c)
+                    .await?;
+            }
 
             // 3. Records, in content-digest order for the same reason; outcomes go back in request order.
             let mut order: Vec<usize> = (0..request.records.len()).collect();
@@ -442,6 +462,101 @@ impl AuditStore for PgStore {
             .map_err(StoreError::from)
     }
 
+    async fn run_embedding_jobs(
+        &self,
+        limit: usize,
+        embedder: &dyn Embedder,
+    ) -> Result<usize, JobError> {
+        let mut conn = self.conn().await.map_err(StoreError::from)?;
+        let limit = i64::try_from(limit).unwrap_or(100);
+        let model = embedder.model_id().to_owned();
+        let dim = embedder.dimension();
+        let result = conn
+            .transaction(async |c| -> Result<usize, JobFailure> {
+                // Claimed rows stay locked until commit: another worker skips them; a worker that dies
+                // releases them with its connection.
+                let jobs: Vec<(Vec<u8>, String)> = embedding_jobs::table
+                    .filter(embedding_jobs::model.eq(&model))
+                    .order(embedding_jobs::created_at.asc())
+                    .select((embedding_jobs::digest, embedding_jobs::text))
+                    .limit(limit)
+                    .for_update()
+                    .skip_locked()
+                    .load(c)
+                    .await?;
+                if jobs.is_empty() {
+                    return Ok(0);
+                }
+                let texts: Vec<String> = jobs.iter().map(|(_, t)| t.clone()).collect();
+                let vectors = embedder.embed(texts).await.map_err(JobFailure::Embed)?;
+                if vectors.len() != jobs.len()
+                    || vectors
+                        .iter()
+                        .any(|v| v.len() != dim || v.iter().any(|x| !x.is_finite()))
+                {
+                    return Err(JobFailure::Embed(EmbedError::InvalidOutput(format!(
+                        "expected {} vectors of {dim} finite numbers",
+                        jobs.len()
+                    ))));
+                }
+                let mut order: Vec<usize> = (0..jobs.len()).collect();
+                order.sort_by(|&a, &b| jobs[a].0.cmp(&jobs[b].0));
+                for i in order {
+                    let digest = &jobs[i].0;
+                    diesel::insert_into(embeddings::table)
+                        .values(NewEmbeddingRow {
+                            digest,
+                            model: &model,
+                            embedding: Embedding(vectors[i].clone()),
+                        })
+                        .on_conflict(embeddings::digest)
+                        .do_nothing()
+                        .execute(c)
+                        .await?;
+                    let id: i64 = embeddings::table
+                        .filter(embeddings::digest.eq(digest))
+                        .select(embeddings::id)
+                        .first(c)
+                        .await?;
+                    diesel::update(
+                        audit_records::table
+                            .filter(audit_records::embedding_digest.eq(digest))
+                            .filter(audit_records::embedding_id.is_null()),
+                    )
+                    .set(audit_records::embedding_id.eq(id))
+                    .execute(c)
+                    .await?;
+                    diesel::delete(embedding_jobs::table.find(digest))
+                        .execute(c)
+                        .await?;
+                }
+                Ok(jobs.len())
+            })
+            .await;
+        match result {
+            Ok(n) => Ok(n),
+            Err(JobFailure::Embed(e)) => {
+                // Count the failed attempt outside the rolled-back transaction (best effort).
+                let _ =
+                    diesel::update(embedding_jobs::table.filter(embedding_jobs::model.eq(&model)))
+                        .set(embedding_jobs::attempts.eq(embedding_jobs::attempts + 1))
+                        .execute(&mut conn)
+                        .await;
+                Err(JobError::Embed(e))
+            }
+            Err(JobFailure::Db(e)) => Err(JobError::Store(PgStoreError::from(e).into())),
+        }
+    }
+
+    async fn pending_jobs(&self) -> Result<i64, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(embedding_jobs::table
+            .count()
+            .get_result(&mut conn)
+            .await
+            .map_err(PgStoreError::from)?)
+    }
+
     async fn health(&self) -> Result<StoreHealth, StoreError> {
         let mut conn = self.conn().await?;
         let applied: Vec<String> =
@@ -493,4 +608,16 @@ SELECT * FROM (
 struct Version {
     #[diesel(sql_type = diesel::sql_types::Text)]
     version: String,
+}
+
+/// Why a job transaction rolled back.
+enum JobFailure {
+    Db(diesel::result::Error),
+    Embed(EmbedError),
+}
+
+impl From<diesel::result::Error> for JobFailure {
+    fn from(e: diesel::result::Error) -> Self {
+        JobFailure::Db(e)
+    }
 }

@@ -1,0 +1,2 @@
+DROP INDEX audit_records_pending;
+DROP TABLE embedding_jobs;

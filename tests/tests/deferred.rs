@@ -1,0 +1,148 @@
+//! Mode `deferred`: records are committed with a durable embedding job and answered at once; the worker
+//! embeds them later, each distinct text once, and several workers never take the same job.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use ds_tests::{fixtures, spawn_app_with};
+use serde_json::json;
+
+const DEFERRED: [(&str, &str); 2] = [
+    ("DATASTORAGE_EMBEDDING_MODE", "deferred"),
+    ("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_writes_answer_pending_and_the_worker_embeds_each_text_once() {
+    let app = spawn_app_with(&DEFERRED).await.unwrap();
+    let mut twin = fixtures::remediation(1);
+    twin["name"] = json!("twin-of-1");
+    let bodies = [fixtures::remediation(1), twin, fixtures::remediation(2)];
+    let mut ids = Vec::new();
+    for b in &bodies {
+        let r = app.post("/api/v1/audit/remediation", b).await.unwrap();
+        assert_eq!(r.status, 201, "{:#}", r.body);
+        assert_eq!(r.body["embeddingStatus"], "pending");
+        assert_eq!(r.body["embeddingId"], serde_json::Value::Null);
+        ids.push(r.body["id"].as_i64().unwrap());
+    }
+    let got = app
+        .get(&format!("/api/v1/audit/remediation/{}", ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(got.body["embeddingStatus"], "pending");
+    assert_eq!(
+        app.db.count("embedding_jobs").await.unwrap(),
+        2,
+        "one job per distinct text"
+    );
+    assert_eq!(app.state.service.pending_jobs().await.unwrap(), 2);
+
+    assert_eq!(app.state.service.run_embedding_jobs(100).await.unwrap(), 2);
+    assert_eq!(
+        app.state.service.run_embedding_jobs(100).await.unwrap(),
+        0,
+        "nothing is embedded twice"
+    );
+    assert_eq!(app.db.count("embedding_jobs").await.unwrap(), 0);
+    assert_eq!(app.db.count("embeddings").await.unwrap(), 2);
+    let mut embedding_ids = Vec::new();
+    for id in &ids {
+        let got = app
+            .get(&format!("/api/v1/audit/remediation/{id}"))
+            .await
+            .unwrap();
+        assert_eq!(got.body["embeddingStatus"], "stored");
+        embedding_ids.push(id);
+    }
+    // The twins share a vector: a search finds both with the same similarity.
+    let r = app
+        .post(
+            "/api/v1/audit/search",
+            &json!({"query": "OOMKill", "limit": 3}),
+        )
+        .await
+        .unwrap();
+    let results = r.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    let sim = |id: i64| {
+        results.iter().find(|h| h["id"] == id).unwrap()["similarity"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(sim(ids[0]), sim(ids[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_mid_batch_loses_nothing_and_others_skip_its_jobs() {
+    let app = spawn_app_with(&DEFERRED).await.unwrap();
+    for n in 0..4 {
+        assert_eq!(
+            app.post("/api/v1/audit/execution", &{
+                let mut e = fixtures::execution(n);
+                e["message"] = json!(format!("step {n} of the rollout"));
+                e
+            })
+            .await
+            .unwrap()
+            .status,
+            201
+        );
+    }
+    assert_eq!(app.db.count("embedding_jobs").await.unwrap(), 4);
+    // Another worker has claimed two jobs and is still working on them (its transaction is open).
+    let mut other = app.db.conn().await.unwrap();
+    let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<Pid>(&mut other)
+        .await
+        .unwrap()
+        .pid;
+    other
+        .batch_execute(
+            "BEGIN; SELECT digest FROM embedding_jobs ORDER BY digest LIMIT 2 FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        app.state.service.run_embedding_jobs(100).await.unwrap(),
+        2,
+        "claimed jobs are skipped"
+    );
+    // That worker dies mid-batch (its backend is killed; the call waits until it is gone).
+    let mut admin = app.db.conn().await.unwrap();
+    let killed = diesel::sql_query(format!("SELECT pg_terminate_backend({pid}, 10000) AS done"))
+        .get_result::<Done>(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed.done);
+    assert_eq!(
+        app.state.service.run_embedding_jobs(100).await.unwrap(),
+        2,
+        "its jobs are done by another"
+    );
+    assert_eq!(app.db.count("embedding_jobs").await.unwrap(), 0);
+    assert_eq!(
+        app.db.count("embeddings").await.unwrap(),
+        4,
+        "each text embedded exactly once"
+    );
+    admin
+        .batch_execute(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM audit_records WHERE embedding_id IS NULL) \
+             THEN RAISE EXCEPTION 'a record is still pending'; END IF; END $$",
+        )
+        .await
+        .unwrap();
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Done {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    done: bool,
+}
