@@ -577,6 +577,9 @@ async fn metrics_count_writes_and_validation_failures() {
         r#"datastorage_audit_writes_total{kind="remediation",status="created"} 1"#,
         r#"datastorage_audit_writes_total{kind="remediation",status="duplicate"} 1"#,
         r#"datastorage_validation_failures_total{kind="remediation",field="namespace"} 1"#,
+        r#"datastorage_embedding_cache_misses_total 1"#,
+        r#"datastorage_embedding_cache_hits_total 0"#,
+        r#"datastorage_embedding_generation_duration_seconds_count{provider="local"} 1"#,
     ] {
         assert!(
             text.lines().any(|l| l == line),
