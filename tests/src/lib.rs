@@ -111,8 +111,21 @@ impl TestDb {
         conn.batch_execute(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK})"))
             .await?;
         built?;
+        Self::create(conn, admin, &format!("TEMPLATE {template}")).await
+    }
+
+    /// A database of its own with no migration applied (for tests of migrating and of start-up).
+    pub async fn empty() -> Result<Self> {
+        let admin = admin_url().await?;
+        let conn = AsyncPgConnection::establish(&admin)
+            .await
+            .with_context(|| format!("connecting to {admin}"))?;
+        Self::create(conn, admin, "").await
+    }
+
+    async fn create(mut conn: AsyncPgConnection, admin: String, options: &str) -> Result<Self> {
         let name = format!("ds_test_{}", uuid::Uuid::new_v4().simple());
-        conn.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+        conn.batch_execute(&format!("CREATE DATABASE {name} {options}"))
             .await?;
         Ok(TestDb {
             url: with_database(&admin, &name),

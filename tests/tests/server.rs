@@ -4,7 +4,7 @@
 
 use diesel_async::SimpleAsyncConnection;
 use ds_server::config::Config;
-use ds_tests::{TestDb, model_dir, with_database};
+use ds_tests::{TestDb, model_dir};
 use std::collections::HashMap;
 
 fn config(url: &str, extra: &[(&str, &str)]) -> Config {
@@ -25,22 +25,14 @@ fn config(url: &str, extra: &[(&str, &str)]) -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_applies_every_migration_once_on_an_empty_database() {
-    let db = TestDb::new().await.unwrap();
-    let mut c = db.conn().await.unwrap();
-    let empty = format!("empty_{}", uuid::Uuid::new_v4().simple());
-    c.batch_execute(&format!("CREATE DATABASE {empty}"))
-        .await
-        .unwrap();
-    let url = with_database(&db.url, &empty);
+    let db = TestDb::empty().await.unwrap();
+    let url = db.url.clone();
     let applied = ds_server::migrate(&url).await.unwrap();
     assert_eq!(applied, ds_store_pg::known_migrations());
     assert!(
         ds_server::migrate(&url).await.unwrap().is_empty(),
         "a second run applies nothing"
     );
-    c.batch_execute(&format!("DROP DATABASE {empty} WITH (FORCE)"))
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,13 +81,8 @@ async fn start_up_refuses_a_missing_model_naming_the_key_and_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_refuses_a_database_that_lacks_migrations_when_not_migrating() {
-    let db = TestDb::new().await.unwrap();
-    let mut c = db.conn().await.unwrap();
-    let empty = format!("empty_{}", uuid::Uuid::new_v4().simple());
-    c.batch_execute(&format!("CREATE DATABASE {empty}"))
-        .await
-        .unwrap();
-    let url = with_database(&db.url, &empty);
+    let db = TestDb::empty().await.unwrap();
+    let url = db.url.clone();
     let msg = format!(
         "{:#}",
         ds_server::start(config(&url, &[("DATASTORAGE_MIGRATE_ON_START", "false")]))
@@ -104,7 +91,4 @@ async fn start_up_refuses_a_database_that_lacks_migrations_when_not_migrating() 
             .expect("must refuse")
     );
     assert!(msg.contains("datastorage migrate"), "{msg}");
-    c.batch_execute(&format!("DROP DATABASE {empty} WITH (FORCE)"))
-        .await
-        .unwrap();
 }

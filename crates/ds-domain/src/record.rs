@@ -15,13 +15,33 @@ use crate::time::Timestamp;
 use crate::validate::{self, err};
 use base64::Engine;
 use garde::Validate;
+use regex::Regex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 /// Names that the service adds when it returns a record; a client may not send them as unknown fields.
 pub const RESERVED_FIELDS: [&str; 4] = ["id", "kind", "receivedAt", "embeddingStatus"];
+
+/// Names, namespaces (DNS-1123 label) and the other Kubernetes identifiers of contract §2.
+pub static DNS_LABEL: LazyLock<Regex> =
+    LazyLock::new(|| literal_regex(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"));
+
+/// `correlationId`. `\d` is written `[0-9]`: the regex crate's `\d` also matches non-ASCII digits.
+pub static CORRELATION_ID: LazyLock<Regex> =
+    LazyLock::new(|| literal_regex(r"^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$"));
+
+#[allow(clippy::expect_used)] // invariant: only called with the literals above, which the tests compile
+fn literal_regex(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("a literal regex compiles")
+}
+
+/// Whether `s` is a well-formed correlation id (the rule of the `correlationId` field).
+pub fn is_correlation_id(s: &str) -> bool {
+    CORRELATION_ID.is_match(s)
+}
 
 /// 10 KiB: the limit of `message`.
 pub const MESSAGE_MAX_BYTES: usize = 10 * 1024;
@@ -177,18 +197,10 @@ fn base64_payload(value: &Option<String>, _: &()) -> garde::Result {
 #[serde(rename_all = "camelCase")]
 pub struct CommonInput {
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(
-        required,
-        length(chars, min = 1, max = 255),
-        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[garde(required, length(chars, min = 1, max = 255), pattern(DNS_LABEL))]
     pub name: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(
-        required,
-        length(chars, min = 1, max = 63),
-        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[garde(required, length(chars, min = 1, max = 63), pattern(DNS_LABEL))]
     pub namespace: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
@@ -205,9 +217,8 @@ pub struct CommonInput {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
     pub completed_at: Option<Timestamp>,
-    /// `\d` is written `[0-9]`: the regex crate's `\d` also matches non-ASCII digits.
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(required, pattern(r"^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$"))]
+    #[garde(required, pattern(CORRELATION_ID))]
     pub correlation_id: Option<String>,
 }
 
@@ -320,11 +331,7 @@ pub struct RemediationInput {
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub signal_name: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(
-        required,
-        length(chars, min = 1, max = 63),
-        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[garde(required, length(chars, min = 1, max = 63), pattern(DNS_LABEL))]
     pub signal_namespace: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     #[garde(required)]
@@ -333,11 +340,7 @@ pub struct RemediationInput {
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub target_name: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(
-        required,
-        length(chars, min = 1, max = 63),
-        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[garde(required, length(chars, min = 1, max = 63), pattern(DNS_LABEL))]
     pub target_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
@@ -556,11 +559,7 @@ pub struct ExecutionInput {
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub target_name: Option<String>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
-    #[garde(
-        required,
-        length(chars, min = 1, max = 63),
-        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[garde(required, length(chars, min = 1, max = 63), pattern(DNS_LABEL))]
     pub target_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(length(chars, max = 255), custom(no_controls))]

@@ -334,16 +334,11 @@ async fn trail(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let correlation_id = path.into_inner();
-    let valid = correlation_id.len() <= 255
-        && correlation_id.split('-').count() == 5
-        && correlation_id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !valid {
+    if !ds_domain::record::is_correlation_id(&correlation_id) {
         return Err(ApiError::InvalidParameter(Violation::new(
             "correlationId",
             "pattern",
-            "must match ^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$",
+            format!("must match {}", ds_domain::record::CORRELATION_ID.as_str()),
         )));
     }
     let records = state.service.trail(&correlation_id).await?;

@@ -120,16 +120,7 @@ impl PgStore {
             new.sort_by_key(|e| e.digest);
             new.dedup_by(|a, b| a.digest == b.digest);
             for e in new {
-                diesel::insert_into(embeddings::table)
-                    .values(NewEmbeddingRow {
-                        digest: &e.digest,
-                        model: &e.model,
-                        embedding: Embedding(e.vector.clone()),
-                    })
-                    .on_conflict(embeddings::digest)
-                    .do_nothing()
-                    .execute(c)
-                    .await?;
+                insert_embedding(c, &e.digest, &e.model, &e.vector).await?;
             }
             let wanted: Vec<&[u8]> = request
                 .embedding_digests
@@ -223,11 +214,7 @@ impl PgStore {
                 outcomes[i] = Some(WriteOutcome {
                     id,
                     embedding_id: eid,
-                    embedding_status: if eid.is_some() {
-                        EmbeddingStatus::Stored
-                    } else {
-                        EmbeddingStatus::Pending
-                    },
+                    embedding_status: status_of(eid),
                     status,
                     received_at: Timestamp::from_utc(received),
                 });
@@ -296,14 +283,39 @@ impl PgStore {
             kind,
             received_at: Timestamp::from_utc(row.received_at),
             embedding_id: row.embedding_id,
-            embedding_status: if row.embedding_id.is_some() {
-                EmbeddingStatus::Stored
-            } else {
-                EmbeddingStatus::Pending
-            },
+            embedding_status: status_of(row.embedding_id),
             record,
         })
     }
+}
+
+/// A record is `stored` exactly when it is linked to its vector.
+fn status_of(embedding_id: Option<i64>) -> EmbeddingStatus {
+    if embedding_id.is_some() {
+        EmbeddingStatus::Stored
+    } else {
+        EmbeddingStatus::Pending
+    }
+}
+
+/// Stores a vector under its content digest; a digest already stored is kept as it is.
+async fn insert_embedding(
+    c: &mut AsyncPgConnection,
+    digest: &[u8],
+    model: &str,
+    vector: &[f32],
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(embeddings::table)
+        .values(NewEmbeddingRow {
+            digest,
+            model,
+            embedding: Embedding(vector.to_vec()),
+        })
+        .on_conflict(embeddings::digest)
+        .do_nothing()
+        .execute(c)
+        .await
+        .map(|_| ())
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -503,16 +515,7 @@ impl AuditStore for PgStore {
                 order.sort_by(|&a, &b| jobs[a].0.cmp(&jobs[b].0));
                 for i in order {
                     let digest = &jobs[i].0;
-                    diesel::insert_into(embeddings::table)
-                        .values(NewEmbeddingRow {
-                            digest,
-                            model: &model,
-                            embedding: Embedding(vectors[i].clone()),
-                        })
-                        .on_conflict(embeddings::digest)
-                        .do_nothing()
-                        .execute(c)
-                        .await?;
+                    insert_embedding(c, digest, &model, &vectors[i]).await?;
                     let id: i64 = embeddings::table
                         .filter(embeddings::digest.eq(digest))
                         .select(embeddings::id)
