@@ -8,6 +8,8 @@
 //! xtask test` starts one and sets it), or, with `DATASTORAGE_TEST_DB=docker`, a pgvector container from
 //! testcontainers-modules (machines with a Docker engine only).
 
+pub mod openai_server;
+
 use anyhow::{Context, Result};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -299,9 +301,15 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
         addr,
         metrics_addr,
         db,
-        client: reqwest::Client::new(),
+        client: http_client(),
         state,
     })
+}
+
+/// An HTTP client for tests (after installing the process's TLS provider, which reqwest needs).
+pub fn http_client() -> reqwest::Client {
+    ds_embed_openai::install_tls_provider();
+    reqwest::Client::new()
 }
 
 pub async fn spawn_app() -> Result<TestApp> {

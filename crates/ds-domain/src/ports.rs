@@ -231,4 +231,16 @@ pub trait Embedder: Send + Sync {
     fn dimension(&self) -> usize;
     /// Embeds the texts.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// What the provider's own bookkeeping says (e.g. an open circuit), for readiness. Cheap, no call.
+    fn health(&self) -> ProviderHealth {
+        ProviderHealth::Up
+    }
+}
+
+/// The state an [`Embedder`] reports without calling its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderHealth {
+    Up,
+    /// Calls are failing or refused; with policy `defer` writes still succeed as `pending`.
+    Degraded(String),
 }

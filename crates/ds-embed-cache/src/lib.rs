@@ -1,4 +1,9 @@
-//! [`CachedEmbedder`]: a decorator over any [`Embedder`] (contract §5).
+//! Decorators over any [`Embedder`] (contract §5): [`CachedEmbedder`] and [`BatchingEmbedder`].
+//!
+//! The server stacks them as `CachedEmbedder(BatchingEmbedder(provider))`: cache hits never queue,
+//! and the misses of concurrent requests reach the provider together.
+//!
+//! [`CachedEmbedder`]:
 //!
 //! - Keyed by SHA-256 of (model identity, text), the same key as the stored vectors.
 //! - Entries live for a TTL (default 5 minutes); the cache is bounded in entries, with quick_cache's
@@ -10,9 +15,12 @@
 //! Metrics: `datastorage_embedding_cache_hits_total`, `datastorage_embedding_cache_misses_total`, and
 //! `datastorage_embedding_generation_duration_seconds{provider}` for every call that reaches the provider.
 
+pub mod batch;
+
 use async_trait::async_trait;
+pub use batch::{BatchSettings, BatchingEmbedder, Pending};
 use ds_domain::digest::{Sha256Digest, embedding_digest};
-use ds_domain::ports::{EmbedError, Embedder};
+use ds_domain::ports::{EmbedError, Embedder, ProviderHealth};
 use quick_cache::sync::Cache;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -84,6 +92,10 @@ impl Embedder for CachedEmbedder {
 
     fn dimension(&self) -> usize {
         self.inner.dimension()
+    }
+
+    fn health(&self) -> ProviderHealth {
+        self.inner.health()
     }
 
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -11,7 +11,7 @@ use actix_web::http::header;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use ds_domain::error::AuditError;
 use ds_domain::kind::Kind;
-use ds_domain::ports::StoredRecord;
+use ds_domain::ports::{ProviderHealth, StoredRecord};
 use ds_domain::service::IdempotencyKey;
 use ds_domain::{Timestamp, ValidRecord, Violation, parse_record};
 use serde_json::{Value, json};
@@ -399,8 +399,14 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let embedder = state.service.embedder();
+    // A degraded provider does not make the replica unready: with policy `defer` writes still succeed.
+    let (status, reason) = match embedder.health() {
+        ProviderHealth::Up => ("up", None),
+        ProviderHealth::Degraded(r) => ("degraded", Some(r)),
+    };
     let embedding = json!({
-        "status": "up",
+        "status": status,
+        "reason": reason,
         "provider": embedder.provider(),
         "model": embedder.model_id(),
         "dimension": embedder.dimension(),

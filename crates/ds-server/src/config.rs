@@ -13,6 +13,29 @@ pub enum AuthMode {
 }
 
 pub use ds_domain::service::{EmbeddingMode, FailurePolicy};
+use ds_embed_openai::{ApiKey, OpenAiSettings, RetryPolicy};
+
+/// Which embedding provider, with its own settings.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// The in-process model (`DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR`).
+    Local,
+    /// An OpenAI-compatible endpoint.
+    OpenAi(Box<OpenAiSettings>),
+}
+
+/// How concurrent embedding requests are gathered into provider calls.
+#[derive(Debug, Clone)]
+pub struct Batching {
+    /// `DATASTORAGE_EMBEDDING_BATCH_MAX_SIZE`: most texts per provider call (default 64).
+    pub max_size: usize,
+    /// `DATASTORAGE_EMBEDDING_BATCH_MAX_WAIT_MS`: how long a batch may wait for more requests when a call
+    /// slot is free (default 0: batches form only while the provider is busy).
+    pub max_wait: Duration,
+    /// `DATASTORAGE_EMBEDDING_MAX_IN_FLIGHT`: provider calls at once (default: cores for `local`, 4 for
+    /// `openai`).
+    pub max_in_flight: usize,
+}
 
 /// The configuration.
 #[derive(Debug, Clone)]
@@ -30,6 +53,10 @@ pub struct Config {
     pub model_dir: PathBuf,
     /// `DATASTORAGE_EMBEDDING_DIMENSION`: the vector dimension of this deployment (default 384).
     pub embedding_dimension: usize,
+    /// `DATASTORAGE_EMBEDDING_PROVIDER`: `local` (default) or `openai` (then the
+    /// `DATASTORAGE_EMBEDDING_OPENAI_*` keys and the call settings apply).
+    pub embedding_provider: Provider,
+    pub embedding_batching: Batching,
     /// `DATASTORAGE_EMBEDDING_MODE`: `inline` (default) or `deferred`.
     pub embedding_mode: EmbeddingMode,
     /// `DATASTORAGE_EMBEDDING_FAILURE_POLICY`: `defer` (default) or `reject`.
@@ -80,6 +107,90 @@ where
     }
 }
 
+/// The `openai` provider's keys.
+fn openai_settings(
+    get: &dyn Fn(&str) -> Option<String>,
+    dimension: usize,
+) -> Result<OpenAiSettings, ConfigError> {
+    let model = get("DATASTORAGE_EMBEDDING_OPENAI_MODEL").ok_or(ConfigError {
+        key: "DATASTORAGE_EMBEDDING_OPENAI_MODEL",
+        reason:
+            "is required with provider `openai` (e.g. text-embedding-3-small, nomic-embed-text)"
+                .into(),
+    })?;
+    let base_url = get("DATASTORAGE_EMBEDDING_OPENAI_BASE_URL")
+        .unwrap_or_else(|| "https://api.openai.com/v1".into());
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(ConfigError {
+            key: "DATASTORAGE_EMBEDDING_OPENAI_BASE_URL",
+            reason: format!("{base_url:?} is not an http(s) URL"),
+        });
+    }
+    let mut s = OpenAiSettings::new(&base_url, &model, dimension);
+    s.dimensions = get("DATASTORAGE_EMBEDDING_OPENAI_DIMENSIONS")
+        .map(|v| {
+            v.trim().parse::<u32>().map_err(|e| ConfigError {
+                key: "DATASTORAGE_EMBEDDING_OPENAI_DIMENSIONS",
+                reason: format!("{v:?} is not valid: {e}"),
+            })
+        })
+        .transpose()?;
+    // The key's value never goes into an error message.
+    let key_error = |key: &'static str| {
+        move |e: ds_embed_openai::OpenAiError| ConfigError {
+            key,
+            reason: e.to_string(),
+        }
+    };
+    s.api_key = match (
+        get("DATASTORAGE_EMBEDDING_OPENAI_API_KEY"),
+        get("DATASTORAGE_EMBEDDING_OPENAI_API_KEY_FILE"),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError {
+                key: "DATASTORAGE_EMBEDDING_OPENAI_API_KEY_FILE",
+                reason: "set either the key or the key file, not both".into(),
+            });
+        }
+        (Some(k), None) => {
+            Some(ApiKey::new(&k).map_err(key_error("DATASTORAGE_EMBEDDING_OPENAI_API_KEY"))?)
+        }
+        (None, Some(path)) => {
+            let raw = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                key: "DATASTORAGE_EMBEDDING_OPENAI_API_KEY_FILE",
+                reason: format!("cannot read {path}: {e}"),
+            })?;
+            Some(
+                ApiKey::new(&raw)
+                    .map_err(key_error("DATASTORAGE_EMBEDDING_OPENAI_API_KEY_FILE"))?,
+            )
+        }
+        (None, None) => None,
+    };
+    s.attempt_timeout =
+        Duration::from_millis(parse(get, "DATASTORAGE_EMBEDDING_TIMEOUT_MS", 5000)?);
+    s.retry = RetryPolicy {
+        max_retries: parse(get, "DATASTORAGE_EMBEDDING_MAX_RETRIES", 2)?,
+        base_delay: Duration::from_millis(parse(get, "DATASTORAGE_EMBEDDING_RETRY_BASE_MS", 100)?),
+        max_delay: Duration::from_millis(parse(get, "DATASTORAGE_EMBEDDING_RETRY_MAX_MS", 2000)?),
+        budget: Duration::from_millis(parse(get, "DATASTORAGE_EMBEDDING_CALL_BUDGET_MS", 10_000)?),
+    };
+    s.circuit_threshold = parse(get, "DATASTORAGE_EMBEDDING_CIRCUIT_THRESHOLD", 5)?;
+    s.circuit_cooldown = Duration::from_secs(parse(
+        get,
+        "DATASTORAGE_EMBEDDING_CIRCUIT_COOLDOWN_SECS",
+        30,
+    )?);
+    s.max_batch = parse(get, "DATASTORAGE_EMBEDDING_BATCH_MAX_SIZE", 64)?;
+    if s.attempt_timeout.is_zero() {
+        return Err(ConfigError {
+            key: "DATASTORAGE_EMBEDDING_TIMEOUT_MS",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(s)
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -108,6 +219,37 @@ impl Config {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
+        let embedding_dimension: usize = parse(get, "DATASTORAGE_EMBEDDING_DIMENSION", 384)?;
+        let embedding_provider = match get("DATASTORAGE_EMBEDDING_PROVIDER")
+            .as_deref()
+            .unwrap_or("local")
+        {
+            "local" => Provider::Local,
+            "openai" => Provider::OpenAi(Box::new(openai_settings(get, embedding_dimension)?)),
+            other => {
+                return Err(ConfigError {
+                    key: "DATASTORAGE_EMBEDDING_PROVIDER",
+                    reason: format!("{other:?} is not `local` or `openai`"),
+                });
+            }
+        };
+        let default_in_flight = match embedding_provider {
+            Provider::Local => cores,
+            Provider::OpenAi(_) => 4,
+        };
+        let embedding_batching = Batching {
+            max_size: parse(get, "DATASTORAGE_EMBEDDING_BATCH_MAX_SIZE", 64)?,
+            max_wait: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_EMBEDDING_BATCH_MAX_WAIT_MS",
+                0,
+            )?),
+            max_in_flight: parse(
+                get,
+                "DATASTORAGE_EMBEDDING_MAX_IN_FLIGHT",
+                default_in_flight,
+            )?,
+        };
         let config = Config {
             database_url,
             http_addr: parse(
@@ -124,7 +266,9 @@ impl Config {
             model_dir: get("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("target/models/all-MiniLM-L6-v2")),
-            embedding_dimension: parse(get, "DATASTORAGE_EMBEDDING_DIMENSION", 384)?,
+            embedding_dimension,
+            embedding_provider,
+            embedding_batching,
             embedding_mode: match get("DATASTORAGE_EMBEDDING_MODE")
                 .as_deref()
                 .unwrap_or("inline")
@@ -209,6 +353,23 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        for (key, value) in [
+            (
+                "DATASTORAGE_EMBEDDING_BATCH_MAX_SIZE",
+                self.embedding_batching.max_size,
+            ),
+            (
+                "DATASTORAGE_EMBEDDING_MAX_IN_FLIGHT",
+                self.embedding_batching.max_in_flight,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
         if !(1..=16000).contains(&self.embedding_dimension) {
             return Err(ConfigError {
                 key: "DATASTORAGE_EMBEDDING_DIMENSION",
@@ -269,5 +430,86 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_AUTH_MODE");
+    }
+
+    #[test]
+    fn openai_provider_keys() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_EMBEDDING_PROVIDER", "openai"),
+            (
+                "DATASTORAGE_EMBEDDING_OPENAI_BASE_URL",
+                "http://ollama:11434/v1/",
+            ),
+            ("DATASTORAGE_EMBEDDING_OPENAI_MODEL", "nomic-embed-text"),
+            ("DATASTORAGE_EMBEDDING_DIMENSION", "768"),
+            ("DATASTORAGE_EMBEDDING_OPENAI_API_KEY", "sk-test-123"),
+            ("DATASTORAGE_EMBEDDING_MAX_RETRIES", "4"),
+        ])
+        .unwrap();
+        let Provider::OpenAi(s) = &c.embedding_provider else {
+            panic!("expected openai")
+        };
+        assert_eq!(s.base_url, "http://ollama:11434/v1");
+        assert_eq!(s.expected_dimension, 768);
+        assert_eq!(s.retry.max_retries, 4);
+        assert_eq!(c.embedding_batching.max_in_flight, 4);
+        // The key is kept but never printed.
+        assert!(s.api_key.is_some());
+        assert!(!format!("{c:?}").contains("sk-test-123"));
+
+        let e = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_EMBEDDING_PROVIDER", "openai"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "DATASTORAGE_EMBEDDING_OPENAI_MODEL");
+        let e = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_EMBEDDING_PROVIDER", "openai"),
+            ("DATASTORAGE_EMBEDDING_OPENAI_MODEL", "m"),
+            (
+                "DATASTORAGE_EMBEDDING_OPENAI_API_KEY",
+                "sk-bad key\nwith spaces",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "DATASTORAGE_EMBEDDING_OPENAI_API_KEY");
+        assert!(!e.to_string().contains("sk-bad"), "{e}");
+        let e = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_EMBEDDING_PROVIDER", "cohere"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "DATASTORAGE_EMBEDDING_PROVIDER");
+    }
+
+    #[test]
+    fn openai_key_from_a_file_is_trimmed() {
+        let dir = std::env::temp_dir().join(format!("ds-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "sk-from-file\n").unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let c = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_EMBEDDING_PROVIDER", "openai"),
+            ("DATASTORAGE_EMBEDDING_OPENAI_MODEL", "m"),
+            ("DATASTORAGE_EMBEDDING_OPENAI_API_KEY_FILE", &path),
+        ])
+        .unwrap();
+        assert!(matches!(&c.embedding_provider, Provider::OpenAi(s) if s.api_key.is_some()));
+        let e = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_EMBEDDING_PROVIDER", "openai"),
+            ("DATASTORAGE_EMBEDDING_OPENAI_MODEL", "m"),
+            (
+                "DATASTORAGE_EMBEDDING_OPENAI_API_KEY_FILE",
+                "/nonexistent/key",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "DATASTORAGE_EMBEDDING_OPENAI_API_KEY_FILE");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

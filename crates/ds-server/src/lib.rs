@@ -7,10 +7,12 @@ pub mod config;
 
 use anyhow::{Context, bail};
 use config::Config;
+use config::Provider;
 use ds_domain::AuditService;
 use ds_domain::ports::{AuditStore, Embedder};
-use ds_embed_cache::CachedEmbedder;
+use ds_embed_cache::{BatchSettings, BatchingEmbedder, CachedEmbedder};
 use ds_embed_local::LocalEmbedder;
+use ds_embed_openai::OpenAiEmbedder;
 use ds_http::{AppState, Limits};
 use ds_store_pg::{PgStore, PoolSettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -123,6 +125,49 @@ async fn embedding_worker(service: AuditService, batch: usize, interval: std::ti
     }
 }
 
+/// The configured provider, checked: the local model loaded, or the remote one asked once for its
+/// dimension (a provider that cannot be reached now does not stop start-up: policy `defer` keeps writes
+/// working, and every answer is checked later).
+async fn build_provider(config: &Config, column: usize) -> anyhow::Result<Arc<dyn Embedder>> {
+    match &config.embedding_provider {
+        Provider::Local => {
+            let dir = config.model_dir.clone();
+            let in_flight = config.embedding_batching.max_in_flight;
+            let embedder = tokio::task::spawn_blocking(move || {
+                LocalEmbedder::load(&dir, Some(in_flight))
+            })
+            .await
+            .context("loading the local embedding model")?
+            .with_context(|| {
+                format!(
+                    "loading the local embedding model (DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR={})",
+                    config.model_dir.display()
+                )
+            })?;
+            Ok(Arc::new(embedder))
+        }
+        Provider::OpenAi(settings) => {
+            let embedder = OpenAiEmbedder::new(settings.as_ref().clone())
+                .context("configuring the `openai` embedding provider")?;
+            match embedder.probe_dimension().await {
+                Ok(d) if d != column || d != config.embedding_dimension => bail!(
+                    "embedding dimension mismatch: the provider `{}` at {} gives {d} dimensions, the database column embeddings.embedding has {column} (DATASTORAGE_EMBEDDING_DIMENSION={}); set DATASTORAGE_EMBEDDING_OPENAI_DIMENSIONS if the model can shorten its vectors",
+                    embedder.model_id(),
+                    settings.base_url,
+                    config.embedding_dimension
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    base_url = %settings.base_url,
+                    "the embedding provider did not answer the start-up probe; starting anyway, writes are deferred until it answers"
+                ),
+            }
+            Ok(Arc::new(embedder))
+        }
+    }
+}
+
 /// Applies pending migrations.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     ds_store_pg::run_migrations(database_url)
@@ -153,36 +198,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
 
-    let dir = config.model_dir.clone();
-    let embedder = tokio::task::spawn_blocking(move || LocalEmbedder::load(&dir, None))
-        .await
-        .context("loading the local embedding model")?
-        .with_context(|| {
-            format!(
-                "loading the local embedding model (DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR={})",
-                config.model_dir.display()
-            )
-        })?;
-    if embedder.dimension() != config.embedding_dimension
+    let provider = build_provider(&config, health.embedding_dimension).await?;
+    if provider.dimension() != config.embedding_dimension
         || health.embedding_dimension != config.embedding_dimension
     {
         bail!(
             "embedding dimension mismatch: the provider `{}` gives {} dimensions, the database column embeddings.embedding has {}, DATASTORAGE_EMBEDDING_DIMENSION is {}",
-            embedder.model_id(),
-            embedder.dimension(),
+            provider.model_id(),
+            provider.dimension(),
             health.embedding_dimension,
             config.embedding_dimension
         );
     }
     tracing::info!(
-        model = embedder.model_id(),
-        dimension = embedder.dimension(),
-        "embedding provider `local` ready"
+        provider = provider.provider(),
+        model = provider.model_id(),
+        dimension = provider.dimension(),
+        "embedding provider ready"
     );
 
     let store: Arc<dyn AuditStore> = Arc::new(store);
+    let batching = &config.embedding_batching;
+    let batched: Arc<dyn Embedder> = Arc::new(BatchingEmbedder::new(
+        provider,
+        BatchSettings {
+            max_batch: batching.max_size,
+            max_wait: batching.max_wait,
+            max_in_flight: batching.max_in_flight,
+            ..BatchSettings::default()
+        },
+    ));
     let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
-        Arc::new(embedder),
+        batched,
         config.embedding_cache_capacity,
         config.embedding_cache_ttl,
     ));

@@ -43,6 +43,8 @@ fn init_tracing() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    // Before any HTTP client exists: the process's one TLS stack (rustls + ring).
+    ds_embed_openai::install_tls_provider();
     let config = Config::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
