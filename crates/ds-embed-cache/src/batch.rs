@@ -9,7 +9,9 @@
 //! A batch that fails fails every request in it with the same error. A request larger than `max_batch`
 //! is never split here (the providers chunk their own calls).
 //!
-//! Metric: `datastorage_embedding_batch_size` (texts per provider call).
+//! Metrics: `datastorage_embedding_batch_size` (texts per provider call) and
+//! `datastorage_embedding_generation_duration_seconds{provider}` (each provider call, retries included,
+//! queueing excluded).
 
 use async_trait::async_trait;
 use ds_domain::ports::{EmbedError, Embedder, ProviderHealth};
@@ -143,7 +145,11 @@ async fn run(inner: &dyn Embedder, batch: Vec<Job>, size: usize) {
         parts.push((job.texts.len(), job.reply));
         texts.extend(job.texts);
     }
-    match inner.embed(texts).await {
+    let started = std::time::Instant::now();
+    let result = inner.embed(texts).await;
+    metrics::histogram!("datastorage_embedding_generation_duration_seconds", "provider" => inner.provider())
+        .record(started.elapsed().as_secs_f64());
+    match result {
         Ok(vectors) if vectors.len() == size => {
             let mut vectors = vectors.into_iter();
             for (n, reply) in parts {

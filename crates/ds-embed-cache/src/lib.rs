@@ -12,8 +12,7 @@
 //!   making their own. Keys are claimed in sorted order, so two requests never wait on each other.
 //! - A failed provider call caches nothing; waiters then try themselves.
 //!
-//! Metrics: `datastorage_embedding_cache_hits_total`, `datastorage_embedding_cache_misses_total`, and
-//! `datastorage_embedding_generation_duration_seconds{provider}` for every call that reaches the provider.
+//! Metrics: `datastorage_embedding_cache_hits_total`, `datastorage_embedding_cache_misses_total`.
 
 pub mod batch;
 
@@ -133,11 +132,7 @@ impl Embedder for CachedEmbedder {
         metrics::counter!("datastorage_embedding_cache_misses_total").increment(misses);
         if !guards.is_empty() {
             let missing: Vec<String> = guards.iter().map(|(_, t, _)| t.clone()).collect();
-            let started = Instant::now();
-            let result = self.inner.embed(missing).await;
-            metrics::histogram!("datastorage_embedding_generation_duration_seconds", "provider" => self.inner.provider())
-                .record(started.elapsed().as_secs_f64());
-            let vectors = result?;
+            let vectors = self.inner.embed(missing).await?;
             if vectors.len() != guards.len() {
                 return Err(EmbedError::InvalidOutput(format!(
                     "asked for {} vectors, got {}",
