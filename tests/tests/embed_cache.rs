@@ -146,3 +146,77 @@ async fn the_cache_is_bounded() {
         cached.len()
     );
 }
+
+/// The real model behind a gate: the first call waits until the test opens it.
+struct Gated {
+    inner: LocalEmbedder,
+    entered: tokio::sync::mpsc::UnboundedSender<usize>,
+    gate: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    sizes: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl Embedder for Gated {
+    fn provider(&self) -> &'static str {
+        self.inner.provider()
+    }
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn dimension(&self) -> usize {
+        self.inner.dimension()
+    }
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.sizes.lock().unwrap().push(texts.len());
+        let _ = self.entered.send(texts.len());
+        if let Some(gate) = self.gate.lock().await.take() {
+            let _ = gate.await;
+        }
+        self.inner.embed(texts).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_model_gets_the_requests_that_queued_while_it_was_busy_in_one_batch() {
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let (open, gate) = tokio::sync::oneshot::channel();
+    let gated = Arc::new(Gated {
+        inner: LocalEmbedder::load(&model_dir(), None).unwrap(),
+        entered: entered_tx,
+        gate: tokio::sync::Mutex::new(Some(gate)),
+        sizes: std::sync::Mutex::new(Vec::new()),
+    });
+    let batcher = ds_embed_cache::BatchingEmbedder::new(
+        gated.clone(),
+        ds_embed_cache::BatchSettings {
+            max_batch: 32,
+            max_in_flight: 1,
+            ..Default::default()
+        },
+    );
+    let first = batcher.submit(vec!["node not ready".into()]).await.unwrap();
+    assert_eq!(entered.recv().await, Some(1));
+    let texts: Vec<String> = (0..10)
+        .map(|i| format!("certificate expired on ingress-{i}"))
+        .collect();
+    let mut pending = Vec::new();
+    for t in &texts {
+        pending.push(batcher.submit(vec![t.clone()]).await.unwrap());
+    }
+    open.send(()).unwrap();
+    first.wait().await.unwrap();
+    let mut got = Vec::new();
+    for p in pending {
+        got.extend(p.wait().await.unwrap());
+    }
+    assert_eq!(*gated.sizes.lock().unwrap(), [1, 10]);
+    let want = gated.inner.embed(texts).await.unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        let diff = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "batched and single vectors differ by {diff}");
+    }
+}
