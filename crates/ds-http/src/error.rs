@@ -25,6 +25,22 @@ pub enum ApiError {
     /// Shutting down.
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// The caller is over its write rate.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        retry_after_secs: u64,
+        rate: f64,
+        burst: u32,
+    },
+    /// Every database slot is taken: shed at once instead of queueing.
+    #[error("overloaded")]
+    Overloaded,
+    /// The request took longer than the request timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// The JSON body nests deeper than allowed.
+    #[error("JSON nested too deep")]
+    TooDeep(usize),
 }
 
 /// Status, contract code, message for the client.
@@ -33,6 +49,10 @@ pub struct Parts {
     pub code: &'static str,
     pub message: String,
     pub violations: Vec<Violation>,
+    /// `Retry-After` in seconds (every 503 and 429 has one).
+    pub retry_after: Option<u64>,
+    /// `X-RateLimit-Limit` of a 429.
+    pub rate_limit: Option<u32>,
 }
 
 impl ApiError {
@@ -43,6 +63,8 @@ impl ApiError {
             code,
             message: message.to_owned(),
             violations: Vec::new(),
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(5),
+            rate_limit: None,
         };
         match self {
             ApiError::Audit(AuditError::Validation(v)) => Parts {
@@ -50,6 +72,8 @@ impl ApiError {
                 code: "VALIDATION_ERROR",
                 message: summary(v),
                 violations: v.clone(),
+                retry_after: None,
+                rate_limit: None,
             },
             ApiError::Audit(AuditError::InvalidJson(m)) => {
                 p(StatusCode::BAD_REQUEST, "INVALID_JSON", m)
@@ -90,11 +114,46 @@ impl ApiError {
                 code: "VALIDATION_ERROR",
                 message: format!("{}: {}", v.field, v.message),
                 violations: vec![v.clone()],
+                retry_after: None,
+                rate_limit: None,
             },
             ApiError::ShuttingDown => p(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SERVICE_UNAVAILABLE",
                 "the service is shutting down; retry on another replica",
+            ),
+            ApiError::RateLimited {
+                retry_after_secs,
+                rate,
+                burst,
+            } => Parts {
+                retry_after: Some(*retry_after_secs),
+                rate_limit: Some(*burst),
+                ..p(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMIT_EXCEEDED",
+                    &format!(
+                        "over this caller's write rate ({rate} records/s, burst {burst}); nothing was written, retry after {retry_after_secs} s"
+                    ),
+                )
+            },
+            ApiError::Overloaded => Parts {
+                retry_after: Some(1),
+                ..p(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    "the service is at capacity; nothing was written, retry shortly",
+                )
+            },
+            ApiError::Timeout => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "the request took longer than the request timeout; if it was a write, retrying it is safe (same content is stored once)",
+            ),
+            ApiError::TooDeep(max) => p(
+                StatusCode::BAD_REQUEST,
+                "INVALID_JSON",
+                &format!("the JSON body nests deeper than {max} levels"),
             ),
         }
     }

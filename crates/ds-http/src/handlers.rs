@@ -17,8 +17,8 @@ use ds_domain::{Timestamp, ValidRecord, Violation, parse_record};
 use serde_json::{Value, json};
 use std::time::Instant;
 
-/// The caller identity that idempotency keys are scoped to. Authentication (TokenReview) replaces this
-/// with the authenticated user; with auth mode `none` every caller is anonymous.
+/// The caller identity that idempotency keys are scoped to when no one is authenticated (auth mode
+/// `none`); otherwise the authenticated username.
 const ANONYMOUS: &str = "system:anonymous";
 
 pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
@@ -66,6 +66,64 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
+/// True when the JSON text nests `[`/`{` deeper than `max` (strings skipped); checked before parsing so
+/// a hostile body costs one linear scan, not a deep recursion.
+fn nests_deeper_than(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Runs a use-case call holding a database slot (503 at once when none is free) and within the request
+/// timeout (503 when it runs out; the dropped future rolls its transaction back).
+async fn guarded<T>(
+    state: &AppState,
+    call: impl std::future::Future<Output = Result<T, AuditError>>,
+) -> Result<T, ApiError> {
+    let _slot = state.admission.db_slot()?;
+    match actix_web::rt::time::timeout(state.limits.request_timeout, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ApiError::Timeout),
+    }
+}
+
+fn with_rate(mut response: HttpResponse, rate: crate::guard::RateInfo) -> HttpResponse {
+    if rate.limit > 0 {
+        for (k, v) in rate.headers() {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    response
+}
+
+fn parse_json_within(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
+    if nests_deeper_than(body, max_depth) {
+        return Err(ApiError::TooDeep(max_depth));
+    }
+    parse_json(body)
+}
+
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let reason = match e.classify() {
@@ -92,8 +150,12 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
     if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad());
     }
+    let caller = req
+        .extensions()
+        .get::<crate::guard::Caller>()
+        .map_or_else(|| ANONYMOUS.to_owned(), |c| c.username.clone());
     Ok(Some(IdempotencyKey {
-        caller: ANONYMOUS.to_owned(),
+        caller,
         key: s.to_owned(),
     }))
 }
@@ -131,14 +193,15 @@ async fn write_one(
     let started = Instant::now();
     require_json(&req)?;
     let key = idempotency_key(&req)?;
-    let record = parse_json(&body).and_then(|v| {
+    let rate = state.admission.admit_writes(&req, 1)?;
+    let record = parse_json_within(&body, state.limits.json_depth).and_then(|v| {
         parse_record(kind, v).map_err(|e| {
             count_validation_failures(kind.as_str(), &e);
             ApiError::from(e)
         })
     })?;
     let counted = record.clone();
-    let report = state.service.write(vec![record], key).await?;
+    let report = guarded(&state, state.service.write(vec![record], key)).await?;
     let outcome = report.outcomes.first().ok_or_else(|| {
         ApiError::Audit(AuditError::Store(ds_domain::ports::StoreError::Corrupt(
             "no outcome for the record".into(),
@@ -147,7 +210,10 @@ async fn write_one(
     count_written(kind, &counted, status_label(outcome.status));
     metrics::histogram!("datastorage_audit_write_duration_seconds", "kind" => kind.as_str())
         .record(started.elapsed().as_secs_f64());
-    Ok(HttpResponse::Created().json(WriteResponse::new(kind, outcome)))
+    Ok(with_rate(
+        HttpResponse::Created().json(WriteResponse::new(kind, outcome)),
+        rate,
+    ))
 }
 
 fn status_label(s: ds_domain::ports::WriteStatus) -> &'static str {
@@ -281,15 +347,17 @@ async fn write_batch(
     require_json(&req)?;
     let key = idempotency_key(&req)?;
     let max = state.limits.batch_items;
+    let depth = state.limits.json_depth;
     // Parsing and validating up to 16 MiB is CPU work: off the async executor.
     let parsed = web::block(move || {
-        parse_json(&body).and_then(|v| parse_batch(v, max).map_err(ApiError::from))
+        parse_json_within(&body, depth).and_then(|v| parse_batch(v, max).map_err(ApiError::from))
     })
     .await
     .map_err(|_| ApiError::ShuttingDown)??;
     let kinds: Vec<Kind> = parsed.iter().map(|r| r.kind).collect();
+    let rate = state.admission.admit_writes(&req, parsed.len())?;
     let counted = parsed.clone();
-    let report = state.service.write(parsed, key).await?;
+    let report = guarded(&state, state.service.write(parsed, key)).await?;
     let results: Vec<WriteResponse> = kinds
         .iter()
         .zip(&report.outcomes)
@@ -301,7 +369,10 @@ async fn write_batch(
     metrics::histogram!("datastorage_write_batch_size").record(results.len() as f64);
     metrics::histogram!("datastorage_audit_write_duration_seconds", "kind" => "batch")
         .record(started.elapsed().as_secs_f64());
-    Ok(HttpResponse::Created().json(BatchResponse { results }))
+    Ok(with_rate(
+        HttpResponse::Created().json(BatchResponse { results }),
+        rate,
+    ))
 }
 
 fn record_response(r: StoredRecord) -> RecordResponse {
@@ -325,7 +396,7 @@ async fn get_record(
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::NotFound("record ids are 64-bit integers".into()))?;
-    let record = state.service.get(kind, id).await?;
+    let record = guarded(&state, state.service.get(kind, id)).await?;
     Ok(HttpResponse::Ok().json(record_response(record)))
 }
 
@@ -341,7 +412,7 @@ async fn trail(
             format!("must match {}", ds_domain::record::CORRELATION_ID.as_str()),
         )));
     }
-    let records = state.service.trail(&correlation_id).await?;
+    let records = guarded(&state, state.service.trail(&correlation_id)).await?;
     Ok(HttpResponse::Ok().json(TrailResponse {
         correlation_id,
         records: records.into_iter().map(record_response).collect(),
@@ -354,9 +425,9 @@ async fn search(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     require_json(&req)?;
-    let request = parse_json(&body)
+    let request = parse_json_within(&body, state.limits.json_depth)
         .and_then(|v| ds_domain::search::parse_search(v).map_err(ApiError::from))?;
-    let hits = state.service.search(request).await?;
+    let hits = guarded(&state, state.service.search(request)).await?;
     let results = hits
         .into_iter()
         .map(|h| SearchResult {

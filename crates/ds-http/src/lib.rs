@@ -5,6 +5,7 @@
 
 pub mod dto;
 pub mod error;
+pub mod guard;
 mod handlers;
 pub mod middleware;
 pub mod openapi;
@@ -30,6 +31,12 @@ pub struct Limits {
     pub batch_items: usize,
     /// Budget of the readiness check (5 s).
     pub readiness_timeout: Duration,
+    /// Longest time a request may work before it is answered 503 (30 s).
+    pub request_timeout: Duration,
+    /// Deepest nesting of a JSON body (32).
+    pub json_depth: usize,
+    /// Most bytes of request headers, names and values (16 KiB).
+    pub header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +46,9 @@ impl Default for Limits {
             batch_body_bytes: 16 * 1024 * 1024,
             batch_items: 1000,
             readiness_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            json_depth: 32,
+            header_bytes: 16 * 1024,
         }
     }
 }
@@ -48,15 +58,28 @@ impl Default for Limits {
 pub struct AppState {
     pub service: AuditService,
     pub limits: Limits,
+    /// Rate limits and load shedding.
+    pub admission: guard::Admission,
     /// Set when shutdown begins: readiness answers 503 from then on.
     pub shutting_down: Arc<AtomicBool>,
 }
 
 impl AppState {
+    /// With the default admission settings (500 writes/s, burst 750 per caller; 128 requests in the
+    /// database).
     pub fn new(service: AuditService, limits: Limits) -> Self {
+        Self::with_admission(service, limits, guard::AdmissionSettings::default())
+    }
+
+    pub fn with_admission(
+        service: AuditService,
+        limits: Limits,
+        admission: guard::AdmissionSettings,
+    ) -> Self {
         AppState {
             service,
             limits,
+            admission: guard::Admission::new(admission),
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
     }

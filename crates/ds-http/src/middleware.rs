@@ -45,6 +45,33 @@ pub async fn envelope(
     let method = req.method().to_string();
     let path = req.path().to_owned();
 
+    let max_header_bytes = req
+        .app_data::<actix_web::web::Data<crate::AppState>>()
+        .map_or(usize::MAX, |s| s.limits.header_bytes);
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > max_header_bytes {
+        let parts = Parts {
+            status: actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            code: "PAYLOAD_TOO_LARGE",
+            message: format!("the request headers exceed {max_header_bytes} bytes"),
+            violations: Vec::new(),
+            retry_after: None,
+            rate_limit: None,
+        };
+        let response = error_response(&parts, &path, &correlation_id, request_id);
+        let mut res = ServiceResponse::new(req.into_parts().0, response);
+        if let Ok(v) = HeaderValue::from_str(&correlation_id) {
+            res.headers_mut()
+                .insert(HeaderName::from_static(CORRELATION_HEADER), v);
+        }
+        tracing::info!(correlation_id = %correlation_id, %method, %path, status = 431, header_bytes, "request headers too large");
+        return Ok(res);
+    }
+
     // The request must not be cloned before routing (actix needs it unshared to record path
     // parameters). Handlers' errors arrive as responses; an `Err` here comes from actix's own service
     // stack and is rendered by actix.
@@ -74,30 +101,12 @@ pub async fn envelope(
                 .unwrap_or_default();
             tracing::error!(correlation_id = %correlation_id, %method, %path, status = status.as_u16(), code = parts.code, error = %detail, "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorObject {
-                code: parts.code.to_owned(),
-                message: parts.message,
-                details: parts.violations.first().map(|first| ErrorDetails {
-                    field: first.field.clone(),
-                    constraint: first.constraint.clone(),
-                    violations: parts.violations.clone(),
-                }),
-            },
-            timestamp: Timestamp::now().to_rfc3339(),
-            path: path.clone(),
-            correlation_id: correlation_id.clone(),
-            request_id,
-        };
-        let mut builder = HttpResponse::build(parts.status);
-        if parts.status.as_u16() == 503 {
-            builder.insert_header((header::RETRY_AFTER, "5"));
-        }
+        let mut response = error_response(&parts, &path, &correlation_id, request_id);
         if let Some(allow) = res.headers().get(header::ALLOW) {
-            builder.insert_header((header::ALLOW, allow.clone()));
+            response.headers_mut().insert(header::ALLOW, allow.clone());
         }
         let (http_req, _) = res.into_parts();
-        ServiceResponse::new(http_req, builder.json(body))
+        ServiceResponse::new(http_req, response)
     } else {
         res
     };
@@ -116,6 +125,39 @@ pub async fn envelope(
     metrics::counter!("datastorage_http_requests_total", "method" => method, "status" => res.status().as_u16().to_string())
         .increment(1);
     Ok(res)
+}
+
+/// The contract's error body for `parts`, with `Retry-After` / `X-RateLimit-*` when they apply.
+fn error_response(
+    parts: &Parts,
+    path: &str,
+    correlation_id: &str,
+    request_id: Option<String>,
+) -> HttpResponse {
+    let body = ErrorBody {
+        error: ErrorObject {
+            code: parts.code.to_owned(),
+            message: parts.message.clone(),
+            details: parts.violations.first().map(|first| ErrorDetails {
+                field: first.field.clone(),
+                constraint: first.constraint.clone(),
+                violations: parts.violations.clone(),
+            }),
+        },
+        timestamp: Timestamp::now().to_rfc3339(),
+        path: path.to_owned(),
+        correlation_id: correlation_id.to_owned(),
+        request_id,
+    };
+    let mut builder = HttpResponse::build(parts.status);
+    if let Some(secs) = parts.retry_after {
+        builder.insert_header((header::RETRY_AFTER, secs.to_string()));
+    }
+    if let Some(limit) = parts.rate_limit {
+        builder.insert_header(("x-ratelimit-limit", limit.to_string()));
+        builder.insert_header(("x-ratelimit-remaining", "0"));
+    }
+    builder.json(body)
 }
 
 /// Errors raised by actix itself: status from actix, code from the status, a message that says what
@@ -139,5 +181,7 @@ fn framework_parts(res: &ServiceResponse<BoxBody>) -> Parts {
         code: code_for_status(status),
         message,
         violations: Vec::new(),
+        retry_after: (status.as_u16() == 503).then_some(5),
+        rate_limit: None,
     }
 }

@@ -80,6 +80,17 @@ pub struct Config {
     pub http_workers: usize,
     /// `DATASTORAGE_SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take after SIGTERM (default 30).
     pub shutdown_timeout: Duration,
+    /// `DATASTORAGE_DB_STATEMENT_TIMEOUT_MS`: PostgreSQL `statement_timeout` (default 10000; 0: none).
+    pub db_statement_timeout: Duration,
+    /// Request limits: `DATASTORAGE_MAX_BODY_BYTES` (2 MiB), `DATASTORAGE_MAX_BATCH_BODY_BYTES`
+    /// (16 MiB), `DATASTORAGE_MAX_JSON_DEPTH` (32), `DATASTORAGE_MAX_HEADER_BYTES` (16 KiB),
+    /// `DATASTORAGE_REQUEST_TIMEOUT_SECS` (30).
+    pub limits: ds_http::Limits,
+    /// Admission: `DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND` (500 per caller; 0 disables),
+    /// `DATASTORAGE_RATE_LIMIT_BURST` (750), `DATASTORAGE_DB_CONCURRENCY` (requests in the database at
+    /// once, default 8 × pool size), `DATASTORAGE_TRUSTED_PROXIES` (comma-separated IPs whose
+    /// `X-Forwarded-For` is believed; default none).
+    pub admission: ds_http::guard::AdmissionSettings,
 }
 
 /// A configuration error, naming the key.
@@ -250,7 +261,15 @@ impl Config {
                 default_in_flight,
             )?,
         };
+        let db_pool_size: usize = parse(get, "DATASTORAGE_DB_POOL_SIZE", 16)?;
         let config = Config {
+            db_statement_timeout: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_DB_STATEMENT_TIMEOUT_MS",
+                10_000,
+            )?),
+            limits: Self::limits(get)?,
+            admission: Self::admission(get, db_pool_size.max(1))?,
             database_url,
             http_addr: parse(
                 get,
@@ -308,7 +327,7 @@ impl Config {
                 300,
             )?),
             migrate_on_start: parse(get, "DATASTORAGE_MIGRATE_ON_START", true)?,
-            db_pool_size: parse(get, "DATASTORAGE_DB_POOL_SIZE", 16)?,
+            db_pool_size,
             db_wait_timeout: Duration::from_millis(parse(
                 get,
                 "DATASTORAGE_DB_WAIT_TIMEOUT_MS",
@@ -323,6 +342,86 @@ impl Config {
         };
         config.check()?;
         Ok(config)
+    }
+
+    fn limits(get: &dyn Fn(&str) -> Option<String>) -> Result<ds_http::Limits, ConfigError> {
+        let d = ds_http::Limits::default();
+        let limits = ds_http::Limits {
+            body_bytes: parse(get, "DATASTORAGE_MAX_BODY_BYTES", d.body_bytes)?,
+            batch_body_bytes: parse(get, "DATASTORAGE_MAX_BATCH_BODY_BYTES", d.batch_body_bytes)?,
+            json_depth: parse(get, "DATASTORAGE_MAX_JSON_DEPTH", d.json_depth)?,
+            header_bytes: parse(get, "DATASTORAGE_MAX_HEADER_BYTES", d.header_bytes)?,
+            request_timeout: Duration::from_secs(parse(
+                get,
+                "DATASTORAGE_REQUEST_TIMEOUT_SECS",
+                d.request_timeout.as_secs(),
+            )?),
+            ..d
+        };
+        for (key, v) in [
+            ("DATASTORAGE_MAX_BODY_BYTES", limits.body_bytes),
+            ("DATASTORAGE_MAX_BATCH_BODY_BYTES", limits.batch_body_bytes),
+            ("DATASTORAGE_MAX_JSON_DEPTH", limits.json_depth),
+            ("DATASTORAGE_MAX_HEADER_BYTES", limits.header_bytes),
+            (
+                "DATASTORAGE_REQUEST_TIMEOUT_SECS",
+                limits.request_timeout.as_secs() as usize,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(limits)
+    }
+
+    fn admission(
+        get: &dyn Fn(&str) -> Option<String>,
+        pool: usize,
+    ) -> Result<ds_http::guard::AdmissionSettings, ConfigError> {
+        let trusted_proxies = match get("DATASTORAGE_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse().map_err(|e| ConfigError {
+                        key: "DATASTORAGE_TRUSTED_PROXIES",
+                        reason: format!("{s:?} is not an IP address: {e}"),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let a = ds_http::guard::AdmissionSettings {
+            writes_per_second: parse(get, "DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", 500.0)?,
+            burst: parse(get, "DATASTORAGE_RATE_LIMIT_BURST", 750)?,
+            db_concurrency: parse(get, "DATASTORAGE_DB_CONCURRENCY", pool * 8)?,
+            trusted_proxies,
+        };
+        if a.db_concurrency == 0 {
+            return Err(ConfigError {
+                key: "DATASTORAGE_DB_CONCURRENCY",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if !(a.writes_per_second.is_finite() && a.writes_per_second >= 0.0) {
+            return Err(ConfigError {
+                key: "DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND",
+                reason: "must be a number of records per second, 0 to turn rate limiting off"
+                    .into(),
+            });
+        }
+        if a.writes_per_second > 0.0 && a.burst == 0 {
+            return Err(ConfigError {
+                key: "DATASTORAGE_RATE_LIMIT_BURST",
+                reason: "must be at least 1 when rate limiting is on".into(),
+            });
+        }
+        Ok(a)
     }
 
     fn check(&self) -> Result<(), ConfigError> {

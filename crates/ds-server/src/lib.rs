@@ -13,7 +13,7 @@ use ds_domain::ports::{AuditStore, Embedder};
 use ds_embed_cache::{BatchSettings, BatchingEmbedder, CachedEmbedder};
 use ds_embed_local::LocalEmbedder;
 use ds_embed_openai::OpenAiEmbedder;
-use ds_http::{AppState, Limits};
+use ds_http::AppState;
 use ds_store_pg::{PgStore, PoolSettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
@@ -186,6 +186,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &PoolSettings {
             max_size: config.db_pool_size,
             wait_timeout: config.db_wait_timeout,
+            statement_timeout: config.db_statement_timeout,
             ..PoolSettings::default()
         },
     )
@@ -246,7 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.embedding_worker_interval,
         ));
     }
-    let state = AppState::new(service, Limits::default());
+    let state = AppState::with_admission(service, config.limits.clone(), config.admission.clone());
 
     let app_state = state.clone();
     let api = actix_web::HttpServer::new(move || ds_http::app(app_state.clone()))

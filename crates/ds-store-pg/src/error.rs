@@ -49,6 +49,12 @@ impl From<PgStoreError> for StoreError {
                 diesel::result::DatabaseErrorKind::ClosedConnection,
                 info,
             )) => StoreError::Unavailable(info.message().to_owned()),
+            // statement_timeout: the database is too slow now; the client may retry (503).
+            PgStoreError::Query(Error::DatabaseError(_, info))
+                if info.message().contains("statement timeout") =>
+            {
+                StoreError::Unavailable(info.message().to_owned())
+            }
             PgStoreError::Query(q) => StoreError::Query(q.to_string()),
             PgStoreError::Migration(m) => StoreError::Query(m),
             PgStoreError::Corrupt(m) => StoreError::Corrupt(m),
