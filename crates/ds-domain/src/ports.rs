@@ -244,3 +244,44 @@ pub enum ProviderHealth {
     /// Calls are failing or refused; with policy `defer` writes still succeed as `pending`.
     Degraded(String),
 }
+
+/// Who a caller is, as the identity provider (Kubernetes TokenReview) says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `system:serviceaccount:<namespace>:<name>` for service accounts.
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+/// What a request wants to do; each maps to one authorization question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Access {
+    /// Write audit records (verb `create`).
+    Write,
+    /// Read audit records, trails, search (verb `get`).
+    Read,
+    /// Scrape `/metrics` (non-resource URL `/metrics`, verb `get`).
+    Metrics,
+}
+
+/// Errors of the [`Authenticator`] port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The token is unknown, expired, malformed or for another audience (401).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The identity provider could not answer (timeout, 5xx, unreachable): 503, never cached.
+    #[error("identity provider unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Authentication and authorization of callers.
+///
+/// Error contract: [`AuthError::Unauthenticated`] only when the provider said no;
+/// [`AuthError::Unavailable`] when it could not say. `authorize` answers `Ok(false)` for "not allowed".
+/// Implementations never log or return the token.
+#[async_trait]
+pub trait Authenticator: Send + Sync {
+    async fn authenticate(&self, token: &str) -> Result<Identity, AuthError>;
+    async fn authorize(&self, who: &Identity, access: Access) -> Result<bool, AuthError>;
+}

@@ -38,6 +38,15 @@ pub enum ApiError {
     /// The request took longer than the request timeout.
     #[error("request timed out")]
     Timeout,
+    /// No usable bearer token, or one the identity provider rejected.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// Authenticated, but not allowed this access.
+    #[error("forbidden")]
+    Forbidden(ds_domain::ports::Access),
+    /// The identity provider (Kubernetes API) could not answer.
+    #[error("authentication unavailable")]
+    AuthUnavailable,
     /// The JSON body nests deeper than allowed.
     #[error("JSON nested too deep")]
     TooDeep(usize),
@@ -149,6 +158,21 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SERVICE_UNAVAILABLE",
                 "the request took longer than the request timeout; if it was a write, retrying it is safe (same content is stored once)",
+            ),
+            ApiError::Unauthorized(m) => p(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", m),
+            ApiError::Forbidden(access) => p(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                match access {
+                    ds_domain::ports::Access::Write => "this identity may not write audit records",
+                    ds_domain::ports::Access::Read => "this identity may not read audit records",
+                    ds_domain::ports::Access::Metrics => "this identity may not read metrics",
+                },
+            ),
+            ApiError::AuthUnavailable => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "the identity provider could not check the token; retry shortly",
             ),
             ApiError::TooDeep(max) => p(
                 StatusCode::BAD_REQUEST,

@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: only this crate knows JSON DTOs and status codes.
 
+pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod guard;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Rate limits and load shedding.
     pub admission: guard::Admission,
+    /// Who may call (`None`: auth mode `none`, nothing checked).
+    pub auth: Option<Arc<dyn ds_domain::ports::Authenticator>>,
     /// Set when shutdown begins: readiness answers 503 from then on.
     pub shutting_down: Arc<AtomicBool>,
 }
@@ -80,8 +83,15 @@ impl AppState {
             service,
             limits,
             admission: guard::Admission::new(admission),
+            auth: None,
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Requires a bearer token on `/api/v1/*` (and on the metrics listener), checked by `auth`.
+    pub fn with_auth(mut self, auth: Arc<dyn ds_domain::ports::Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -105,6 +115,7 @@ pub fn app(
     let limits = state.limits.clone();
     App::new()
         .app_data(web::Data::new(state))
+        .wrap(actix_web::middleware::from_fn(auth::api))
         .wrap(actix_web::middleware::from_fn(middleware::envelope))
         .configure(|cfg| handlers::routes(cfg, &limits))
 }

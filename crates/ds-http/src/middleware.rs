@@ -114,10 +114,16 @@ pub async fn envelope(
         res.headers_mut()
             .insert(HeaderName::from_static(CORRELATION_HEADER), v);
     }
+    let caller = res
+        .request()
+        .extensions()
+        .get::<crate::guard::Caller>()
+        .map(|c| c.username.clone());
     tracing::info!(
         correlation_id = %correlation_id,
         %method,
         %path,
+        caller = caller.as_deref().unwrap_or("-"),
         status = res.status().as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
@@ -150,6 +156,9 @@ fn error_response(
         request_id,
     };
     let mut builder = HttpResponse::build(parts.status);
+    if parts.status == actix_web::http::StatusCode::UNAUTHORIZED {
+        builder.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"datastorage\""));
+    }
     if let Some(secs) = parts.retry_after {
         builder.insert_header((header::RETRY_AFTER, secs.to_string()));
     }

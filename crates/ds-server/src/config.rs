@@ -6,10 +6,90 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How callers are authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMode {
     /// No authentication: for local development only, refused unless every listener is on loopback.
     None,
+    /// Kubernetes TokenReview, then SubjectAccessReview or an allow-list.
+    Kubernetes(KubernetesAuth),
+}
+
+/// `DATASTORAGE_AUTH_MODE=kubernetes` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesAuth {
+    /// `DATASTORAGE_AUTH_KUBECONFIG`: a kubeconfig file; unset: in-cluster, then `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `DATASTORAGE_AUTH_AUDIENCES`: comma-separated audiences the tokens must be for (default: none,
+    /// i.e. the API server's own).
+    pub audiences: Vec<String>,
+    /// `DATASTORAGE_AUTHZ_MODE`: `subjectaccessreview` (default) or `allowlist`, with
+    /// `DATASTORAGE_AUTHZ_WRITERS`, `DATASTORAGE_AUTHZ_READERS`, `DATASTORAGE_AUTHZ_METRICS` (comma-separated
+    /// usernames or `group:<name>`; writers may also read).
+    pub allow_list: Option<(Vec<String>, Vec<String>, Vec<String>)>,
+    /// `DATASTORAGE_AUTH_TIMEOUT_MS`: each review's budget (default 5000).
+    pub timeout: Duration,
+    /// `DATASTORAGE_AUTH_CACHE_TTL_SECS` (60), `DATASTORAGE_AUTH_NEGATIVE_CACHE_TTL_SECS` (10),
+    /// `DATASTORAGE_AUTH_CACHE_CAPACITY` (10000).
+    pub positive_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub cache_capacity: usize,
+    /// `DATASTORAGE_METRICS_AUTH`: protect `/metrics` too (default `true`).
+    pub protect_metrics: bool,
+}
+
+fn list(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Vec<String> {
+    get(key)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kubernetes_auth(get: &dyn Fn(&str) -> Option<String>) -> Result<KubernetesAuth, ConfigError> {
+    let allow_list = match get("DATASTORAGE_AUTHZ_MODE")
+        .as_deref()
+        .unwrap_or("subjectaccessreview")
+    {
+        "subjectaccessreview" => None,
+        "allowlist" => {
+            let lists = (
+                list(get, "DATASTORAGE_AUTHZ_WRITERS"),
+                list(get, "DATASTORAGE_AUTHZ_READERS"),
+                list(get, "DATASTORAGE_AUTHZ_METRICS"),
+            );
+            if lists.0.is_empty() && lists.1.is_empty() {
+                return Err(ConfigError {
+                    key: "DATASTORAGE_AUTHZ_WRITERS",
+                    reason: "allowlist mode needs at least one writer or reader".into(),
+                });
+            }
+            Some(lists)
+        }
+        other => {
+            return Err(ConfigError {
+                key: "DATASTORAGE_AUTHZ_MODE",
+                reason: format!("{other:?} is not `subjectaccessreview` or `allowlist`"),
+            });
+        }
+    };
+    Ok(KubernetesAuth {
+        kubeconfig: get("DATASTORAGE_AUTH_KUBECONFIG").map(PathBuf::from),
+        audiences: list(get, "DATASTORAGE_AUTH_AUDIENCES"),
+        allow_list,
+        timeout: Duration::from_millis(parse(get, "DATASTORAGE_AUTH_TIMEOUT_MS", 5000)?),
+        positive_ttl: Duration::from_secs(parse(get, "DATASTORAGE_AUTH_CACHE_TTL_SECS", 60)?),
+        negative_ttl: Duration::from_secs(parse(
+            get,
+            "DATASTORAGE_AUTH_NEGATIVE_CACHE_TTL_SECS",
+            10,
+        )?),
+        cache_capacity: parse(get, "DATASTORAGE_AUTH_CACHE_CAPACITY", 10_000)?,
+        protect_metrics: parse(get, "DATASTORAGE_METRICS_AUTH", true)?,
+    })
 }
 
 pub use ds_domain::service::{EmbeddingMode, FailurePolicy};
@@ -46,7 +126,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `DATASTORAGE_METRICS_ADDR`: Prometheus metrics (default `127.0.0.1:9090`).
     pub metrics_addr: SocketAddr,
-    /// `DATASTORAGE_AUTH_MODE`: `none` (the only mode of this version).
+    /// `DATASTORAGE_AUTH_MODE`: `kubernetes` or `none` (default `none`, loopback listeners only).
     pub auth_mode: AuthMode,
     /// `DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR`: the local model's files
     /// (default `target/models/all-MiniLM-L6-v2`, where `cargo xtask fetch-model` puts them).
@@ -218,12 +298,11 @@ impl Config {
             })?;
         let auth_mode = match get("DATASTORAGE_AUTH_MODE").as_deref().unwrap_or("none") {
             "none" => AuthMode::None,
+            "kubernetes" => AuthMode::Kubernetes(kubernetes_auth(get)?),
             other => {
                 return Err(ConfigError {
                     key: "DATASTORAGE_AUTH_MODE",
-                    reason: format!(
-                        "{other:?} is not supported by this version; the supported mode is `none`"
-                    ),
+                    reason: format!("{other:?} is not `kubernetes` or `none`"),
                 });
             }
         };
@@ -525,7 +604,7 @@ mod tests {
         assert!(e.reason.contains("loopback"));
         let e = load(&[
             ("DATABASE_URL", "postgres://x/db"),
-            ("DATASTORAGE_AUTH_MODE", "tokenreview"),
+            ("DATASTORAGE_AUTH_MODE", "oauth"),
         ])
         .unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_AUTH_MODE");

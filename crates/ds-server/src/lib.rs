@@ -7,7 +7,8 @@ pub mod config;
 
 use anyhow::{Context, bail};
 use config::Config;
-use config::Provider;
+use config::{AuthMode, Provider};
+use ds_auth_kube::{Authorization, CacheSettings, CachedAuthenticator, KubeAuthenticator};
 use ds_domain::AuditService;
 use ds_domain::ports::{AuditStore, Embedder};
 use ds_embed_cache::{BatchSettings, BatchingEmbedder, CachedEmbedder};
@@ -247,7 +248,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.embedding_worker_interval,
         ));
     }
-    let state = AppState::with_admission(service, config.limits.clone(), config.admission.clone());
+    let mut state =
+        AppState::with_admission(service, config.limits.clone(), config.admission.clone());
+    let mut protect_metrics = false;
+    if let AuthMode::Kubernetes(k) = &config.auth_mode {
+        let authorization = match &k.allow_list {
+            None => Authorization::SubjectAccessReview,
+            Some((writers, readers, metrics)) => Authorization::AllowList {
+                writers: writers.clone(),
+                readers: readers.clone(),
+                metrics: metrics.clone(),
+            },
+        };
+        let kube = KubeAuthenticator::connect(
+            k.kubeconfig.as_deref(),
+            k.timeout,
+            k.audiences.clone(),
+            authorization,
+        )
+        .await
+        .context("connecting to the Kubernetes API for authentication (DATASTORAGE_AUTH_MODE=kubernetes)")?;
+        let cached = CachedAuthenticator::new(
+            Arc::new(kube),
+            CacheSettings {
+                positive_ttl: k.positive_ttl,
+                negative_ttl: k.negative_ttl,
+                capacity: k.cache_capacity,
+            },
+        );
+        state = state.with_auth(Arc::new(cached));
+        protect_metrics = k.protect_metrics;
+        tracing::info!(audiences = ?k.audiences, allow_list = k.allow_list.is_some(), protect_metrics, "authentication: Kubernetes TokenReview");
+    }
 
     let app_state = state.clone();
     let api = actix_web::HttpServer::new(move || ds_http::app(app_state.clone()))
@@ -276,19 +308,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             upkeep.run_upkeep();
         }
     });
+    let metrics_state = state.clone();
     let metrics = actix_web::HttpServer::new(move || {
         let handle = handle.clone();
-        actix_web::App::new().route(
-            "/metrics",
-            actix_web::web::get().to(move || {
-                let body = handle.render();
-                async move {
-                    actix_web::HttpResponse::Ok()
-                        .content_type("text/plain; version=0.0.4")
-                        .body(body)
-                }
-            }),
-        )
+        // Without protection the metrics app has no state, so the auth middleware lets every scrape in.
+        let mut app = actix_web::App::new();
+        if protect_metrics {
+            app = app.app_data(actix_web::web::Data::new(metrics_state.clone()));
+        }
+        app.wrap(actix_web::middleware::from_fn(ds_http::auth::metrics))
+            .wrap(actix_web::middleware::from_fn(
+                ds_http::middleware::envelope,
+            ))
+            .route(
+                "/metrics",
+                actix_web::web::get().to(move || {
+                    let body = handle.render();
+                    async move {
+                        actix_web::HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4")
+                            .body(body)
+                    }
+                }),
+            )
     })
     .workers(1)
     .disable_signals()
