@@ -317,10 +317,9 @@ async fn metrics_are_protected_with_their_own_permission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allow_list_decides_without_subject_access_reviews() {
-    let writers = format!("{WRITER}");
     let (kube, app) = setup(&[
         ("DATASTORAGE_AUTHZ_MODE", "allowlist"),
-        ("DATASTORAGE_AUTHZ_WRITERS", writers.as_str()),
+        ("DATASTORAGE_AUTHZ_WRITERS", WRITER),
         ("DATASTORAGE_AUTHZ_READERS", "group:system:serviceaccounts"),
     ])
     .await;

@@ -239,3 +239,62 @@ async fn oversized_headers_get_431_in_the_contract_shape() {
     assert_error(&r, 431, "PAYLOAD_TOO_LARGE");
     assert_eq!(app.db.count("audit_records").await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_is_a_503_after_the_wait_timeout_not_a_hang() {
+    let app = spawn_app_with(&[
+        ("DATASTORAGE_DB_POOL_SIZE", "1"),
+        ("DATASTORAGE_DB_WAIT_TIMEOUT_MS", "300"),
+    ])
+    .await
+    .unwrap();
+    let mut lock = lock_records(&app).await;
+    let blocked = {
+        let client = app.client.clone();
+        let url = app.url("/api/v1/audit/remediation");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&fixtures::remediation(1))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    until_waiting_on_a_lock(&app).await;
+    // The write holds the only connection (waiting on the lock): a read cannot get one.
+    let r = app
+        .get("/api/v1/audit/trail/rr-2025-10-06-abc123")
+        .await
+        .unwrap();
+    assert_error(&r, 503, "SERVICE_UNAVAILABLE");
+    assert!(r.header("retry-after").is_some());
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(blocked.await.unwrap(), 201);
+}
+
+#[derive(diesel::QueryableByName)]
+struct Waiting {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// Waits until a session of this test's database waits on a lock (a condition, not a delay).
+async fn until_waiting_on_a_lock(app: &TestApp) {
+    use diesel_async::RunQueryDsl;
+    let mut conn = app.db.conn().await.unwrap();
+    loop {
+        let w: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        if w.n > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
