@@ -111,6 +111,22 @@ async fn lock_records(app: &TestApp) -> diesel_async::AsyncPgConnection {
     conn
 }
 
+/// Sends a write from a task of its own; the handle gives its status.
+fn write_in_background(app: &TestApp, n: u32) -> tokio::task::JoinHandle<u16> {
+    let client = app.client.clone();
+    let url = app.url("/api/v1/audit/remediation");
+    tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&fixtures::remediation(n))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
 /// Waits until `n` requests hold a database slot (a condition on the service's state, not a delay).
 async fn until_in_database(app: &TestApp, n: usize) {
     while app.state.admission.db_in_use() < n {
@@ -124,20 +140,7 @@ async fn beyond_the_database_concurrency_requests_are_shed_at_once_with_503() {
         .await
         .unwrap();
     let mut lock = lock_records(&app).await;
-    let blocked = {
-        let client = app.client.clone();
-        let url = app.url("/api/v1/audit/remediation");
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&fixtures::remediation(1))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    };
+    let blocked = write_in_background(&app, 1);
     until_in_database(&app, 1).await;
     let r = app
         .get("/api/v1/audit/trail/rr-2025-10-06-abc123")
@@ -249,20 +252,7 @@ async fn an_exhausted_pool_is_a_503_after_the_wait_timeout_not_a_hang() {
     .await
     .unwrap();
     let mut lock = lock_records(&app).await;
-    let blocked = {
-        let client = app.client.clone();
-        let url = app.url("/api/v1/audit/remediation");
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&fixtures::remediation(1))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    };
+    let blocked = write_in_background(&app, 1);
     until_waiting_on_a_lock(&app).await;
     // The write holds the only connection (waiting on the lock): a read cannot get one.
     let r = app

@@ -149,27 +149,21 @@ async fn run(inner: &dyn Embedder, batch: Vec<Job>, size: usize) {
     let result = inner.embed(texts).await;
     metrics::histogram!("datastorage_embedding_generation_duration_seconds", "provider" => inner.provider())
         .record(started.elapsed().as_secs_f64());
-    match result {
+    let error = match result {
         Ok(vectors) if vectors.len() == size => {
             let mut vectors = vectors.into_iter();
             for (n, reply) in parts {
                 let _ = reply.send(Ok(vectors.by_ref().take(n).collect()));
             }
+            return;
         }
         Ok(vectors) => {
-            let e = EmbedError::InvalidOutput(format!(
-                "asked for {size} vectors, got {}",
-                vectors.len()
-            ));
-            for (_, reply) in parts {
-                let _ = reply.send(Err(e.clone()));
-            }
+            EmbedError::InvalidOutput(format!("asked for {size} vectors, got {}", vectors.len()))
         }
-        Err(e) => {
-            for (_, reply) in parts {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+        Err(e) => e,
+    };
+    for (_, reply) in parts {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 
