@@ -124,19 +124,26 @@ impl AuditService {
             .iter()
             .map(|r| embedding_digest(&model, &r.embedding_text))
             .collect();
-        let missing = self.missing_texts(&records, &embedding_digests).await?;
-        let (new_embeddings, jobs) = if missing.is_empty() {
-            (Vec::new(), Vec::new())
-        } else if self.mode == EmbeddingMode::Deferred {
-            (Vec::new(), jobs_for(missing, &model))
+        let (new_embeddings, jobs) = if self.mode == EmbeddingMode::Deferred {
+            // No lookup on the acknowledged path: the store links the texts already embedded and
+            // queues a job only for the others, in the write's own transaction.
+            (
+                Vec::new(),
+                jobs_for(distinct_texts(&records, &embedding_digests), &model),
+            )
         } else {
-            match self.embed_missing(missing.clone(), &model).await {
-                Ok(new) => (new, Vec::new()),
-                // The records are committed as pending; the worker retries the embedding.
-                Err(AuditError::Embedding(_)) if self.policy == FailurePolicy::Defer => {
-                    (Vec::new(), jobs_for(missing, &model))
+            let missing = self.missing_texts(&records, &embedding_digests).await?;
+            if missing.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                match self.embed_missing(missing.clone(), &model).await {
+                    Ok(new) => (new, Vec::new()),
+                    // The records are committed as pending; the worker retries the embedding.
+                    Err(AuditError::Embedding(_)) if self.policy == FailurePolicy::Defer => {
+                        (Vec::new(), jobs_for(missing, &model))
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         };
 
@@ -170,11 +177,8 @@ impl AuditService {
         records: &[ValidRecord],
         digests: &[Sha256Digest],
     ) -> Result<Vec<(Sha256Digest, String)>, AuditError> {
-        let mut wanted: BTreeMap<Sha256Digest, &str> = BTreeMap::new();
-        for (r, d) in records.iter().zip(digests) {
-            wanted.entry(*d).or_insert(r.embedding_text.as_str());
-        }
-        let keys: Vec<Sha256Digest> = wanted.keys().copied().collect();
+        let wanted = distinct_texts(records, digests);
+        let keys: Vec<Sha256Digest> = wanted.iter().map(|(d, _)| *d).collect();
         let stored: BTreeSet<Sha256Digest> = self
             .store
             .existing_embeddings(&keys)
@@ -184,7 +188,6 @@ impl AuditService {
         Ok(wanted
             .into_iter()
             .filter(|(d, _)| !stored.contains(d))
-            .map(|(d, t)| (d, t.to_owned()))
             .collect())
     }
 
@@ -283,6 +286,18 @@ impl AuditService {
     pub async fn store_health(&self) -> Result<StoreHealth, AuditError> {
         Ok(self.store.health().await?)
     }
+}
+
+/// Each embedding text once, in digest order.
+fn distinct_texts(
+    records: &[ValidRecord],
+    digests: &[Sha256Digest],
+) -> Vec<(Sha256Digest, String)> {
+    let mut wanted: BTreeMap<Sha256Digest, &str> = BTreeMap::new();
+    for (r, d) in records.iter().zip(digests) {
+        wanted.entry(*d).or_insert(r.embedding_text.as_str());
+    }
+    wanted.into_iter().map(|(d, t)| (d, t.to_owned())).collect()
 }
 
 fn jobs_for(missing: Vec<(Sha256Digest, String)>, model: &str) -> Vec<EmbeddingJob> {

@@ -162,6 +162,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `DATASTORAGE_DB_STATEMENT_TIMEOUT_MS`: PostgreSQL `statement_timeout` (default 10000; 0: none).
     pub db_statement_timeout: Duration,
+    /// Group commit: `DATASTORAGE_DB_WRITE_SLOTS` (write transactions at once, default 4),
+    /// `DATASTORAGE_DB_GROUP_MAX_RECORDS` (records per shared transaction, default 1000),
+    /// `DATASTORAGE_DB_GROUP_WAIT_US` (how long a free slot waits for more writes, default 0).
+    pub group_commit: ds_store_pg::GroupCommit,
     /// Request limits: `DATASTORAGE_MAX_BODY_BYTES` (2 MiB), `DATASTORAGE_MAX_BATCH_BODY_BYTES`
     /// (16 MiB), `DATASTORAGE_MAX_JSON_DEPTH` (32), `DATASTORAGE_MAX_HEADER_BYTES` (16 KiB),
     /// `DATASTORAGE_REQUEST_TIMEOUT_SECS` (30).
@@ -347,6 +351,11 @@ impl Config {
                 "DATASTORAGE_DB_STATEMENT_TIMEOUT_MS",
                 10_000,
             )?),
+            group_commit: ds_store_pg::GroupCommit {
+                max_in_flight: parse(get, "DATASTORAGE_DB_WRITE_SLOTS", 4)?,
+                max_records: parse(get, "DATASTORAGE_DB_GROUP_MAX_RECORDS", 1000)?,
+                max_wait: Duration::from_micros(parse(get, "DATASTORAGE_DB_GROUP_WAIT_US", 0)?),
+            },
             limits: Self::limits(get)?,
             admission: Self::admission(get, db_pool_size.max(1))?,
             database_url,
@@ -522,6 +531,23 @@ impl Config {
         if self.db_pool_size == 0 {
             return Err(ConfigError {
                 key: "DATASTORAGE_DB_POOL_SIZE",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.group_commit.max_in_flight == 0
+            || self.group_commit.max_in_flight > self.db_pool_size
+        {
+            return Err(ConfigError {
+                key: "DATASTORAGE_DB_WRITE_SLOTS",
+                reason: format!(
+                    "must be between 1 and the pool size ({})",
+                    self.db_pool_size
+                ),
+            });
+        }
+        if self.group_commit.max_records == 0 {
+            return Err(ConfigError {
+                key: "DATASTORAGE_DB_GROUP_MAX_RECORDS",
                 reason: "must be at least 1".into(),
             });
         }

@@ -188,6 +188,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_size: config.db_pool_size,
             wait_timeout: config.db_wait_timeout,
             statement_timeout: config.db_statement_timeout,
+            group_commit: config.group_commit.clone(),
             ..PoolSettings::default()
         },
     )

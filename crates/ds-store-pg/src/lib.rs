@@ -4,12 +4,15 @@
 //! `migrations/` folder, embedded in the binary by [`MIGRATIONS`].
 
 mod error;
+mod group;
 mod pgv;
 mod rows;
 mod schema;
 mod store;
+mod write;
 
 pub use error::PgStoreError;
+pub use group::GroupCommit;
 pub use pgv::Embedding;
 pub use store::{PgStore, PoolSettings};
 

@@ -1,30 +1,30 @@
 //! [`PgStore`]: the [`AuditStore`] port on PostgreSQL.
 
 use crate::error::PgStoreError;
+use crate::group::{self, GroupCommit, Queued, pool_error};
 use crate::pgv::Embedding;
-use crate::rows::{NewEmbeddingRow, NewJobRow, NewKeyRow, NewRecordRow, RecordRow, SearchRow};
+use crate::rows::{NewEmbeddingRow, RecordRow, SearchRow};
 use crate::schema::{audit_records, embedding_jobs, embeddings, idempotency_keys};
+use crate::write::status_of;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool::Runtime;
 use diesel::prelude::*;
-use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use ds_domain::digest::Sha256Digest;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, EmbedError, Embedder, EmbeddingStatus, JobError, SearchHit, StoreError,
-    StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
+    AuditStore, EmbedError, Embedder, JobError, SearchHit, StoreError, StoreHealth, StoredRecord,
+    WriteOutcome, WriteRequest, WriteResult,
 };
 use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-/// How many times a transaction that hit a serialization failure or a deadlock is run again.
-const TX_ATTEMPTS: usize = 3;
+use tokio::sync::{mpsc, oneshot};
 
 /// Connection pool settings.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// PostgreSQL's `statement_timeout` on every connection (zero: none).
     pub statement_timeout: Duration,
+    /// How concurrent writes share transactions.
+    pub group_commit: GroupCommit,
 }
 
 impl Default for PoolSettings {
@@ -45,6 +47,7 @@ impl Default for PoolSettings {
             wait_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
+            group_commit: GroupCommit::default(),
         }
     }
 }
@@ -53,6 +56,9 @@ impl Default for PoolSettings {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
+    group_commit: GroupCommit,
+    /// The group-commit queue, started on first write (it needs the caller's tokio runtime).
+    writer: Arc<OnceLock<mpsc::Sender<Queued>>>,
 }
 
 impl PgStore {
@@ -81,7 +87,32 @@ impl PgStore {
             .recycle_timeout(Some(settings.connect_timeout))
             .build()
             .map_err(|e| PgStoreError::Pool(e.to_string()))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            group_commit: settings.group_commit.clone(),
+            writer: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Writes `requests` as one group, as group commit does when they arrive together: one
+    /// transaction (or each alone if the group fails), one answer per request, in order.
+    pub async fn write_together(
+        &self,
+        requests: Vec<WriteRequest>,
+    ) -> Vec<Result<WriteResult, StoreError>> {
+        let (queued, answers): (Vec<Queued>, Vec<_>) = requests
+            .into_iter()
+            .map(|request| {
+                let (reply, answer) = oneshot::channel();
+                (Queued { request, reply }, answer)
+            })
+            .unzip();
+        group::commit(&self.pool, queued).await;
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(receive(answer).await);
+        }
+        results
     }
 
     /// Pool occupancy: (connections open, of which idle).
@@ -91,165 +122,7 @@ impl PgStore {
     }
 
     async fn conn(&self) -> Result<Object<AsyncPgConnection>, PgStoreError> {
-        self.pool.get().await.map_err(|e| match e {
-            PoolError::Backend(e) => PgStoreError::Connect(e.to_string()),
-            PoolError::Timeout(t) => {
-                PgStoreError::Pool(format!("timed out waiting for a connection ({t:?})"))
-            }
-            other => PgStoreError::Pool(other.to_string()),
-        })
-    }
-
-    async fn write_once(
-        conn: &mut AsyncPgConnection,
-        request: &WriteRequest,
-    ) -> Result<WriteResult, PgStoreError> {
-        conn.transaction(async |c| -> Result<WriteResult, PgStoreError> {
-            // 1. Claim the idempotency key first: a concurrent request with the same key waits here.
-            if let Some(claim) = &request.idempotency {
-                let inserted = diesel::insert_into(idempotency_keys::table)
-                    .values(NewKeyRow {
-                        caller: &claim.caller,
-                        key: &claim.key,
-                        request_digest: &claim.request_digest,
-                        outcomes: Value::Array(Vec::new()),
-                    })
-                    .on_conflict_do_nothing()
-                    .execute(c)
-                    .await?;
-                if inserted == 0 {
-                    let (digest, outcomes): (Vec<u8>, Value) = idempotency_keys::table
-                        .find((&claim.caller, &claim.key))
-                        .select((idempotency_keys::request_digest, idempotency_keys::outcomes))
-                        .first(c)
-                        .await?;
-                    if digest != claim.request_digest {
-                        return Ok(WriteResult::KeyConflict);
-                    }
-                    let outcomes: Vec<WriteOutcome> = serde_json::from_value(outcomes)
-                        .map_err(|e| PgStoreError::Corrupt(format!("idempotency outcomes: {e}")))?;
-                    return Ok(WriteResult::Replayed(outcomes));
-                }
-            }
-
-            // 2. New embeddings, in digest order (a fixed lock order: no deadlock between writers).
-            let mut new = request.new_embeddings.iter().collect::<Vec<_>>();
-            new.sort_by_key(|e| e.digest);
-            new.dedup_by(|a, b| a.digest == b.digest);
-            for e in new {
-                insert_embedding(c, &e.digest, &e.model, &e.vector).await?;
-            }
-            let wanted: Vec<&[u8]> = request
-                .embedding_digests
-                .iter()
-                .map(|d| d.as_slice())
-                .collect();
-            let ids: HashMap<Vec<u8>, i64> = embeddings::table
-                .filter(embeddings::digest.eq_any(&wanted))
-                .select((embeddings::digest, embeddings::id))
-                .load::<(Vec<u8>, i64)>(c)
-                .await?
-                .into_iter()
-                .collect();
-
-            // Durable jobs for the texts still without a vector (mode deferred, or the provider failed).
-            let mut jobs: Vec<_> = request
-                .jobs
-                .iter()
-                .filter(|j| !ids.contains_key(j.digest.as_slice()))
-                .collect();
-            jobs.sort_by_key(|j| j.digest);
-            for j in jobs {
-                diesel::insert_into(embedding_jobs::table)
-                    .values(NewJobRow {
-                        digest: &j.digest,
-                        model: &j.model,
-                        text: &j.text,
-                    })
-                    .on_conflict(embedding_jobs::digest)
-                    .do_nothing()
-                    .execute(c)
-                    .await?;
-            }
-
-            // 3. Records, in content-digest order for the same reason; outcomes go back in request order.
-            let mut order: Vec<usize> = (0..request.records.len()).collect();
-            order.sort_by(|&a, &b| {
-                request.records[a]
-                    .content_digest
-                    .cmp(&request.records[b].content_digest)
-            });
-            let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; request.records.len()];
-            for i in order {
-                let r = &request.records[i];
-                let edigest: &Sha256Digest = &request.embedding_digests[i];
-                let embedding_id = ids.get(edigest.as_slice()).copied();
-                let row = NewRecordRow {
-                    kind: r.kind.as_str(),
-                    name: &r.common.name,
-                    namespace: &r.common.namespace,
-                    phase: r.common.phase.as_str(),
-                    correlation_id: &r.common.correlation_id,
-                    message: r.common.message.as_deref(),
-                    created_at: r.common.created_at.as_utc(),
-                    started_at: r.common.started_at.map(|t| t.as_utc()),
-                    completed_at: r.common.completed_at.map(|t| t.as_utc()),
-                    content_digest: &r.content_digest,
-                    details: Value::Object(r.details.clone()),
-                    unknown_fields: Value::Object(r.unknown.clone()),
-                    embedding_digest: edigest,
-                    embedding_id,
-                };
-                let created: Option<(i64, DateTime<Utc>, Option<i64>)> =
-                    diesel::insert_into(audit_records::table)
-                        .values(&row)
-                        .on_conflict(audit_records::content_digest)
-                        .do_nothing()
-                        .returning((
-                            audit_records::id,
-                            audit_records::received_at,
-                            audit_records::embedding_id,
-                        ))
-                        .get_result(c)
-                        .await
-                        .optional()?;
-                let (id, received, eid, status) = match created {
-                    Some((id, at, eid)) => (id, at, eid, WriteStatus::Created),
-                    None => {
-                        let (id, at, eid): (i64, DateTime<Utc>, Option<i64>) = audit_records::table
-                            .filter(audit_records::content_digest.eq(r.content_digest.as_slice()))
-                            .select((
-                                audit_records::id,
-                                audit_records::received_at,
-                                audit_records::embedding_id,
-                            ))
-                            .first(c)
-                            .await?;
-                        (id, at, eid, WriteStatus::Duplicate)
-                    }
-                };
-                outcomes[i] = Some(WriteOutcome {
-                    id,
-                    embedding_id: eid,
-                    embedding_status: status_of(eid),
-                    status,
-                    received_at: Timestamp::from_utc(received),
-                });
-            }
-            let outcomes: Vec<WriteOutcome> = outcomes.into_iter().flatten().collect();
-
-            // 4. Remember what this key answered.
-            if let Some(claim) = &request.idempotency {
-                let json = serde_json::to_value(&outcomes)
-                    .map_err(|e| PgStoreError::Corrupt(format!("idempotency outcomes: {e}")))?;
-                diesel::update(idempotency_keys::table.find((&claim.caller, &claim.key)))
-                    .set(idempotency_keys::outcomes.eq(json))
-                    .execute(c)
-                    .await?;
-            }
-            Ok(WriteResult::Written(outcomes))
-        })
-        .await
+        self.pool.get().await.map_err(pool_error)
     }
 
     fn to_stored(row: RecordRow) -> Result<StoredRecord, PgStoreError> {
@@ -306,35 +179,6 @@ impl PgStore {
     }
 }
 
-/// A record is `stored` exactly when it is linked to its vector.
-fn status_of(embedding_id: Option<i64>) -> EmbeddingStatus {
-    if embedding_id.is_some() {
-        EmbeddingStatus::Stored
-    } else {
-        EmbeddingStatus::Pending
-    }
-}
-
-/// Stores a vector under its content digest; a digest already stored is kept as it is.
-async fn insert_embedding(
-    c: &mut AsyncPgConnection,
-    digest: &[u8],
-    model: &str,
-    vector: &[f32],
-) -> Result<(), diesel::result::Error> {
-    diesel::insert_into(embeddings::table)
-        .values(NewEmbeddingRow {
-            digest,
-            model,
-            embedding: Embedding(vector.to_vec()),
-        })
-        .on_conflict(embeddings::digest)
-        .do_nothing()
-        .execute(c)
-        .await
-        .map(|_| ())
-}
-
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -355,17 +199,15 @@ struct Dim {
 #[async_trait]
 impl AuditStore for PgStore {
     async fn write(&self, request: WriteRequest) -> Result<WriteResult, StoreError> {
-        let mut conn = self.conn().await?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match Self::write_once(&mut conn, &request).await {
-                Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => {
-                    tracing::warn!(attempt, error = %e, "retrying write transaction");
-                }
-                other => return other.map_err(StoreError::from),
-            }
-        }
+        let queue = self
+            .writer
+            .get_or_init(|| group::start(self.pool.clone(), self.group_commit.clone()));
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Queued { request, reply })
+            .await
+            .map_err(|_| PgStoreError::Pool("the write queue is closed".into()))?;
+        receive(answer).await
     }
 
     async fn existing_embeddings(
@@ -528,28 +370,34 @@ impl AuditStore for PgStore {
                         jobs.len()
                     ))));
                 }
+                // One statement per table for the whole batch, rows in digest order (the lock order
+                // of the write path too).
                 let mut order: Vec<usize> = (0..jobs.len()).collect();
                 order.sort_by(|&a, &b| jobs[a].0.cmp(&jobs[b].0));
-                for i in order {
-                    let digest = &jobs[i].0;
-                    insert_embedding(c, digest, &model, &vectors[i]).await?;
-                    let id: i64 = embeddings::table
-                        .filter(embeddings::digest.eq(digest))
-                        .select(embeddings::id)
-                        .first(c)
-                        .await?;
-                    diesel::update(
-                        audit_records::table
-                            .filter(audit_records::embedding_digest.eq(digest))
-                            .filter(audit_records::embedding_id.is_null()),
-                    )
-                    .set(audit_records::embedding_id.eq(id))
+                let rows: Vec<NewEmbeddingRow> = order
+                    .iter()
+                    .map(|&i| NewEmbeddingRow {
+                        digest: &jobs[i].0,
+                        model: &model,
+                        embedding: Embedding(vectors[i].clone()),
+                    })
+                    .collect();
+                diesel::insert_into(embeddings::table)
+                    .values(&rows)
+                    .on_conflict(embeddings::digest)
+                    .do_nothing()
                     .execute(c)
                     .await?;
-                    diesel::delete(embedding_jobs::table.find(digest))
-                        .execute(c)
-                        .await?;
-                }
+                let digests: Vec<&[u8]> = order.iter().map(|&i| jobs[i].0.as_slice()).collect();
+                diesel::sql_query(LINK_RECORDS_SQL)
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::Bytea>, _>(&digests)
+                    .execute(c)
+                    .await?;
+                diesel::delete(
+                    embedding_jobs::table.filter(embedding_jobs::digest.eq_any(&digests)),
+                )
+                .execute(c)
+                .await?;
                 Ok(jobs.len())
             })
             .await;
@@ -623,6 +471,22 @@ SELECT * FROM (
     ORDER BY e.embedding <=> $1
     LIMIT $7
 ) hits ORDER BY distance, id";
+
+/// The answer of a queued write.
+async fn receive(
+    answer: oneshot::Receiver<Result<WriteResult, PgStoreError>>,
+) -> Result<WriteResult, StoreError> {
+    answer
+        .await
+        .map_err(|_| PgStoreError::Pool("the write ended without an answer".into()))?
+        .map_err(StoreError::from)
+}
+
+/// Links the pending records of the given embedding digests to their (now stored) vectors.
+const LINK_RECORDS_SQL: &str = "\
+UPDATE audit_records r SET embedding_id = e.id
+FROM embeddings e
+WHERE e.digest = ANY($1) AND r.embedding_digest = e.digest AND r.embedding_id IS NULL";
 
 #[derive(QueryableByName)]
 struct Version {

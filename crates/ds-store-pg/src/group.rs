@@ -1,0 +1,166 @@
+//! Group commit: concurrent writes share one transaction.
+//!
+//! Writes queue for a bounded number of commit slots. A free slot takes every write that is queued
+//! (up to [`GroupCommit::max_records`] records), optionally lingers up to [`GroupCommit::max_wait`]
+//! for more, and commits them together ([`crate::write`]). With no linger (the default) a lone write
+//! goes out at once; groups form only while every slot is busy, that is exactly when the database is
+//! the bottleneck and one commit for many writes pays. Nothing is answered before its commit.
+//!
+//! If a group of several fails for a reason other than a retryable conflict, every write of it is
+//! run again alone, so that one bad write cannot fail its neighbours. A write whose caller stopped
+//! waiting (request timeout, client gone) before its group started is dropped, not committed.
+
+use crate::error::PgStoreError;
+use crate::write::write_group_retrying;
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use ds_domain::ports::{WriteRequest, WriteResult};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Group commit settings.
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    /// Transactions writing at the same time (commit slots).
+    pub max_in_flight: usize,
+    /// Records per group transaction; a single request with more still goes alone.
+    pub max_records: usize,
+    /// How long a slot waits for more writes before committing (zero: never waits).
+    pub max_wait: Duration,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            max_in_flight: 4,
+            max_records: 1000,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// One queued write and where its answer goes.
+pub(crate) struct Queued {
+    pub request: WriteRequest,
+    pub reply: oneshot::Sender<Result<WriteResult, PgStoreError>>,
+}
+
+/// Writes waiting for a commit slot, at most (the admission layer bounds them well before).
+const QUEUE: usize = 4096;
+
+/// Starts the dispatcher on the current tokio runtime; it ends when every sender is dropped, after
+/// the groups it started have committed.
+pub(crate) fn start(pool: Pool<AsyncPgConnection>, settings: GroupCommit) -> mpsc::Sender<Queued> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(dispatch(pool, settings, rx));
+    tx
+}
+
+async fn dispatch(
+    pool: Pool<AsyncPgConnection>,
+    settings: GroupCommit,
+    mut rx: mpsc::Receiver<Queued>,
+) {
+    let slots = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+    let mut carry: Option<Queued> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carry.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut records = first.request.records.len();
+        let mut group = vec![first];
+        let deadline = tokio::time::Instant::now() + settings.max_wait;
+        loop {
+            let next = match rx.try_recv() {
+                Ok(q) => q,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if settings.max_wait.is_zero() => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(q)) => q,
+                        _ => break,
+                    }
+                }
+            };
+            if records + next.request.records.len() > settings.max_records {
+                carry = Some(next);
+                break;
+            }
+            records += next.request.records.len();
+            group.push(next);
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            commit(&pool, group).await;
+            drop(slot);
+        });
+    }
+}
+
+pub(crate) async fn commit(pool: &Pool<AsyncPgConnection>, group: Vec<Queued>) {
+    // A caller that stopped waiting gets nothing committed in its name.
+    let group: Vec<Queued> = group.into_iter().filter(|q| !q.reply.is_closed()).collect();
+    if group.is_empty() {
+        return;
+    }
+    metrics::histogram!("datastorage_db_group_commit_size").record(group.len() as f64);
+    let mut conn = match pool.get().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let e = pool_error(e);
+            for q in group {
+                let copy = match &e {
+                    PgStoreError::Connect(m) => PgStoreError::Connect(m.clone()),
+                    other => PgStoreError::Pool(other.to_string()),
+                };
+                let _ = q.reply.send(Err(copy));
+            }
+            return;
+        }
+    };
+    let requests: Vec<&WriteRequest> = group.iter().map(|q| &q.request).collect();
+    match write_group_retrying(&mut conn, &requests).await {
+        Ok(results) => {
+            for (q, r) in group.into_iter().zip(results) {
+                let _ = q.reply.send(Ok(r));
+            }
+        }
+        Err(e) if group.len() == 1 => {
+            if let Some(q) = group.into_iter().next() {
+                let _ = q.reply.send(Err(e));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, writes = group.len(), "group write failed; writing each alone");
+            metrics::counter!("datastorage_db_group_commit_fallbacks_total").increment(1);
+            for q in group {
+                let result = write_group_retrying(&mut conn, &[&q.request])
+                    .await
+                    .and_then(|mut r| {
+                        r.pop()
+                            .ok_or_else(|| PgStoreError::Corrupt("a write got no answer".into()))
+                    });
+                let _ = q.reply.send(result);
+            }
+        }
+    }
+}
+
+/// A pool failure, as the store reports it.
+pub(crate) fn pool_error(e: PoolError) -> PgStoreError {
+    match e {
+        PoolError::Backend(e) => PgStoreError::Connect(e.to_string()),
+        PoolError::Timeout(t) => {
+            PgStoreError::Pool(format!("timed out waiting for a connection ({t:?})"))
+        }
+        other => PgStoreError::Pool(other.to_string()),
+    }
+}
