@@ -37,6 +37,8 @@ const TX_ATTEMPTS: usize = 3;
 
 /// What the database answered for one stored record.
 type StoredRow = (i64, DateTime<Utc>, Option<i64>);
+/// A stored record's content digest and [`StoredRow`].
+type DigestRow = (Vec<u8>, i64, DateTime<Utc>, Option<i64>);
 
 /// Runs [`write_group`], again on a serialization failure or a deadlock (at most [`TX_ATTEMPTS`]).
 pub(crate) async fn write_group_retrying(
@@ -182,19 +184,18 @@ pub(crate) async fn write_group(
                 .iter()
                 .map(|&(i, j)| record_row(requests[i], j, &ids))
                 .collect();
-            let created: Vec<(Vec<u8>, i64, DateTime<Utc>, Option<i64>)> =
-                diesel::insert_into(audit_records::table)
-                    .values(&rows)
-                    .on_conflict(audit_records::content_digest)
-                    .do_nothing()
-                    .returning((
-                        audit_records::content_digest,
-                        audit_records::id,
-                        audit_records::received_at,
-                        audit_records::embedding_id,
-                    ))
-                    .get_results(c)
-                    .await?;
+            let created: Vec<DigestRow> = diesel::insert_into(audit_records::table)
+                .values(&rows)
+                .on_conflict(audit_records::content_digest)
+                .do_nothing()
+                .returning((
+                    audit_records::content_digest,
+                    audit_records::id,
+                    audit_records::received_at,
+                    audit_records::embedding_id,
+                ))
+                .get_results(c)
+                .await?;
             inserted.extend(created.into_iter().map(|(d, id, at, e)| (d, (id, at, e))));
         }
         // Records that were stored before this transaction.
@@ -206,7 +207,7 @@ pub(crate) async fn write_group(
         earlier.dedup();
         let mut existing: HashMap<Vec<u8>, StoredRow> = HashMap::new();
         for chunk in earlier.chunks(ROWS_PER_STATEMENT) {
-            let found: Vec<(Vec<u8>, i64, DateTime<Utc>, Option<i64>)> = audit_records::table
+            let found: Vec<DigestRow> = audit_records::table
                 .filter(audit_records::content_digest.eq_any(chunk))
                 .select((
                     audit_records::content_digest,
