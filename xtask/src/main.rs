@@ -9,6 +9,8 @@
 //! cluster; `DATASTORAGE_TEST_DB=docker` makes the tests take PostgreSQL from testcontainers instead.
 #![allow(clippy::print_stdout)]
 
+mod bench;
+
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -38,6 +40,7 @@ fn main() -> Result<()> {
         Some("dev") => dev(&root),
         Some("test") => test(&root, &args[1..]),
         Some("ci") => ci(&root),
+        Some("bench") => bench::bench(&root, &args[1..]),
         Some("fetch-model") => fetch_model(&root).map(|_| ()),
         Some("install-pgvector") => install_pgvector(&root),
         _ => {
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
                  dev               run the service on 127.0.0.1:8080 (metrics :9090) with a local PostgreSQL + pgvector\n  \
                  test [ARGS]       run the whole test suite (ARGS go to cargo nextest run)\n  \
                  ci                fmt check + clippy -D warnings + architecture checks + test\n  \
+                 bench [OPTIONS]   the service against its pgbench baselines (--sizes 0,100k,1M --seconds 10 --conns 1,16,64)\n  \
                  fetch-model       download the local embedding model into target/models/\n  \
                  install-pgvector  install the pgvector extension (root, Debian) if it is missing"
             );
@@ -137,6 +141,18 @@ impl Cluster {
 
     /// Starts the cluster in `data` (created when missing; wiped first when `fresh`).
     fn start(root: &Path, name: &str, port: u16, fresh: bool, durable: bool) -> Result<Cluster> {
+        Self::start_with(root, name, port, fresh, durable, "")
+    }
+
+    /// [`Cluster::start`] with extra server options (`-c name=value ...`).
+    fn start_with(
+        root: &Path,
+        name: &str,
+        port: u16,
+        fresh: bool,
+        durable: bool,
+        extra: &str,
+    ) -> Result<Cluster> {
         let as_postgres = is_root();
         let mut data = root.join("target").join(name);
         if as_postgres && !postgres_can_reach(&root.join("target")) {
@@ -191,6 +207,10 @@ impl Cluster {
             "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200 -c shared_buffers=256MB",
             cluster.data.display()
         );
+        if !extra.is_empty() {
+            opts.push(' ');
+            opts.push_str(extra);
+        }
         if !durable {
             // Test data is thrown away: skip the fsyncs that dominate small transactions.
             opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");

@@ -92,6 +92,8 @@ pub struct LocalEmbedder {
     model_id: String,
     dimension: usize,
     permits: Arc<Semaphore>,
+    /// How many inference calls may run at once (the size of `permits`).
+    slots: usize,
 }
 
 impl LocalEmbedder {
@@ -142,6 +144,7 @@ impl LocalEmbedder {
             model_id: format!("{name}@{short_hash}"),
             dimension: config.hidden_size,
             permits: Arc::new(Semaphore::new(max_concurrency.unwrap_or(cores).max(1))),
+            slots: max_concurrency.unwrap_or(cores).max(1),
         })
     }
 
@@ -165,10 +168,34 @@ impl Embedder for LocalEmbedder {
         self.dimension
     }
 
+    /// A call of several texts is split across the inference slots (one per core by default), so
+    /// that a batch uses every core; vectors come back in the order of `texts`.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let parts = self.slots.min(texts.len()).max(1);
+        let size = texts.len().div_ceil(parts);
+        let mut chunks = Vec::with_capacity(parts);
+        let mut rest = texts;
+        while rest.len() > size {
+            let tail = rest.split_off(size);
+            chunks.push(rest);
+            rest = tail;
+        }
+        chunks.push(rest);
+        let runs = chunks.into_iter().map(|chunk| self.run_chunk(chunk));
+        let mut vectors = Vec::new();
+        for part in futures_util::future::join_all(runs).await {
+            vectors.extend(part?);
+        }
+        Ok(vectors)
+    }
+}
+
+impl LocalEmbedder {
+    /// One inference call on a blocking thread, holding an inference slot.
+    async fn run_chunk(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         let _permit = self
             .permits
             .clone()

@@ -146,6 +146,9 @@ pub struct Config {
     pub embedding_worker_interval: Duration,
     /// `DATASTORAGE_EMBEDDING_WORKER_BATCH`: jobs per worker transaction (default 32).
     pub embedding_worker_batch: usize,
+    /// `DATASTORAGE_EMBEDDING_WORKERS`: worker loops of this replica (default 2): while one embeds,
+    /// another writes its vectors into the index.
+    pub embedding_workers: usize,
     /// `DATASTORAGE_EMBEDDING_CACHE_CAPACITY`: most cached vectors (default 10000; ~1.6 KB each at 384 dims).
     pub embedding_cache_capacity: usize,
     /// `DATASTORAGE_EMBEDDING_CACHE_TTL_SECS`: how long a cached vector is used (default 300).
@@ -408,6 +411,7 @@ impl Config {
                 1000,
             )?),
             embedding_worker_batch: parse(get, "DATASTORAGE_EMBEDDING_WORKER_BATCH", 32)?,
+            embedding_workers: parse(get, "DATASTORAGE_EMBEDDING_WORKERS", 2)?,
             embedding_cache_capacity: parse(get, "DATASTORAGE_EMBEDDING_CACHE_CAPACITY", 10_000)?,
             embedding_cache_ttl: Duration::from_secs(parse(
                 get,

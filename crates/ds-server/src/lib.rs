@@ -243,11 +243,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.embedding_failure_policy,
     );
     if !config.embedding_worker_interval.is_zero() {
-        tokio::spawn(embedding_worker(
-            service.clone(),
-            config.embedding_worker_batch.max(1),
-            config.embedding_worker_interval,
-        ));
+        for _ in 0..config.embedding_workers {
+            tokio::spawn(embedding_worker(
+                service.clone(),
+                config.embedding_worker_batch.max(1),
+                config.embedding_worker_interval,
+            ));
+        }
     }
     let mut state =
         AppState::with_admission(service, config.limits.clone(), config.admission.clone());

@@ -49,11 +49,18 @@ pub(crate) struct Queued {
 /// Writes waiting for a commit slot, at most (the admission layer bounds them well before).
 const QUEUE: usize = 4096;
 
-/// Starts the dispatcher on the current tokio runtime; it ends when every sender is dropped, after
-/// the groups it started have committed.
-pub(crate) fn start(pool: Pool<AsyncPgConnection>, settings: GroupCommit) -> mpsc::Sender<Queued> {
+/// Starts the dispatcher on `runtime` (else the current one); it ends when every sender is dropped,
+/// after the groups it started have committed.
+pub(crate) fn start(
+    runtime: Option<tokio::runtime::Handle>,
+    pool: Pool<AsyncPgConnection>,
+    settings: GroupCommit,
+) -> mpsc::Sender<Queued> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(dispatch(pool, settings, rx));
+    match runtime {
+        Some(rt) => drop(rt.spawn(dispatch(pool, settings, rx))),
+        None => drop(tokio::spawn(dispatch(pool, settings, rx))),
+    }
     tx
 }
 

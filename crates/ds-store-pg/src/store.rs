@@ -57,8 +57,12 @@ impl Default for PoolSettings {
 pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
     group_commit: GroupCommit,
-    /// The group-commit queue, started on first write (it needs the caller's tokio runtime).
+    /// The group-commit queue, started on first write.
     writer: Arc<OnceLock<mpsc::Sender<Queued>>>,
+    /// The runtime the store was built on. The group commits run there, not on the runtime of
+    /// whichever caller writes first: actix gives each HTTP worker its own single-threaded runtime,
+    /// and all database I/O would otherwise share one worker's thread.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl PgStore {
@@ -66,6 +70,9 @@ impl PgStore {
     pub fn new(database_url: &str, settings: &PoolSettings) -> Result<Self, PgStoreError> {
         let statement_timeout_ms = settings.statement_timeout.as_millis();
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        // No `SELECT 1` on every checkout (the default): a broken connection fails its statement and
+        // is dropped by the pool; the write path retries nothing that was not committed.
+        config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
         config.custom_setup = Box::new(move |url| {
             Box::pin(async move {
                 let mut conn = AsyncPgConnection::establish(url).await?;
@@ -91,6 +98,7 @@ impl PgStore {
             pool,
             group_commit: settings.group_commit.clone(),
             writer: Arc::new(OnceLock::new()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -199,9 +207,13 @@ struct Dim {
 #[async_trait]
 impl AuditStore for PgStore {
     async fn write(&self, request: WriteRequest) -> Result<WriteResult, StoreError> {
-        let queue = self
-            .writer
-            .get_or_init(|| group::start(self.pool.clone(), self.group_commit.clone()));
+        let queue = self.writer.get_or_init(|| {
+            group::start(
+                self.runtime.clone(),
+                self.pool.clone(),
+                self.group_commit.clone(),
+            )
+        });
         let (reply, answer) = oneshot::channel();
         queue
             .send(Queued { request, reply })

@@ -1,0 +1,268 @@
+//! Realistic data: records of the four kinds, alert texts that repeat as real alerts do, and
+//! embedding-like vectors (clustered, unit length) for pre-filled tables and queries.
+
+use anyhow::{Result, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+
+pub const KINDS: [&str; 4] = ["remediation", "aianalysis", "workflow", "execution"];
+pub const DIM: usize = 384;
+
+/// The recurring messages: an alert storm repeats a handful of texts.
+const HOT: [&str; 16] = [
+    "Pod restarted after OOMKill: container exceeded its memory limit",
+    "Deployment rollout stalled: new replicas fail their readiness probe",
+    "Node NotReady: kubelet stopped posting status",
+    "CrashLoopBackOff: container exits with code 1 at start-up",
+    "HPA at max replicas while CPU stays above target",
+    "PersistentVolumeClaim pending: no storage class can provision it",
+    "Certificate expires in 3 days: renewal failed",
+    "Ingress 5xx rate above 5% for 10 minutes",
+    "Image pull failed: registry answered 429 Too Many Requests",
+    "Disk pressure on node: image garbage collection freed too little",
+    "etcd leader changes more than 3 times in 15 minutes",
+    "Job failed after 6 retries: backoff limit exceeded",
+    "Service endpoints empty: selector matches no ready pod",
+    "DNS lookups time out from the payments namespace",
+    "Memory usage above 90% of the limit for 15 minutes",
+    "Container throttled: CPU limit reached 80% of periods",
+];
+
+/// A message whose embedding text no other record shares.
+pub fn unique_text(n: u64) -> String {
+    format!(
+        "{} (incident {n}, replica {}, shard {})",
+        HOT[(n % HOT.len() as u64) as usize],
+        n.wrapping_mul(2_654_435_761) % 1000,
+        n % 97
+    )
+}
+
+/// Four consecutive records share a correlation id (one remediation's trail).
+fn correlation_id(run: &str, n: u64) -> String {
+    let seed = run
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    format!(
+        "rr-2026-11-28-{:06x}",
+        (seed ^ (n / 4)).wrapping_mul(0x9e37_79b9) % 0x100_0000
+    )
+}
+
+/// The JSON body of record `n` of the given kind; `hot` picks a recurring message.
+pub fn record(kind: &str, run: &str, n: u64, hot: bool) -> String {
+    let message = if hot {
+        HOT[(n % HOT.len() as u64) as usize].to_owned()
+    } else {
+        unique_text(n)
+    };
+    let name = format!("bench-{run}-{n}");
+    let corr = correlation_id(run, n);
+    let common = format!(
+        r#""name":"{name}","namespace":"payments","phase":"Completed","message":"{message}","createdAt":"2026-11-28T10:00:00.000000Z","startedAt":"2026-11-28T10:00:01.000000Z","completedAt":"2026-11-28T10:00:09.000000Z","correlationId":"{corr}""#
+    );
+    match kind {
+        "remediation" => format!(
+            r#"{{{common},"signalType":"prometheus","signalName":"KubePodOOMKilled","signalNamespace":"monitoring","targetType":"deployment","targetName":"checkout-api","targetNamespace":"payments","environment":"production","priority":"P1","fingerprint":"sha256:{n:064x}","reason":"memory limit exceeded","labels":{{"app":"checkout","team":"payments","tier":"backend"}}}}"#
+        ),
+        "aianalysis" => format!(
+            r#"{{{common},"remediationRequestRef":"rr-{n}","signalType":"prometheus","signalContext":{{"pod":"checkout-api-7d9f","node":"worker-17"}},"llmProvider":"local","llmModel":"llama-3-8b","temperature":0.2,"rootCause":"The container's memory limit is below its working set","confidence":0.87,"recommendedAction":"Raise the memory limit to 1Gi","requiresApproval":true,"investigationId":"inv-{n}","tokensUsed":1234,"investigationTimeSeconds":12}}"#
+        ),
+        "workflow" => format!(
+            r#"{{{common},"remediationRequestRef":"rr-{n}","workflowName":"increase-memory","stepCount":3,"aiAnalysisRef":"ai-{n}","isAutoApproved":false,"requiresApproval":true,"currentStep":2,"completedCount":1,"failedCount":0,"skippedCount":1,"stepStatuses":[{{"name":"patch-limits","phase":"Completed","startedAt":"2026-11-28T10:00:02.000000Z","completedAt":"2026-11-28T10:00:03.000000Z","retryCount":0,"message":"patched"}},{{"name":"rollout","phase":"Processing","retryCount":1}}]}}"#
+        ),
+        _ => format!(
+            r#"{{{common},"workflowExecutionRef":"wf-{n}","actionType":"scale_deployment","targetType":"deployment","targetName":"checkout-api","targetNamespace":"payments","stepName":"rollout","actionData":{{"replicas":"3"}},"enableDryRun":true,"enableValidation":true,"enableRollback":true,"isRolledBack":false,"actionResult":"success","resourceVersion":"{n}","previousVersion":"{}","dryRunResult":"would scale to 3","validationResult":"ok","validationWarnings":["PDB allows 1 disruption"]}}"#,
+            n.saturating_sub(1)
+        ),
+    }
+}
+
+/// Clustered unit vectors: 64 topic centres, each vector a centre plus Gaussian noise (cosine to
+/// its centre about 0.7), like embeddings of alerts about a limited set of problems.
+pub struct Vectors {
+    centres: Vec<Vec<f32>>,
+    rng: StdRng,
+}
+
+impl Vectors {
+    pub fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let centres = (0..64).map(|_| unit(gaussian(&mut rng, 1.0))).collect();
+        Vectors {
+            centres,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn next_vector(&mut self) -> Vec<f32> {
+        let c = self.rng.random_range(0..self.centres.len());
+        let noise = gaussian(&mut self.rng, 0.05);
+        unit(
+            self.centres[c]
+                .iter()
+                .zip(noise)
+                .map(|(a, b)| a + b)
+                .collect(),
+        )
+    }
+}
+
+fn gaussian(rng: &mut StdRng, sigma: f32) -> Vec<f32> {
+    // Box-Muller.
+    (0..DIM)
+        .map(|_| {
+            let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+            let u2: f32 = rng.random();
+            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+pub fn vector_literal(v: &[f32]) -> String {
+    let mut s = String::with_capacity(v.len() * 10);
+    s.push('[');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("{x:.6}"));
+    }
+    s.push(']');
+    s
+}
+
+fn digest(tag: &str, n: u64) -> String {
+    format!(
+        "\\x{}",
+        hex_of(&ds_domain::digest::sha256(format!("{tag}-{n}").as_bytes()))
+    )
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// CSV rows for `COPY … (FORMAT csv)`. Embedding `i` (id i, 1-based) belongs to record `i`.
+/// Columns: embeddings (id, digest, model, embedding); audit_records (id, kind, name, namespace,
+/// phase, correlation_id, message, created_at, content_digest, details, embedding_digest,
+/// embedding_id).
+pub fn prefill_csv(table: &str, rows: u64, model: &str) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    match table {
+        "embeddings" => {
+            let mut vectors = Vectors::new(1);
+            for i in 1..=rows {
+                writeln!(
+                    out,
+                    "{i},{},{model},\"{}\"",
+                    digest("e", i),
+                    vector_literal(&vectors.next_vector())
+                )?;
+            }
+        }
+        "audit_records" => {
+            for i in 1..=rows {
+                let kind = KINDS[(i % 4) as usize];
+                let body: serde_json::Value =
+                    serde_json::from_str(&record(kind, "prefill", i, false))?;
+                let details = serde_json::json!({"prefilled": true, "body": body}).to_string();
+                writeln!(
+                    out,
+                    "{i},{kind},prefill-{i},payments,Completed,{},\"{}\",2026-11-01T00:00:00Z,{},\"{}\",{},{i}",
+                    correlation_id("prefill", i),
+                    unique_text(i),
+                    digest("r", i),
+                    details.replace('"', "\"\""),
+                    digest("e", i),
+                )?;
+            }
+        }
+        other => bail!("unknown table {other:?}: embeddings or audit_records"),
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The baselines' pgbench scripts (same table, same columns, same kind of values as the service
+/// writes; durable commit per transaction) and the topic centres the HNSW script draws from.
+pub fn baseline(what: &str) -> Result<String> {
+    Ok(match what {
+        "insert" => {
+            let body: serde_json::Value =
+                serde_json::from_str(&record("remediation", "pgbench", 1, true))?;
+            let details = body.to_string().replace('\'', "''");
+            format!(
+                "\\set n random(1, 2000000000)\n\
+                 INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at, \
+                 started_at, completed_at, content_digest, details, unknown_fields, embedding_digest, embedding_id) \
+                 VALUES ('remediation', 'pgb-' || :client_id || '-' || :n, 'payments', 'Completed', 'rr-pgb-' || :n, \
+                 '{msg}', now(), now(), now(), sha256(('pgb-' || :client_id || '-' || :n || '-' || random())::text::bytea), \
+                 '{details}'::jsonb, '{{}}'::jsonb, sha256('pgbench'::bytea), NULL) \
+                 ON CONFLICT (content_digest) DO NOTHING RETURNING id, received_at, embedding_id;\n",
+                msg = HOT[0],
+            )
+        }
+        "hnsw" => "\\set n random(1, 2000000000)\n\
+             INSERT INTO embeddings (digest, model, embedding) \
+             VALUES (sha256(('pgb-' || :client_id || '-' || :n || '-' || random())::text::bytea), 'pgbench', bench_vector()) \
+             ON CONFLICT (digest) DO NOTHING;\n"
+            .to_owned(),
+        "centres" => {
+            let v = Vectors::new(0);
+            v.centres
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{i},\"{}\"\n", vector_literal(c)))
+                .collect()
+        }
+        other => bail!("unknown baseline {other:?}: insert, hnsw or centres"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn every_generated_record_is_valid() {
+        for kind in KINDS {
+            for hot in [true, false] {
+                let body: serde_json::Value =
+                    serde_json::from_str(&record(kind, "deferred-hot-c64-1764300000", 7, hot))
+                        .unwrap();
+                let parsed = ds_domain::parse_record(kind.parse().unwrap(), body);
+                assert!(parsed.is_ok(), "{kind} hot={hot}: {parsed:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn generated_vectors_are_unit_length_and_clustered() {
+        let mut v = Vectors::new(3);
+        let a = v.next_vector();
+        assert_eq!(a.len(), DIM);
+        let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        // Each vector is near one of the centres (cosine about 0.7), far from a random direction.
+        let best = v
+            .centres
+            .iter()
+            .map(|c| c.iter().zip(&a).map(|(x, y)| x * y).sum::<f32>())
+            .fold(f32::MIN, f32::max);
+        assert!(best > 0.5, "best centre cosine {best}");
+    }
+}

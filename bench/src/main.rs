@@ -1,0 +1,120 @@
+//! `ds-bench`: the measuring half of `cargo xtask bench` (xtask starts PostgreSQL and the service,
+//! runs pgbench, and calls these subcommands; each prints one JSON object on stdout).
+//!
+//! - `load`: drives the HTTP API with N connections (one virtual user each, HTTP/1.1 keep-alive),
+//!   either as fast as possible (closed loop) or at a fixed rate (open loop: latency is measured from
+//!   the moment a request was due, so a stalled server cannot hide its queue: no coordinated omission).
+//! - `prefill`: CSV for `COPY` (embeddings or records), so that tables are filled without the API.
+//! - `search`: top-10 vector searches through the API, their latency, and recall@10 against an exact
+//!   scan in the database.
+//! - `embed`: the bare local model's throughput (batched, all cores): a baseline of the worker.
+#![allow(clippy::print_stdout)] // a command-line tool: its results go to stdout
+
+mod data;
+mod load;
+mod search;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "Measurements behind `cargo xtask bench`")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive the API and report throughput and latency.
+    Load(load::LoadArgs),
+    /// Print CSV for COPY into `embeddings` or `audit_records`.
+    Prefill {
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        rows: u64,
+        /// The model id the service stores vectors under.
+        #[arg(long)]
+        model: String,
+    },
+    /// Vector search latency and recall@10.
+    Search(search::SearchArgs),
+    /// Wait until the service is ready; print its embedding model id.
+    Ready {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+    },
+    /// The pgbench scripts and helper data of the baselines: `insert`, `hnsw`, `centres` (CSV).
+    Baseline {
+        #[arg(long)]
+        what: String,
+    },
+    /// Throughput of the bare local model.
+    Embed {
+        #[arg(long)]
+        model_dir: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        texts: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = match cli.command {
+        Command::Load(args) => runtime.block_on(load::run(args))?,
+        Command::Prefill { table, rows, model } => {
+            data::prefill_csv(&table, rows, &model)?;
+            return Ok(());
+        }
+        Command::Search(args) => runtime.block_on(search::run(args))?,
+        Command::Ready { addr } => runtime.block_on(search::ready(addr))?,
+        Command::Baseline { what } => {
+            print!("{}", data::baseline(&what)?);
+            return Ok(());
+        }
+        Command::Embed {
+            model_dir,
+            texts,
+            batch,
+        } => runtime.block_on(embed(model_dir, texts, batch))?,
+    };
+    println!("{out}");
+    Ok(())
+}
+
+/// Sentences per second through the bare embedder: `batch`-sized calls, one per core at a time.
+async fn embed(model_dir: PathBuf, texts: usize, batch: usize) -> Result<serde_json::Value> {
+    use ds_domain::ports::Embedder;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let model = std::sync::Arc::new(ds_embed_local::LocalEmbedder::load(
+        &model_dir,
+        Some(cores),
+    )?);
+    let all: Vec<String> = (0..texts as u64).map(data::unique_text).collect();
+    // Warm up (first call allocates).
+    model.embed(vec![all[0].clone()]).await?;
+    let started = std::time::Instant::now();
+    let mut calls = Vec::new();
+    for chunk in all.chunks(batch.max(1)) {
+        let model = model.clone();
+        let chunk = chunk.to_vec();
+        calls.push(tokio::spawn(async move { model.embed(chunk).await }));
+    }
+    for c in calls {
+        c.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "texts": texts,
+        "batch": batch,
+        "seconds": secs,
+        "sentences_per_second": texts as f64 / secs,
+    }))
+}

@@ -1,0 +1,780 @@
+//! `cargo xtask bench`: the service against its own baselines, measured in the same run.
+//!
+//! Starts a durable PostgreSQL (fsync on, synchronous commit) with pgvector and, for each table size,
+//! a database pre-filled with COPY; measures pgbench baselines on that database (the raw single-row
+//! INSERT of a record, the raw insert into the HNSW-indexed embeddings); runs the release service in
+//! `deferred` then `inline` mode and drives it with `ds-bench load`; measures the embedding worker's
+//! drain rate, the bare model, search latency and recall@10. Writes `target/bench/results.json` and
+//! `target/bench/summary.txt` and prints the summary.
+
+use crate::{Cluster, fetch_model, run, step};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BENCH_PORT: u16 = 55434;
+const API: &str = "127.0.0.1:18080";
+const METRICS: &str = "127.0.0.1:19090";
+
+struct Options {
+    sizes: Vec<u64>,
+    seconds: f64,
+    conns: Vec<usize>,
+    worker_seconds: f64,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options> {
+        let mut o = Options {
+            sizes: vec![0, 100_000, 1_000_000],
+            seconds: 10.0,
+            conns: vec![1, 16, 64],
+            worker_seconds: 30.0,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().context(format!("{a} needs a value"));
+            match a.as_str() {
+                "--sizes" => {
+                    o.sizes = value()?.split(',').map(parse_size).collect::<Result<_>>()?
+                }
+                "--seconds" => o.seconds = value()?.parse()?,
+                "--worker-seconds" => o.worker_seconds = value()?.parse()?,
+                "--conns" => {
+                    o.conns = value()?
+                        .split(',')
+                        .map(|c| c.parse().map_err(anyhow::Error::from))
+                        .collect::<Result<_>>()?
+                }
+                other => bail!(
+                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30"
+                ),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    Ok(if let Some(k) = s.strip_suffix('k') {
+        k.parse::<u64>()? * 1000
+    } else if let Some(m) = s.strip_suffix('m') {
+        m.parse::<u64>()? * 1_000_000
+    } else {
+        s.parse()?
+    })
+}
+
+/// The machine the figures come from.
+fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let mem_kb: u64 = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    json!({
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu_model": model,
+        "memory_gib": mem_kb as f64 / 1024.0 / 1024.0,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "loadavg_at_start": read("/proc/loadavg").trim(),
+    })
+}
+
+/// Busy and total jiffies of the whole machine (from /proc/stat).
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let nums: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = nums.iter().sum();
+    let idle = nums.get(3).copied().unwrap_or(0) + nums.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// CPU seconds and peak RSS (MiB) of a process.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    ((tick(11) + tick(12)) / 100.0, hwm_kb / 1024.0)
+}
+
+struct Bench {
+    root: PathBuf,
+    out: PathBuf,
+    cluster: Cluster,
+    model_dir: PathBuf,
+    bin: PathBuf,
+}
+
+struct Service {
+    child: Child,
+}
+
+impl Service {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(self) -> Result<()> {
+        // Drop sends SIGTERM and waits.
+        Ok(())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bench {
+    fn ds_bench(&self, args: &[&str]) -> Result<Value> {
+        let out = Command::new(self.bin.join("ds-bench"))
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running ds-bench")?;
+        if !out.status.success() {
+            bail!("ds-bench {args:?} failed");
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn psql_in(&self, db: &str, sql: &str) -> Result<String> {
+        let out = self
+            .cluster
+            .cmd("psql")
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args(["-p", &BENCH_PORT.to_string(), "-U", "postgres", "-d", db])
+            .args(["-c", sql])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "psql: {sql}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// `ds-bench prefill | psql COPY`.
+    fn copy(&self, db: &str, table: &str, columns: &str, rows: u64, model: &str) -> Result<()> {
+        let mut producer = Command::new(self.bin.join("ds-bench"))
+            .args(["prefill", "--table", table, "--rows", &rows.to_string()])
+            .args(["--model", model])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = producer.stdout.take().context("prefill stdout")?;
+        let status = self
+            .cluster
+            .cmd("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-p", &BENCH_PORT.to_string(), "-U", "postgres", "-d", db])
+            .args([
+                "-c",
+                &format!("COPY {table} ({columns}) FROM STDIN (FORMAT csv)"),
+            ])
+            .stdin(stdout)
+            .status()?;
+        if !producer.wait()?.success() || !status.success() {
+            bail!("COPY into {table} failed");
+        }
+        Ok(())
+    }
+
+    fn start_service(&self, db: &str, mode: &str, tag: &str) -> Result<(Service, String)> {
+        let log = std::fs::File::create(self.out.join(format!("service-{tag}.log")))?;
+        let child = Command::new(self.bin.join("datastorage"))
+            .arg("serve")
+            .env("DATASTORAGE_DATABASE_URL", self.cluster.url(db))
+            .env("DATASTORAGE_HTTP_ADDR", API)
+            .env("DATASTORAGE_METRICS_ADDR", METRICS)
+            .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &self.model_dir)
+            .env("DATASTORAGE_EMBEDDING_MODE", mode)
+            // One client drives the whole load: the per-caller limit would measure itself.
+            .env("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")
+            .env("DATASTORAGE_LOG_FORMAT", "json")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the service")?;
+        let mut service = Service { child };
+        let model = self.ds_bench(&["ready", "--addr", API])?;
+        if let Some(status) = service.child.try_wait()? {
+            bail!("the service exited ({status}) while another answered on {API}: stop it first");
+        }
+        Ok((service, model.as_str().unwrap_or_default().to_owned()))
+    }
+
+    /// One load scenario with the service's CPU, peak RSS and the machine's CPU around it.
+    fn load(
+        &self,
+        service: &Service,
+        name: &str,
+        conns: usize,
+        rate: Option<f64>,
+        repeat_share: f64,
+        target: &str,
+        seconds: f64,
+    ) -> Result<Value> {
+        let slug: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let run_tag = format!(
+            "{slug}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        let (cpu0, _) = process_usage(service.pid());
+        let (busy0, total0) = machine_jiffies();
+        let mut args = vec![
+            "load".to_owned(),
+            "--addr".into(),
+            API.into(),
+            "--target".into(),
+            target.into(),
+            "--conns".into(),
+            conns.to_string(),
+            "--seconds".into(),
+            seconds.to_string(),
+            "--repeat-share".into(),
+            repeat_share.to_string(),
+            "--run".into(),
+            run_tag,
+        ];
+        if let Some(r) = rate {
+            args.extend(["--rate".into(), r.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut result = self.ds_bench(&refs)?;
+        let (cpu1, rss) = process_usage(service.pid());
+        let (busy1, total1) = machine_jiffies();
+        let secs = result["seconds"].as_f64().unwrap_or(seconds);
+        result["scenario"] = json!(name);
+        result["service_cpu_cores"] = json!((cpu1 - cpu0) / secs);
+        result["service_peak_rss_mib"] = json!(rss);
+        result["machine_cpu_busy"] =
+            json!((busy1 - busy0) as f64 / (total1 - total0).max(1) as f64);
+        step(&format!(
+            "{name}: {:.0} records/s, p50 {:.1} ms, p99 {:.1} ms, errors {}",
+            result["records_per_second"].as_f64().unwrap_or(0.0),
+            result["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+            result["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+            result["requests"].as_u64().unwrap_or(0) - result["ok"].as_u64().unwrap_or(0)
+        ));
+        Ok(result)
+    }
+
+    /// pgbench on `db` with a script of ds-bench's; transactions/s and mean latency.
+    fn pgbench(&self, db: &str, script: &str, clients: usize, seconds: f64) -> Result<Value> {
+        let file = self.out.join(format!("{script}.sql"));
+        let text = Command::new(self.bin.join("ds-bench"))
+            .args(["baseline", "--what", script])
+            .output()?
+            .stdout;
+        std::fs::write(&file, text)?;
+        if self.cluster.as_postgres {
+            let _ = Command::new("chmod").arg("a+r").arg(&file).status();
+        }
+        let out = self
+            .cluster
+            .cmd("pgbench")
+            .args(["-n", "-M", "prepared", "-h", "127.0.0.1"])
+            .args(["-p", &BENCH_PORT.to_string(), "-U", "postgres"])
+            .args(["-T", &format!("{}", seconds.round().max(1.0) as u64)])
+            .args(["-c", &clients.to_string()])
+            .args(["-j", &clients.min(2).to_string()])
+            .arg("-f")
+            .arg(&file)
+            .arg(db)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "pgbench failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let value = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.split('=').nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let r = json!({
+            "script": script,
+            "clients": clients,
+            "rows_per_second": value("tps"),
+            "latency_avg_ms": value("latency average"),
+        });
+        step(&format!(
+            "pgbench {script} c{clients}: {:.0} rows/s, mean {:.1} ms",
+            r["rows_per_second"].as_f64().unwrap_or(0.0),
+            r["latency_avg_ms"].as_f64().unwrap_or(0.0)
+        ));
+        Ok(r)
+    }
+
+    fn wait_for_jobs(&self, db: &str, limit: Duration) -> Result<i64> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let pending: i64 = self
+                .psql_in(db, "SELECT count(*) FROM embedding_jobs")?
+                .parse()?;
+            if pending == 0 || started.elapsed() > limit {
+                return Ok(pending);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    fn size(&self, size: u64, o: &Options, first: bool) -> Result<Value> {
+        let db = format!("bench_{size}");
+        let mut report = json!({ "records_prefilled": size });
+        self.psql_in("postgres", &format!("DROP DATABASE IF EXISTS {db}"))?;
+        self.psql_in("postgres", &format!("CREATE DATABASE {db}"))?;
+        step(&format!("{db}: migrating"));
+        run(Command::new(self.bin.join("datastorage"))
+            .arg("migrate")
+            .env("DATASTORAGE_DATABASE_URL", self.cluster.url(&db))
+            .stdout(Stdio::null()))?;
+
+        // Deferred mode first: its model id names the pre-filled vectors.
+        let (service, model) = self.start_service(&db, "deferred", &format!("{size}-deferred"))?;
+        if size > 0 {
+            step(&format!("{db}: COPY {size} embeddings and records"));
+            let t = Instant::now();
+            self.psql_in(&db, "DROP INDEX embeddings_embedding_hnsw")?;
+            self.copy(
+                &db,
+                "embeddings",
+                "id, digest, model, embedding",
+                size,
+                &model,
+            )?;
+            self.copy(
+                &db,
+                "audit_records",
+                "id, kind, name, namespace, phase, correlation_id, message, created_at, content_digest, details, embedding_digest, embedding_id",
+                size,
+                &model,
+            )?;
+            self.psql_in(&db, "SELECT setval('embeddings_id_seq', (SELECT max(id) FROM embeddings)); SELECT setval('audit_records_id_seq', (SELECT max(id) FROM audit_records))")?;
+            report["copy_seconds"] = json!(t.elapsed().as_secs_f64());
+            step(&format!("{db}: building the HNSW index"));
+            let t = Instant::now();
+            self.psql_in(
+                &db,
+                "SET maintenance_work_mem = '3GB'; SET max_parallel_maintenance_workers = 2; \
+                 CREATE INDEX embeddings_embedding_hnsw ON embeddings USING hnsw (embedding vector_cosine_ops)",
+            )?;
+            report["hnsw_build_seconds"] = json!(t.elapsed().as_secs_f64());
+            self.psql_in(&db, "VACUUM ANALYZE")?;
+        }
+        self.psql_in(&db, "CHECKPOINT")?;
+
+        // Baselines on the same database and schema.
+        self.psql_in(
+            &db,
+            "CREATE TABLE bench_centres (id int PRIMARY KEY, v vector(384))",
+        )?;
+        {
+            let text = Command::new(self.bin.join("ds-bench"))
+                .args(["baseline", "--what", "centres"])
+                .output()?
+                .stdout;
+            let mut child = self
+                .cluster
+                .cmd("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+                .args(["-p", &BENCH_PORT.to_string(), "-U", "postgres", "-d", &db])
+                .args(["-c", "COPY bench_centres FROM STDIN (FORMAT csv)"])
+                .stdin(Stdio::piped())
+                .spawn()?;
+            child.stdin.take().context("psql stdin")?.write_all(&text)?;
+            if !child.wait()?.success() {
+                bail!("loading the baseline's topic centres failed");
+            }
+        }
+        self.psql_in(
+            &db,
+            "CREATE FUNCTION bench_vector() RETURNS vector LANGUAGE plpgsql VOLATILE AS $$ \
+             DECLARE v vector; k int := floor(random() * 64)::int; BEGIN \
+             SELECT l2_normalize(c.v + (SELECT array_agg(((random() - 0.5) * 0.17)::real)::vector(384) FROM generate_series(1, 384))) \
+             INTO v FROM bench_centres c WHERE c.id = k; RETURN v; END $$",
+        )?;
+        let mut baselines = Vec::new();
+        for &c in &o.conns {
+            baselines.push(self.pgbench(&db, "insert", c, o.seconds)?);
+        }
+        for &c in o.conns.iter().filter(|&&c| c <= 16) {
+            baselines.push(self.pgbench(&db, "hnsw", c, o.seconds)?);
+        }
+        self.psql_in(&db, "CHECKPOINT")?;
+        report["baselines"] = json!(baselines);
+
+        // The service, mode deferred.
+        let mut scenarios = Vec::new();
+        if first {
+            let noop = self.load(
+                &service,
+                "noop c64 (generator ceiling)",
+                64,
+                None,
+                1.0,
+                "noop",
+                o.seconds,
+            )?;
+            report["generator_ceiling"] = noop;
+        }
+        // Warm-up: the recurring texts get their vectors once.
+        self.load(&service, "warm-up", 4, None, 1.0, "write", 2.0)?;
+        self.wait_for_jobs(&db, Duration::from_secs(120))?;
+        for &c in &o.conns {
+            scenarios.push(self.load(
+                &service,
+                &format!("deferred hot c{c}"),
+                c,
+                None,
+                1.0,
+                "write",
+                o.seconds,
+            )?);
+        }
+        scenarios.push(self.load(
+            &service,
+            "deferred hot c64 @5000/s",
+            64,
+            Some(5000.0),
+            1.0,
+            "write",
+            o.seconds,
+        )?);
+        scenarios.push(self.load(
+            &service,
+            "deferred hot batch50 c4",
+            4,
+            None,
+            1.0,
+            "batch",
+            o.seconds,
+        )?);
+        scenarios.push(self.load(
+            &service,
+            "deferred unique c64",
+            64,
+            None,
+            0.0,
+            "write",
+            o.seconds,
+        )?);
+        // The worker: drain rate with no writes arriving.
+        let before: i64 = self
+            .psql_in(&db, "SELECT count(*) FROM embedding_jobs")?
+            .parse()?;
+        let (cpu0, _) = process_usage(service.pid());
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(o.worker_seconds));
+        let after: i64 = self
+            .psql_in(&db, "SELECT count(*) FROM embedding_jobs")?
+            .parse()?;
+        let (cpu1, _) = process_usage(service.pid());
+        let secs = t.elapsed().as_secs_f64();
+        let worker = json!({
+            "jobs_before": before,
+            "jobs_after": after,
+            "seconds": secs,
+            "records_per_second": (before - after) as f64 / secs,
+            "service_cpu_cores": (cpu1 - cpu0) / secs,
+        });
+        step(&format!(
+            "worker: {:.1} records embedded and indexed per second",
+            worker["records_per_second"].as_f64().unwrap_or(0.0)
+        ));
+        report["worker"] = worker;
+        service.stop()?;
+        // The rest of the backlog is not this benchmark's business.
+        self.psql_in(&db, "DELETE FROM embedding_jobs")?;
+
+        // The service, mode inline.
+        let (service, model) = self.start_service(&db, "inline", &format!("{size}-inline"))?;
+        for &c in &o.conns {
+            scenarios.push(self.load(
+                &service,
+                &format!("inline hot c{c}"),
+                c,
+                None,
+                1.0,
+                "write",
+                o.seconds,
+            )?);
+        }
+        scenarios.push(self.load(
+            &service,
+            "inline unique c16",
+            16,
+            None,
+            0.0,
+            "write",
+            o.seconds,
+        )?);
+        report["scenarios"] = json!(scenarios);
+        if size > 0 {
+            step(&format!("{db}: search latency and recall@10"));
+            let search = self.ds_bench(&[
+                "search",
+                "--addr",
+                API,
+                "--db-url",
+                &self.cluster.url(&db),
+                "--model",
+                &model,
+            ])?;
+            step(&format!(
+                "search: p50 {:.1} ms, p99 {:.1} ms, recall@10 {:.3}",
+                search["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                search["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                search["recall_at_10"].as_f64().unwrap_or(0.0)
+            ));
+            report["search"] = search;
+        }
+        let (_, rss) = process_usage(service.pid());
+        report["inline_service_peak_rss_mib"] = json!(rss);
+        service.stop()?;
+        Ok(report)
+    }
+}
+
+pub fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let o = Options::parse(args)?;
+    let model_dir = fetch_model(root)?;
+    crate::ensure_local_postgres(root)?;
+    step("cargo build --release -p ds-server -p ds-bench");
+    run(Command::new("cargo").args(["build", "--release", "-p", "ds-server", "-p", "ds-bench"]))?;
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let cluster = Cluster::start_with(
+        root,
+        "pg-bench",
+        BENCH_PORT,
+        true,
+        true,
+        "-c shared_buffers=2GB -c max_wal_size=8GB -c checkpoint_timeout=15min -c max_parallel_maintenance_workers=2",
+    )?;
+    let b = Bench {
+        root: root.to_owned(),
+        out: out.clone(),
+        cluster,
+        model_dir,
+        bin: root.join("target/release"),
+    };
+    let result = (|| -> Result<Value> {
+        let machine = machine();
+        step("the bare local model (batched, all cores)");
+        let embed = b.ds_bench(&["embed", "--model-dir", &b.model_dir.display().to_string()])?;
+        let mut sizes = Vec::new();
+        for (i, &size) in o.sizes.iter().enumerate() {
+            sizes.push(b.size(size, &o, i == 0)?);
+        }
+        let commit = Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(&b.root)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        Ok(json!({
+            "commit": commit,
+            "machine": machine,
+            "options": {"sizes": o.sizes, "seconds": o.seconds, "conns": o.conns, "worker_seconds": o.worker_seconds},
+            "bare_model": embed,
+            "sizes": sizes,
+        }))
+    })();
+    b.cluster.stop();
+    let result = result?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    let summary = summarize(&result);
+    std::fs::write(out.join("summary.txt"), &summary)?;
+    println!("{summary}");
+    step(&format!(
+        "results: {} and {}",
+        out.join("results.json").display(),
+        out.join("summary.txt").display()
+    ));
+    Ok(())
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// The human summary: each figure next to its baseline.
+fn summarize(r: &Value) -> String {
+    let mut s = String::new();
+    let m = &r["machine"];
+    s.push_str(&format!(
+        "datastorage benchmark @ {} — {} × {}, {:.0} GiB, load at start {}\n",
+        r["commit"].as_str().unwrap_or(""),
+        m["cpus"],
+        m["cpu_model"].as_str().unwrap_or(""),
+        f(&m["memory_gib"]),
+        m["loadavg_at_start"].as_str().unwrap_or("")
+    ));
+    s.push_str(&format!(
+        "bare local model: {:.1} sentences/s\n",
+        f(&r["bare_model"]["sentences_per_second"])
+    ));
+    for size in r["sizes"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "\n== {} records pre-filled{} ==\n",
+            size["records_prefilled"],
+            size.get("hnsw_build_seconds")
+                .map(|b| format!(
+                    " (COPY {:.0} s, HNSW build {:.0} s)",
+                    f(&size["copy_seconds"]),
+                    f(b)
+                ))
+                .unwrap_or_default()
+        ));
+        if let Some(g) = size.get("generator_ceiling") {
+            s.push_str(&format!(
+                "load generator ceiling (GET /healthz, c64): {:.0} req/s, p99 {:.1} ms\n",
+                f(&g["requests_per_second"]),
+                f(&g["latency_ms"]["p99"])
+            ));
+        }
+        let baseline = |script: &str, c: u64| {
+            size["baselines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|b| b["script"] == script && b["clients"] == c)
+                .map(|b| f(&b["rows_per_second"]))
+        };
+        s.push_str("baselines (pgbench, durable commit per row):\n");
+        for b in size["baselines"].as_array().into_iter().flatten() {
+            s.push_str(&format!(
+                "  {:<6} c{:<3} {:>8.0} rows/s  mean {:>6.1} ms\n",
+                b["script"].as_str().unwrap_or(""),
+                b["clients"],
+                f(&b["rows_per_second"]),
+                f(&b["latency_avg_ms"])
+            ));
+        }
+        s.push_str(&format!(
+            "{:<30} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>9}\n",
+            "scenario",
+            "rec/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "errors",
+            "svc cpu",
+            "rss MiB",
+            "vs raw"
+        ));
+        for sc in size["scenarios"].as_array().into_iter().flatten() {
+            let conns = sc["conns"].as_u64().unwrap_or(0);
+            let raw = baseline("insert", conns);
+            let rate = f(&sc["records_per_second"]);
+            s.push_str(&format!(
+                "{:<30} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>7.2} {:>7.0} {:>9}\n",
+                sc["scenario"].as_str().unwrap_or(""),
+                rate,
+                f(&sc["latency_ms"]["p50"]),
+                f(&sc["latency_ms"]["p95"]),
+                f(&sc["latency_ms"]["p99"]),
+                f(&sc["latency_ms"]["max"]),
+                sc["requests"].as_u64().unwrap_or(0) - sc["ok"].as_u64().unwrap_or(0),
+                f(&sc["service_cpu_cores"]),
+                f(&sc["service_peak_rss_mib"]),
+                raw.map(|b| format!("{:.2}×", rate / b)).unwrap_or_default()
+            ));
+        }
+        let w = &size["worker"];
+        let hnsw = baseline("hnsw", 16).or_else(|| baseline("hnsw", 1));
+        let model = f(&r["bare_model"]["sentences_per_second"]);
+        let slower = hnsw.map(|h| h.min(model)).unwrap_or(model);
+        s.push_str(&format!(
+            "worker: {:.1} records/s embedded+indexed; baselines: model {:.1}/s, raw HNSW insert {:.0}/s → {:.2}× the slower\n",
+            f(&w["records_per_second"]),
+            model,
+            hnsw.unwrap_or(f64::NAN),
+            f(&w["records_per_second"]) / slower
+        ));
+        if let Some(q) = size.get("search") {
+            s.push_str(&format!(
+                "search top-10: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; recall@10 {:.3} (min {:.2}, {} queries)\n",
+                f(&q["latency_ms"]["p50"]),
+                f(&q["latency_ms"]["p95"]),
+                f(&q["latency_ms"]["p99"]),
+                f(&q["recall_at_10"]),
+                f(&q["min_recall"]),
+                q["recall_queries"]
+            ));
+        }
+    }
+    s
+}
