@@ -169,9 +169,30 @@ async fn a_request_over_the_request_timeout_gets_503_and_leaves_nothing() {
     let r = write(&app, 1, None).await;
     assert_error(&r, 503, "SERVICE_UNAVAILABLE");
     assert!(r.header("retry-after").is_some());
+    // The caller is gone: the group commit cancels its statement, which stops waiting on the lock.
+    until_no_lock_waits(&app).await;
     lock.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(app.db.count("audit_records").await.unwrap(), 0);
     assert_eq!(write(&app, 1, None).await.status, 201);
+}
+
+/// Waits until no session of this test's database waits on a lock; panics after 10 s.
+async fn until_no_lock_waits(app: &TestApp) {
+    use diesel_async::RunQueryDsl;
+    let mut conn = app.db.conn().await.unwrap();
+    for _ in 0..1000 {
+        let w: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        if w.n == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the abandoned write still waits on the lock: it was not cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -630,23 +630,32 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         let machine = machine();
         step("the bare local model (batched, all cores)");
         let embed = b.ds_bench(&["embed", "--model-dir", &b.model_dir.display().to_string()])?;
-        let mut sizes = Vec::new();
-        for (i, &size) in o.sizes.iter().enumerate() {
-            sizes.push(b.size(size, &o, i == 0)?);
-        }
         let commit = Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])
             .current_dir(&b.root)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
-        Ok(json!({
+        let mut result = json!({
             "commit": commit,
             "machine": machine,
             "options": {"sizes": o.sizes, "seconds": o.seconds, "conns": o.conns, "worker_seconds": o.worker_seconds},
             "bare_model": embed,
-            "sizes": sizes,
-        }))
+            "sizes": [],
+        });
+        for (i, &size) in o.sizes.iter().enumerate() {
+            let report = b.size(size, &o, i == 0)?;
+            if let Some(sizes) = result["sizes"].as_array_mut() {
+                sizes.push(report);
+            }
+            // Written after every size: a long run that is stopped keeps what it measured.
+            std::fs::write(
+                out.join("results.json"),
+                serde_json::to_string_pretty(&result)?,
+            )?;
+            std::fs::write(out.join("summary.txt"), summarize(&result))?;
+        }
+        Ok(result)
     })();
     b.cluster.stop();
     let result = result?;

@@ -165,7 +165,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `DATASTORAGE_DB_STATEMENT_TIMEOUT_MS`: PostgreSQL `statement_timeout` (default 10000; 0: none).
     pub db_statement_timeout: Duration,
-    /// Group commit: `DATASTORAGE_DB_WRITE_SLOTS` (write transactions at once, default 4),
+    /// Group commit: `DATASTORAGE_DB_WRITE_SLOTS` (write transactions at once, default 4, at most the pool size),
     /// `DATASTORAGE_DB_GROUP_MAX_RECORDS` (records per shared transaction, default 1000),
     /// `DATASTORAGE_DB_GROUP_WAIT_US` (how long a free slot waits for more writes, default 0).
     pub group_commit: ds_store_pg::GroupCommit,
@@ -355,7 +355,7 @@ impl Config {
                 10_000,
             )?),
             group_commit: ds_store_pg::GroupCommit {
-                max_in_flight: parse(get, "DATASTORAGE_DB_WRITE_SLOTS", 4)?,
+                max_in_flight: parse(get, "DATASTORAGE_DB_WRITE_SLOTS", db_pool_size.clamp(1, 4))?,
                 max_records: parse(get, "DATASTORAGE_DB_GROUP_MAX_RECORDS", 1000)?,
                 max_wait: Duration::from_micros(parse(get, "DATASTORAGE_DB_GROUP_WAIT_US", 0)?),
             },

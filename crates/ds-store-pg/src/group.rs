@@ -114,51 +114,79 @@ async fn dispatch(
 
 pub(crate) async fn commit(pool: &Pool<AsyncPgConnection>, group: Vec<Queued>) {
     // A caller that stopped waiting gets nothing committed in its name.
-    let group: Vec<Queued> = group.into_iter().filter(|q| !q.reply.is_closed()).collect();
-    if group.is_empty() {
+    let (requests, mut replies): (Vec<WriteRequest>, Vec<_>) = group
+        .into_iter()
+        .filter(|q| !q.reply.is_closed())
+        .map(|q| (q.request, q.reply))
+        .unzip();
+    if requests.is_empty() {
         return;
     }
-    metrics::histogram!("datastorage_db_group_commit_size").record(group.len() as f64);
+    metrics::histogram!("datastorage_db_group_commit_size").record(requests.len() as f64);
     let mut conn = match pool.get().await {
         Ok(conn) => conn,
         Err(e) => {
             let e = pool_error(e);
-            for q in group {
+            for reply in replies {
                 let copy = match &e {
                     PgStoreError::Connect(m) => PgStoreError::Connect(m.clone()),
                     other => PgStoreError::Pool(other.to_string()),
                 };
-                let _ = q.reply.send(Err(copy));
+                let _ = reply.send(Err(copy));
             }
             return;
         }
     };
-    let requests: Vec<&WriteRequest> = group.iter().map(|q| &q.request).collect();
-    match write_group_retrying(&mut conn, &requests).await {
-        Ok(results) => {
-            for (q, r) in group.into_iter().zip(results) {
-                let _ = q.reply.send(Ok(r));
+    let cancel = conn.cancel_token();
+    let refs: Vec<&WriteRequest> = requests.iter().collect();
+    let started = std::time::Instant::now();
+    let outcome = {
+        let write = write_group_retrying(&mut conn, &refs);
+        tokio::pin!(write);
+        tokio::select! {
+            r = &mut write => r,
+            () = every_caller_gone(&mut replies) => {
+                // Every caller timed out or left while the statement ran (e.g. waiting on a lock):
+                // cancel it, so that nothing is committed that no one was told about.
+                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                write.await
             }
         }
-        Err(e) if group.len() == 1 => {
-            if let Some(q) = group.into_iter().next() {
-                let _ = q.reply.send(Err(e));
+    };
+    metrics::histogram!("datastorage_db_write_seconds").record(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(results) => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(r));
+            }
+        }
+        Err(e) if replies.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, writes = group.len(), "group write failed; writing each alone");
+            tracing::warn!(error = %e, writes = replies.len(), "group write failed; writing each alone");
             metrics::counter!("datastorage_db_group_commit_fallbacks_total").increment(1);
-            for q in group {
-                let result = write_group_retrying(&mut conn, &[&q.request])
+            for (request, reply) in requests.iter().zip(replies) {
+                if reply.is_closed() {
+                    continue;
+                }
+                let result = write_group_retrying(&mut conn, &[request])
                     .await
                     .and_then(|mut r| {
                         r.pop()
                             .ok_or_else(|| PgStoreError::Corrupt("a write got no answer".into()))
                     });
-                let _ = q.reply.send(result);
+                let _ = reply.send(result);
             }
         }
     }
+}
+
+/// Resolves when every reply channel is closed (its caller dropped the answer).
+async fn every_caller_gone(replies: &mut [oneshot::Sender<Result<WriteResult, PgStoreError>>]) {
+    futures_util::future::join_all(replies.iter_mut().map(|r| r.closed())).await;
 }
 
 /// A pool failure, as the store reports it.

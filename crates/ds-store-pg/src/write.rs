@@ -15,12 +15,12 @@
 
 use crate::error::PgStoreError;
 use crate::pgv::Embedding;
-use crate::rows::{NewEmbeddingRow, NewJobRow, NewKeyRow, NewRecordRow};
-use crate::schema::{audit_records, embedding_jobs, embeddings, idempotency_keys};
+use crate::rows::{NewEmbeddingRow, NewKeyRow};
+use crate::schema::{audit_records, embeddings, idempotency_keys};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bytea, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use ds_domain::digest::Sha256Digest;
 use ds_domain::ports::{
     EmbeddingStatus, IdempotencyClaim, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
@@ -28,8 +28,7 @@ use ds_domain::time::Timestamp;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
-/// Rows per multi-row INSERT. PostgreSQL takes at most 65,535 bind parameters per statement; a
-/// record row has 14.
+/// Rows per multi-row INSERT or lookup (PostgreSQL takes at most 65,535 bind parameters).
 pub(crate) const ROWS_PER_STATEMENT: usize = 1000;
 
 /// How many times a transaction that hit a serialization failure or a deadlock is run again.
@@ -57,21 +56,33 @@ pub(crate) async fn write_group_retrying(
     }
 }
 
-/// Writes every request of the group in one transaction; one result per request, in order.
+/// Writes every request of the group atomically; one result per request, in order.
+///
+/// A group without idempotency keys and without new vectors (mode `deferred`, or texts whose
+/// vectors are stored) is one statement in autocommit: one round trip. Otherwise it is one
+/// explicit transaction.
 pub(crate) async fn write_group(
     conn: &mut AsyncPgConnection,
     requests: &[&WriteRequest],
 ) -> Result<Vec<WriteResult>, PgStoreError> {
+    if requests
+        .iter()
+        .any(|r| r.embedding_digests.len() != r.records.len())
+    {
+        return Err(PgStoreError::Corrupt(
+            "a write request needs one embedding digest per record".into(),
+        ));
+    }
+    if requests
+        .iter()
+        .all(|r| r.idempotency.is_none() && r.new_embeddings.is_empty())
+    {
+        let all: Vec<usize> = (0..requests.len()).collect();
+        let outcomes = write_records(conn, requests, &all).await?;
+        return Ok(outcomes.into_iter().map(WriteResult::Written).collect());
+    }
     conn.transaction(async |c| -> Result<Vec<WriteResult>, PgStoreError> {
         let n = requests.len();
-        if requests
-            .iter()
-            .any(|r| r.embedding_digests.len() != r.records.len())
-        {
-            return Err(PgStoreError::Corrupt(
-                "a write request needs one embedding digest per record".into(),
-            ));
-        }
         let mut results: Vec<Option<WriteResult>> = (0..n).map(|_| None).collect();
 
         // 1. Idempotency keys: claim each once; a concurrent transaction with the same key waits here.
@@ -107,7 +118,7 @@ pub(crate) async fn write_group(
             .filter(|i| results[*i].is_none() && !repeat_set.contains(i))
             .collect();
 
-        // 2. New vectors, then the ids of every vector the records point at.
+        // 2. New vectors (mode inline).
         let mut new: Vec<_> = active
             .iter()
             .flat_map(|&i| &requests[i].new_embeddings)
@@ -130,130 +141,11 @@ pub(crate) async fn write_group(
                 .execute(c)
                 .await?;
         }
-        let mut wanted: Vec<&[u8]> = active
-            .iter()
-            .flat_map(|&i| requests[i].embedding_digests.iter().map(|d| d.as_slice()))
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let ids: HashMap<Vec<u8>, i64> = embeddings::table
-            .filter(embeddings::digest.eq_any(&wanted))
-            .select((embeddings::digest, embeddings::id))
-            .load::<(Vec<u8>, i64)>(c)
-            .await?
-            .into_iter()
-            .collect();
 
-        // Durable jobs for the texts still without a vector (mode deferred, or the provider failed).
-        let mut jobs: Vec<_> = active
-            .iter()
-            .flat_map(|&i| &requests[i].jobs)
-            .filter(|j| !ids.contains_key(j.digest.as_slice()))
-            .collect();
-        jobs.sort_by_key(|j| j.digest);
-        jobs.dedup_by(|a, b| a.digest == b.digest);
-        for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
-            let rows: Vec<NewJobRow> = chunk
-                .iter()
-                .map(|j| NewJobRow {
-                    digest: &j.digest,
-                    model: &j.model,
-                    text: &j.text,
-                })
-                .collect();
-            diesel::insert_into(embedding_jobs::table)
-                .values(&rows)
-                .on_conflict(embedding_jobs::digest)
-                .do_nothing()
-                .execute(c)
-                .await?;
-        }
-
-        // 3. Records, in content-digest order (stable: request order among equal digests).
-        let mut order: Vec<(usize, usize)> = active
-            .iter()
-            .flat_map(|&i| (0..requests[i].records.len()).map(move |j| (i, j)))
-            .collect();
-        order.sort_by(|a, b| {
-            let da = &requests[a.0].records[a.1].content_digest;
-            da.cmp(&requests[b.0].records[b.1].content_digest)
-        });
-        let mut inserted: HashMap<Vec<u8>, StoredRow> = HashMap::new();
-        for chunk in order.chunks(ROWS_PER_STATEMENT) {
-            let rows: Vec<NewRecordRow> = chunk
-                .iter()
-                .map(|&(i, j)| record_row(requests[i], j, &ids))
-                .collect();
-            let created: Vec<DigestRow> = diesel::insert_into(audit_records::table)
-                .values(&rows)
-                .on_conflict(audit_records::content_digest)
-                .do_nothing()
-                .returning((
-                    audit_records::content_digest,
-                    audit_records::id,
-                    audit_records::received_at,
-                    audit_records::embedding_id,
-                ))
-                .get_results(c)
-                .await?;
-            inserted.extend(created.into_iter().map(|(d, id, at, e)| (d, (id, at, e))));
-        }
-        // Records that were stored before this transaction.
-        let mut earlier: Vec<&[u8]> = order
-            .iter()
-            .map(|&(i, j)| requests[i].records[j].content_digest.as_slice())
-            .filter(|d| !inserted.contains_key(*d))
-            .collect();
-        earlier.dedup();
-        let mut existing: HashMap<Vec<u8>, StoredRow> = HashMap::new();
-        for chunk in earlier.chunks(ROWS_PER_STATEMENT) {
-            let found: Vec<DigestRow> = audit_records::table
-                .filter(audit_records::content_digest.eq_any(chunk))
-                .select((
-                    audit_records::content_digest,
-                    audit_records::id,
-                    audit_records::received_at,
-                    audit_records::embedding_id,
-                ))
-                .load(c)
-                .await?;
-            existing.extend(found.into_iter().map(|(d, id, at, e)| (d, (id, at, e))));
-        }
-
-        // Outcomes: the first occurrence of a record this transaction inserted is `created`.
-        let mut outcomes: Vec<Vec<Option<WriteOutcome>>> = requests
-            .iter()
-            .map(|r| (0..r.records.len()).map(|_| None).collect())
-            .collect();
-        let mut first_seen: HashSet<&[u8]> = HashSet::new();
-        for &(i, j) in &order {
-            let digest = requests[i].records[j].content_digest.as_slice();
-            let (row, status) = match inserted.get(digest) {
-                Some(row) if first_seen.insert(digest) => (row, WriteStatus::Created),
-                Some(row) => (row, WriteStatus::Duplicate),
-                None => {
-                    let row = existing.get(digest).ok_or_else(|| {
-                        PgStoreError::Corrupt(
-                            "a record that conflicted on insert was not found".into(),
-                        )
-                    })?;
-                    (row, WriteStatus::Duplicate)
-                }
-            };
-            let &(id, received, eid) = row;
-            outcomes[i][j] = Some(WriteOutcome {
-                id,
-                embedding_id: eid,
-                embedding_status: status_of(eid),
-                status,
-                received_at: Timestamp::from_utc(received),
-            });
-        }
+        // 3. Jobs and records.
+        let mut outcomes = write_records(c, requests, &active).await?;
         for &i in &active {
-            let written: Vec<WriteOutcome> = std::mem::take(&mut outcomes[i])
-                .into_iter()
-                .flatten()
-                .collect();
+            let written: Vec<WriteOutcome> = std::mem::take(&mut outcomes[i]);
             // 4. Remember what this key answered.
             if let Some(claim) = &requests[i].idempotency {
                 let json = serde_json::to_value(&written)
@@ -278,6 +170,111 @@ pub(crate) async fn write_group(
     .await
 }
 
+/// Jobs and records of the `active` requests in one statement (the lock order: jobs, then records
+/// by content digest); the outcomes of every request (empty for the others), records in order.
+async fn write_records(
+    c: &mut AsyncPgConnection,
+    requests: &[&WriteRequest],
+    active: &[usize],
+) -> Result<Vec<Vec<WriteOutcome>>, PgStoreError> {
+    // Durable jobs for the texts still without a vector (mode deferred, or the provider failed);
+    // the statement leaves out the texts whose vector is stored.
+    let mut jobs: Vec<_> = active.iter().flat_map(|&i| &requests[i].jobs).collect();
+    jobs.sort_by_key(|j| j.digest);
+    jobs.dedup_by(|a, b| a.digest == b.digest);
+    // Records in content-digest order (stable: request order among equal digests), each linked to
+    // its vector when that is stored.
+    let mut order: Vec<(usize, usize)> = active
+        .iter()
+        .flat_map(|&i| (0..requests[i].records.len()).map(move |j| (i, j)))
+        .collect();
+    order.sort_by(|a, b| {
+        let da = &requests[a.0].records[a.1].content_digest;
+        da.cmp(&requests[b.0].records[b.1].content_digest)
+    });
+    let mut inserted: HashMap<Vec<u8>, StoredRow> = HashMap::new();
+    if !order.is_empty() {
+        let rows = RecordColumns::of(requests, &order);
+        let created: Vec<Inserted> = diesel::sql_query(WRITE_SQL)
+            .bind::<Array<Text>, _>(rows.kind)
+            .bind::<Array<Text>, _>(rows.name)
+            .bind::<Array<Text>, _>(rows.namespace)
+            .bind::<Array<Text>, _>(rows.phase)
+            .bind::<Array<Text>, _>(rows.correlation_id)
+            .bind::<Array<Nullable<Text>>, _>(rows.message)
+            .bind::<Array<Timestamptz>, _>(rows.created_at)
+            .bind::<Array<Nullable<Timestamptz>>, _>(rows.started_at)
+            .bind::<Array<Nullable<Timestamptz>>, _>(rows.completed_at)
+            .bind::<Array<Bytea>, _>(rows.content_digest)
+            .bind::<Array<Jsonb>, _>(rows.details)
+            .bind::<Array<Jsonb>, _>(rows.unknown_fields)
+            .bind::<Array<Bytea>, _>(rows.embedding_digest)
+            .bind::<Array<Bytea>, _>(jobs.iter().map(|j| j.digest.as_slice()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(jobs.iter().map(|j| j.model.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(jobs.iter().map(|j| j.text.as_str()).collect::<Vec<_>>())
+            .load(c)
+            .await?;
+        inserted.extend(
+            created
+                .into_iter()
+                .map(|r| (r.content_digest, (r.id, r.received_at, r.embedding_id))),
+        );
+    }
+    // Records stored before (or by a concurrent writer that committed first).
+    let mut earlier: Vec<&[u8]> = order
+        .iter()
+        .map(|&(i, j)| requests[i].records[j].content_digest.as_slice())
+        .filter(|d| !inserted.contains_key(*d))
+        .collect();
+    earlier.dedup();
+    let mut existing: HashMap<Vec<u8>, StoredRow> = HashMap::new();
+    for chunk in earlier.chunks(ROWS_PER_STATEMENT) {
+        let found: Vec<DigestRow> = audit_records::table
+            .filter(audit_records::content_digest.eq_any(chunk))
+            .select((
+                audit_records::content_digest,
+                audit_records::id,
+                audit_records::received_at,
+                audit_records::embedding_id,
+            ))
+            .load(c)
+            .await?;
+        existing.extend(found.into_iter().map(|(d, id, at, e)| (d, (id, at, e))));
+    }
+
+    // The first occurrence of a record this statement inserted is `created`.
+    let mut outcomes: Vec<Vec<Option<WriteOutcome>>> = requests
+        .iter()
+        .map(|r| (0..r.records.len()).map(|_| None).collect())
+        .collect();
+    let mut first_seen: HashSet<&[u8]> = HashSet::new();
+    for &(i, j) in &order {
+        let digest = requests[i].records[j].content_digest.as_slice();
+        let (row, status) = match inserted.get(digest) {
+            Some(row) if first_seen.insert(digest) => (row, WriteStatus::Created),
+            Some(row) => (row, WriteStatus::Duplicate),
+            None => {
+                let row = existing.get(digest).ok_or_else(|| {
+                    PgStoreError::Corrupt("a record that conflicted on insert was not found".into())
+                })?;
+                (row, WriteStatus::Duplicate)
+            }
+        };
+        let &(id, received, eid) = row;
+        outcomes[i][j] = Some(WriteOutcome {
+            id,
+            embedding_id: eid,
+            embedding_status: status_of(eid),
+            status,
+            received_at: Timestamp::from_utc(received),
+        });
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.into_iter().flatten().collect())
+        .collect())
+}
+
 /// The answer stored under a key: a replay for the same request, a conflict for another one.
 async fn stored_answer(
     c: &mut AsyncPgConnection,
@@ -296,30 +293,102 @@ async fn stored_answer(
     Ok(WriteResult::Replayed(outcomes))
 }
 
-fn record_row<'a>(
-    request: &'a WriteRequest,
-    j: usize,
-    ids: &HashMap<Vec<u8>, i64>,
-) -> NewRecordRow<'a> {
-    let r = &request.records[j];
-    let edigest: &Sha256Digest = &request.embedding_digests[j];
-    NewRecordRow {
-        kind: r.kind.as_str(),
-        name: &r.common.name,
-        namespace: &r.common.namespace,
-        phase: r.common.phase.as_str(),
-        correlation_id: &r.common.correlation_id,
-        message: r.common.message.as_deref(),
-        created_at: r.common.created_at.as_utc(),
-        started_at: r.common.started_at.map(|t| t.as_utc()),
-        completed_at: r.common.completed_at.map(|t| t.as_utc()),
-        content_digest: &r.content_digest,
-        details: Value::Object(r.details.clone()),
-        unknown_fields: Value::Object(r.unknown.clone()),
-        embedding_digest: edigest,
-        embedding_id: ids.get(edigest.as_slice()).copied(),
+/// The record rows of a group, column by column (the statement takes one array per column).
+struct RecordColumns<'a> {
+    kind: Vec<&'a str>,
+    name: Vec<&'a str>,
+    namespace: Vec<&'a str>,
+    phase: Vec<&'a str>,
+    correlation_id: Vec<&'a str>,
+    message: Vec<Option<&'a str>>,
+    created_at: Vec<DateTime<Utc>>,
+    started_at: Vec<Option<DateTime<Utc>>>,
+    completed_at: Vec<Option<DateTime<Utc>>>,
+    content_digest: Vec<&'a [u8]>,
+    details: Vec<Value>,
+    unknown_fields: Vec<Value>,
+    embedding_digest: Vec<&'a [u8]>,
+}
+
+impl<'a> RecordColumns<'a> {
+    fn of(requests: &[&'a WriteRequest], order: &[(usize, usize)]) -> Self {
+        let n = order.len();
+        let mut c = RecordColumns {
+            kind: Vec::with_capacity(n),
+            name: Vec::with_capacity(n),
+            namespace: Vec::with_capacity(n),
+            phase: Vec::with_capacity(n),
+            correlation_id: Vec::with_capacity(n),
+            message: Vec::with_capacity(n),
+            created_at: Vec::with_capacity(n),
+            started_at: Vec::with_capacity(n),
+            completed_at: Vec::with_capacity(n),
+            content_digest: Vec::with_capacity(n),
+            details: Vec::with_capacity(n),
+            unknown_fields: Vec::with_capacity(n),
+            embedding_digest: Vec::with_capacity(n),
+        };
+        for &(i, j) in order {
+            let request: &'a WriteRequest = requests[i];
+            let r = &request.records[j];
+            c.kind.push(r.kind.as_str());
+            c.name.push(&r.common.name);
+            c.namespace.push(&r.common.namespace);
+            c.phase.push(r.common.phase.as_str());
+            c.correlation_id.push(&r.common.correlation_id);
+            c.message.push(r.common.message.as_deref());
+            c.created_at.push(r.common.created_at.as_utc());
+            c.started_at.push(r.common.started_at.map(|t| t.as_utc()));
+            c.completed_at
+                .push(r.common.completed_at.map(|t| t.as_utc()));
+            c.content_digest.push(&r.content_digest);
+            c.details.push(Value::Object(r.details.clone()));
+            c.unknown_fields.push(Value::Object(r.unknown.clone()));
+            c.embedding_digest
+                .push(request.embedding_digests[j].as_slice());
+        }
+        c
     }
 }
+
+/// What the record insert returns for each row it inserted.
+#[derive(QueryableByName)]
+struct Inserted {
+    #[diesel(sql_type = Bytea)]
+    content_digest: Vec<u8>,
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    received_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    embedding_id: Option<i64>,
+}
+
+/// Jobs for the texts whose vector is not stored, then records from column arrays, each linked to
+/// its stored vector if any, in the given order (the lock order); a record already stored is
+/// skipped (and looked up afterwards). One statement: atomic on its own.
+const WRITE_SQL: &str = "\
+WITH jobs AS (
+    INSERT INTO embedding_jobs (digest, model, text)
+    SELECT j.digest, j.model, j.text
+    FROM unnest($14::bytea[], $15::text[], $16::text[]) WITH ORDINALITY AS j(digest, model, text, ord)
+    WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.digest = j.digest)
+    ORDER BY j.ord
+    ON CONFLICT (digest) DO NOTHING
+)
+INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at,
+    started_at, completed_at, content_digest, details, unknown_fields, embedding_digest, embedding_id)
+SELECT u.kind, u.name, u.namespace, u.phase, u.correlation_id, u.message, u.created_at,
+    u.started_at, u.completed_at, u.content_digest, u.details, u.unknown_fields, u.embedding_digest, e.id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::bytea[], $11::jsonb[],
+    $12::jsonb[], $13::bytea[])
+    WITH ORDINALITY AS u(kind, name, namespace, phase, correlation_id, message, created_at,
+        started_at, completed_at, content_digest, details, unknown_fields, embedding_digest, ord)
+LEFT JOIN embeddings e ON e.digest = u.embedding_digest
+ORDER BY u.ord
+ON CONFLICT (content_digest) DO NOTHING
+RETURNING content_digest, id, received_at, embedding_id";
 
 /// A record is `stored` exactly when it is linked to its vector.
 pub(crate) fn status_of(embedding_id: Option<i64>) -> EmbeddingStatus {
