@@ -89,7 +89,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Sentences per second through the bare embedder: `batch`-sized calls, one per core at a time.
+/// Sentences per second through the bare embedder: `batch`-sized calls, one per core at a time, of
+/// the same texts the worker embeds.
 async fn embed(model_dir: PathBuf, texts: usize, batch: usize) -> Result<serde_json::Value> {
     use ds_domain::ports::Embedder;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -97,7 +98,17 @@ async fn embed(model_dir: PathBuf, texts: usize, batch: usize) -> Result<serde_j
         &model_dir,
         Some(cores),
     )?);
-    let all: Vec<String> = (0..texts as u64).map(data::unique_text).collect();
+    // The texts the worker embeds: the embedding texts of records with unique messages.
+    let all: Vec<String> = (0..texts as u64)
+        .map(|n| {
+            let kind = data::KINDS[(n % 4) as usize];
+            let body: serde_json::Value =
+                serde_json::from_str(&data::record(kind, "embed-baseline", n, false))?;
+            let record = ds_domain::parse_record(kind.parse()?, body)
+                .map_err(|e| anyhow::anyhow!("generated record refused: {e:?}"))?;
+            Ok(record.embedding_text)
+        })
+        .collect::<Result<_>>()?;
     // Warm up (first call allocates).
     model.embed(vec![all[0].clone()]).await?;
     let started = std::time::Instant::now();

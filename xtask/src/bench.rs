@@ -134,6 +134,21 @@ fn process_usage(pid: u32) -> (f64, f64) {
     ((tick(11) + tick(12)) / 100.0, hwm_kb / 1024.0)
 }
 
+/// CPU seconds of every PostgreSQL process (backends, WAL writer, checkpointer...).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| process_usage(pid).0)
+        .sum()
+}
+
 struct Bench {
     root: PathBuf,
     out: PathBuf,
@@ -282,6 +297,7 @@ impl Bench {
         );
         let (cpu0, _) = process_usage(service.pid());
         let (busy0, total0) = machine_jiffies();
+        let pg0 = postgres_cpu_seconds();
         let mut args = vec![
             "load".to_owned(),
             "--addr".into(),
@@ -304,9 +320,12 @@ impl Bench {
         let mut result = self.ds_bench(&refs)?;
         let (cpu1, rss) = process_usage(service.pid());
         let (busy1, total1) = machine_jiffies();
+        let pg1 = postgres_cpu_seconds();
         let secs = result["seconds"].as_f64().unwrap_or(seconds);
         result["scenario"] = json!(name);
         result["service_cpu_cores"] = json!((cpu1 - cpu0) / secs);
+        // Backends that ended during the run are not counted: a lower bound.
+        result["postgres_cpu_cores"] = json!((pg1 - pg0) / secs);
         result["service_peak_rss_mib"] = json!(rss);
         result["machine_cpu_busy"] =
             json!((busy1 - busy0) as f64 / (total1 - total0).max(1) as f64);
@@ -749,7 +768,7 @@ fn summarize(r: &Value) -> String {
             let raw = baseline("insert", conns);
             let rate = f(&sc["records_per_second"]);
             s.push_str(&format!(
-                "{:<30} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>7.2} {:>7.0} {:>9}\n",
+                "{:<30} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>7.2} {:>7.2} {:>7.2} {:>7.0} {:>9}\n",
                 sc["scenario"].as_str().unwrap_or(""),
                 rate,
                 f(&sc["latency_ms"]["p50"]),
@@ -758,6 +777,8 @@ fn summarize(r: &Value) -> String {
                 f(&sc["latency_ms"]["max"]),
                 sc["requests"].as_u64().unwrap_or(0) - sc["ok"].as_u64().unwrap_or(0),
                 f(&sc["service_cpu_cores"]),
+                f(&sc["postgres_cpu_cores"]),
+                f(&sc["generator_cpu_seconds"]) / f(&sc["seconds"]),
                 f(&sc["service_peak_rss_mib"]),
                 raw.map(|b| format!("{:.2}×", rate / b)).unwrap_or_default()
             ));
