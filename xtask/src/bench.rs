@@ -149,6 +149,16 @@ fn postgres_cpu_seconds() -> f64 {
         .sum()
 }
 
+/// One load point: `conns` connections, closed loop or a fixed `rate`, a share of recurring texts.
+struct Scenario<'a> {
+    name: &'a str,
+    conns: usize,
+    rate: Option<f64>,
+    repeat_share: f64,
+    target: &'a str,
+    seconds: f64,
+}
+
 struct Bench {
     root: PathBuf,
     out: PathBuf,
@@ -269,16 +279,15 @@ impl Bench {
     }
 
     /// One load scenario with the service's CPU, peak RSS and the machine's CPU around it.
-    fn load(
-        &self,
-        service: &Service,
-        name: &str,
-        conns: usize,
-        rate: Option<f64>,
-        repeat_share: f64,
-        target: &str,
-        seconds: f64,
-    ) -> Result<Value> {
+    fn load(&self, service: &Service, scenario: Scenario<'_>) -> Result<Value> {
+        let Scenario {
+            name,
+            conns,
+            rate,
+            repeat_share,
+            target,
+            seconds,
+        } = scenario;
         let slug: String = name
             .chars()
             .map(|c| {
@@ -495,55 +504,75 @@ impl Bench {
         if first {
             let noop = self.load(
                 &service,
-                "noop c64 (generator ceiling)",
-                64,
-                None,
-                1.0,
-                "noop",
-                o.seconds,
+                Scenario {
+                    name: "noop c64 (generator ceiling)",
+                    conns: 64,
+                    rate: None,
+                    repeat_share: 1.0,
+                    target: "noop",
+                    seconds: o.seconds,
+                },
             )?;
             report["generator_ceiling"] = noop;
         }
         // Warm-up: the recurring texts get their vectors once.
-        self.load(&service, "warm-up", 4, None, 1.0, "write", 2.0)?;
+        self.load(
+            &service,
+            Scenario {
+                name: "warm-up",
+                conns: 4,
+                rate: None,
+                repeat_share: 1.0,
+                target: "write",
+                seconds: 2.0,
+            },
+        )?;
         self.wait_for_jobs(&db, Duration::from_secs(120))?;
         for &c in &o.conns {
             scenarios.push(self.load(
                 &service,
-                &format!("deferred hot c{c}"),
-                c,
-                None,
-                1.0,
-                "write",
-                o.seconds,
+                Scenario {
+                    name: &format!("deferred hot c{c}"),
+                    conns: c,
+                    rate: None,
+                    repeat_share: 1.0,
+                    target: "write",
+                    seconds: o.seconds,
+                },
             )?);
         }
         scenarios.push(self.load(
             &service,
-            "deferred hot c64 @5000/s",
-            64,
-            Some(5000.0),
-            1.0,
-            "write",
-            o.seconds,
+            Scenario {
+                name: "deferred hot c64 @5000/s",
+                conns: 64,
+                rate: Some(5000.0),
+                repeat_share: 1.0,
+                target: "write",
+                seconds: o.seconds,
+            },
         )?);
         scenarios.push(self.load(
             &service,
-            "deferred hot batch50 c4",
-            4,
-            None,
-            1.0,
-            "batch",
-            o.seconds,
+            Scenario {
+                name: "deferred hot batch50 c4",
+                conns: 4,
+                rate: None,
+                repeat_share: 1.0,
+                target: "batch",
+                seconds: o.seconds,
+            },
         )?);
         scenarios.push(self.load(
             &service,
-            "deferred unique c64",
-            64,
-            None,
-            0.0,
-            "write",
-            o.seconds,
+            Scenario {
+                name: "deferred unique c64",
+                conns: 64,
+                rate: None,
+                repeat_share: 0.0,
+                target: "write",
+                seconds: o.seconds,
+            },
         )?);
         // The worker: drain rate with no writes arriving.
         let before: i64 = self
@@ -578,22 +607,26 @@ impl Bench {
         for &c in &o.conns {
             scenarios.push(self.load(
                 &service,
-                &format!("inline hot c{c}"),
-                c,
-                None,
-                1.0,
-                "write",
-                o.seconds,
+                Scenario {
+                    name: &format!("inline hot c{c}"),
+                    conns: c,
+                    rate: None,
+                    repeat_share: 1.0,
+                    target: "write",
+                    seconds: o.seconds,
+                },
             )?);
         }
         scenarios.push(self.load(
             &service,
-            "inline unique c16",
-            16,
-            None,
-            0.0,
-            "write",
-            o.seconds,
+            Scenario {
+                name: "inline unique c16",
+                conns: 16,
+                rate: None,
+                repeat_share: 0.0,
+                target: "write",
+                seconds: o.seconds,
+            },
         )?);
         report["scenarios"] = json!(scenarios);
         if size > 0 {

@@ -169,6 +169,8 @@ pub struct Config {
     /// `DATASTORAGE_DB_GROUP_MAX_RECORDS` (records per shared transaction, default 1000),
     /// `DATASTORAGE_DB_GROUP_WAIT_US` (how long a free slot waits for more writes, default 0).
     pub group_commit: ds_store_pg::GroupCommit,
+    /// `DATASTORAGE_SEARCH_EF_SEARCH`: pgvector's `hnsw.ef_search` (default 100, 1–1000).
+    pub search_ef_search: u32,
     /// Request limits: `DATASTORAGE_MAX_BODY_BYTES` (2 MiB), `DATASTORAGE_MAX_BATCH_BODY_BYTES`
     /// (16 MiB), `DATASTORAGE_MAX_JSON_DEPTH` (32), `DATASTORAGE_MAX_HEADER_BYTES` (16 KiB),
     /// `DATASTORAGE_REQUEST_TIMEOUT_SECS` (30).
@@ -359,6 +361,7 @@ impl Config {
                 max_records: parse(get, "DATASTORAGE_DB_GROUP_MAX_RECORDS", 1000)?,
                 max_wait: Duration::from_micros(parse(get, "DATASTORAGE_DB_GROUP_WAIT_US", 0)?),
             },
+            search_ef_search: parse(get, "DATASTORAGE_SEARCH_EF_SEARCH", 100)?,
             limits: Self::limits(get)?,
             admission: Self::admission(get, db_pool_size.max(1))?,
             database_url,
@@ -547,6 +550,12 @@ impl Config {
                     "must be between 1 and the pool size ({})",
                     self.db_pool_size
                 ),
+            });
+        }
+        if !(1..=1000).contains(&self.search_ef_search) {
+            return Err(ConfigError {
+                key: "DATASTORAGE_SEARCH_EF_SEARCH",
+                reason: "must be between 1 and 1000".into(),
             });
         }
         if self.group_commit.max_records == 0 {

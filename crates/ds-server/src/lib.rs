@@ -189,6 +189,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             wait_timeout: config.db_wait_timeout,
             statement_timeout: config.db_statement_timeout,
             group_commit: config.group_commit.clone(),
+            ef_search: config.search_ef_search,
             ..PoolSettings::default()
         },
     )

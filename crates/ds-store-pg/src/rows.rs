@@ -1,7 +1,7 @@
 //! Row types: what diesel reads and writes.
 
 use crate::pgv::Embedding;
-use crate::schema::{audit_records, embedding_jobs, embeddings, idempotency_keys};
+use crate::schema::{audit_records, embeddings, idempotency_keys};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
@@ -11,33 +11,6 @@ pub struct NewEmbeddingRow<'a> {
     pub digest: &'a [u8],
     pub model: &'a str,
     pub embedding: Embedding,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = audit_records)]
-pub struct NewRecordRow<'a> {
-    pub kind: &'a str,
-    pub name: &'a str,
-    pub namespace: &'a str,
-    pub phase: &'a str,
-    pub correlation_id: &'a str,
-    pub message: Option<&'a str>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub completed_at: Option<DateTime<Utc>>,
-    pub content_digest: &'a [u8],
-    pub details: serde_json::Value,
-    pub unknown_fields: serde_json::Value,
-    pub embedding_digest: &'a [u8],
-    pub embedding_id: Option<i64>,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = embedding_jobs)]
-pub struct NewJobRow<'a> {
-    pub digest: &'a [u8],
-    pub model: &'a str,
-    pub text: &'a str,
 }
 
 #[derive(Insertable)]

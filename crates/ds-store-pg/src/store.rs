@@ -38,6 +38,8 @@ pub struct PoolSettings {
     pub statement_timeout: Duration,
     /// How concurrent writes share transactions.
     pub group_commit: GroupCommit,
+    /// pgvector's `hnsw.ef_search`: candidates an HNSW search keeps (recall against latency).
+    pub ef_search: u32,
 }
 
 impl Default for PoolSettings {
@@ -48,6 +50,7 @@ impl Default for PoolSettings {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
             group_commit: GroupCommit::default(),
+            ef_search: 100,
         }
     }
 }
@@ -69,6 +72,7 @@ impl PgStore {
     /// Builds the pool. Connections are opened lazily: a database that is not up yet is not an error here.
     pub fn new(database_url: &str, settings: &PoolSettings) -> Result<Self, PgStoreError> {
         let statement_timeout_ms = settings.statement_timeout.as_millis();
+        let ef_search = settings.ef_search.clamp(1, 1000);
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         // No `SELECT 1` on every checkout (the default): a broken connection fails its statement and
         // is dropped by the pool; the write path retries nothing that was not committed.
@@ -76,9 +80,15 @@ impl PgStore {
         config.custom_setup = Box::new(move |url| {
             Box::pin(async move {
                 let mut conn = AsyncPgConnection::establish(url).await?;
-                conn.batch_execute(&format!("SET statement_timeout = {statement_timeout_ms}"))
-                    .await
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                // pgvector 0.8 iterative index scans: the HNSW scan goes on until `limit` rows pass
+                // the filters instead of stopping after ef_search candidates, so filters drop no
+                // result. Set per connection (placeholders until pgvector loads in the session).
+                conn.batch_execute(&format!(
+                    "SET statement_timeout = {statement_timeout_ms}; \
+                     SET hnsw.iterative_scan = strict_order; SET hnsw.ef_search = {ef_search}"
+                ))
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 Ok(conn)
             })
         });
@@ -313,25 +323,16 @@ impl AuditStore for PgStore {
         let until = filters.until.map(|t| t.as_utc());
         let model = model.to_owned();
         let limit = i64::try_from(limit).unwrap_or(100);
-        let rows: Vec<SearchRow> = conn
-            .transaction(async |c| -> Result<Vec<SearchRow>, diesel::result::Error> {
-                // pgvector 0.8 iterative index scans: the HNSW scan goes on until `limit` rows pass the
-                // filters instead of stopping after ef_search candidates, so filters do not drop results.
-                c.batch_execute(
-                    "SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL hnsw.ef_search = 100",
-                )
-                .await?;
-                diesel::sql_query(SEARCH_SQL)
-                    .bind::<crate::pgv::Vector, _>(Embedding(vector))
-                    .bind::<Text, _>(model)
-                    .bind::<Nullable<Array<Text>>, _>(kinds)
-                    .bind::<Nullable<Text>, _>(namespace)
-                    .bind::<Nullable<Timestamptz>, _>(since)
-                    .bind::<Nullable<Timestamptz>, _>(until)
-                    .bind::<BigInt, _>(limit)
-                    .load::<SearchRow>(c)
-                    .await
-            })
+        // The connection carries the HNSW settings (see `PgStore::new`): one round trip.
+        let rows: Vec<SearchRow> = diesel::sql_query(SEARCH_SQL)
+            .bind::<crate::pgv::Vector, _>(Embedding(vector))
+            .bind::<Text, _>(model)
+            .bind::<Nullable<Array<Text>>, _>(kinds)
+            .bind::<Nullable<Text>, _>(namespace)
+            .bind::<Nullable<Timestamptz>, _>(since)
+            .bind::<Nullable<Timestamptz>, _>(until)
+            .bind::<BigInt, _>(limit)
+            .load::<SearchRow>(&mut conn)
             .await
             .map_err(PgStoreError::from)?;
         rows.into_iter()
