@@ -127,14 +127,32 @@ impl TestDb {
     }
 
     async fn create(mut conn: AsyncPgConnection, admin: String, options: &str) -> Result<Self> {
-        let name = format!("ds_test_{}", uuid::Uuid::new_v4().simple());
-        conn.batch_execute(&format!("CREATE DATABASE {name} {options}"))
+        let db = Self::named(admin);
+        conn.batch_execute(&format!("CREATE DATABASE {} {options}", db.name))
             .await?;
-        Ok(TestDb {
+        Ok(db)
+    }
+
+    fn named(admin: String) -> Self {
+        let name = format!("ds_test_{}", uuid::Uuid::new_v4().simple());
+        TestDb {
             url: with_database(&admin, &name),
             name,
             admin,
-        })
+        }
+    }
+
+    /// The URL of a database that does not exist yet (for tests of a database that comes up late);
+    /// [`TestDb::create_now`] creates it, empty.
+    pub async fn not_yet_created() -> Result<Self> {
+        Ok(Self::named(admin_url().await?))
+    }
+
+    pub async fn create_now(&self) -> Result<()> {
+        let mut conn = AsyncPgConnection::establish(&self.admin).await?;
+        conn.batch_execute(&format!("CREATE DATABASE {}", self.name))
+            .await?;
+        Ok(())
     }
 
     /// A connection to this test's database, for assertions on what is stored.
@@ -277,11 +295,11 @@ impl Reply {
     }
 }
 
-/// Starts the service as `datastorage serve` would, with extra configuration keys.
-pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
-    let db = TestDb::new().await?;
+/// The configuration of a test service over `database_url` (ports 0, the local model, 2 HTTP workers,
+/// 8 connections), with `extra` keys over it.
+pub fn test_config(database_url: &str, extra: &[(&str, &str)]) -> Result<Config> {
     let mut env: HashMap<String, String> = HashMap::from([
-        ("DATASTORAGE_DATABASE_URL".into(), db.url.clone()),
+        ("DATASTORAGE_DATABASE_URL".into(), database_url.to_owned()),
         ("DATASTORAGE_HTTP_ADDR".into(), "127.0.0.1:0".into()),
         ("DATASTORAGE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         (
@@ -294,8 +312,14 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
     for (k, v) in extra {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
-    let config = Config::from_lookup(&|k| env.get(k).cloned())?;
-    let running = ds_server::start(config).await?;
+    Ok(Config::from_lookup(&|k| env.get(k).cloned())?)
+}
+
+/// Starts the service as `datastorage serve` would, with extra configuration keys.
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
+    let db = TestDb::new().await?;
+    let running = ds_server::start(test_config(&db.url, extra)?).await?;
+    running.wait_until_started().await?;
     let metrics_addr = running.metrics_addr;
     let (addr, state) = running.spawn();
     Ok(TestApp {

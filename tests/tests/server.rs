@@ -4,23 +4,10 @@
 
 use diesel_async::SimpleAsyncConnection;
 use ds_server::config::Config;
-use ds_tests::{TestDb, model_dir};
-use std::collections::HashMap;
+use ds_tests::TestDb;
 
 fn config(url: &str, extra: &[(&str, &str)]) -> Config {
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("DATASTORAGE_DATABASE_URL".into(), url.to_owned()),
-        ("DATASTORAGE_HTTP_ADDR".into(), "127.0.0.1:0".into()),
-        ("DATASTORAGE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-        (
-            "DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR".into(),
-            model_dir().display().to_string(),
-        ),
-    ]);
-    for (k, v) in extra {
-        env.insert((*k).into(), (*v).into());
-    }
-    Config::from_lookup(&|k| env.get(k).cloned()).unwrap()
+    ds_tests::test_config(url, extra).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,10 +31,15 @@ async fn start_up_refuses_a_vector_column_of_another_dimension_naming_both() {
     )
     .await
     .unwrap();
-    let err = ds_server::start(config(&db.url, &[]))
+    let running = ds_server::start(config(&db.url, &[])).await.unwrap();
+    let err = running
+        .wait_until_started()
         .await
         .err()
         .expect("must refuse to start");
+    // The process then stops with that error.
+    let stopped = running.until(std::future::pending()).await.unwrap_err();
+    assert!(format!("{stopped:#}").contains("dimension mismatch"), "{stopped:#}");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("dimension mismatch") && msg.contains("384") && msg.contains("768"),
@@ -77,18 +69,4 @@ async fn start_up_refuses_a_missing_model_naming_the_key_and_the_fix() {
             && msg.contains("cargo xtask fetch-model"),
         "{msg}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_up_refuses_a_database_that_lacks_migrations_when_not_migrating() {
-    let db = TestDb::empty().await.unwrap();
-    let url = db.url.clone();
-    let msg = format!(
-        "{:#}",
-        ds_server::start(config(&url, &[("DATASTORAGE_MIGRATE_ON_START", "false")]))
-            .await
-            .err()
-            .expect("must refuse")
-    );
-    assert!(msg.contains("datastorage migrate"), "{msg}");
 }

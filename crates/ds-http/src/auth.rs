@@ -102,10 +102,16 @@ pub async fn api(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    if let Some(access) = api_access(req.method(), req.path())
-        && let Err(e) = check(&req, access).await
-    {
-        return Ok(req.error_response(e));
+    if let Some(access) = api_access(req.method(), req.path()) {
+        let starting = req
+            .app_data::<web::Data<AppState>>()
+            .is_some_and(|s| !s.startup.is_started());
+        if starting {
+            return Ok(req.error_response(ApiError::Starting));
+        }
+        if let Err(e) = check(&req, access).await {
+            return Ok(req.error_response(e));
+        }
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// Shutting down.
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// Still starting (waiting for the database or its migrations).
+    #[error("the service is starting")]
+    Starting,
     /// The caller is over its write rate.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -131,6 +134,14 @@ impl ApiError {
                 "SERVICE_UNAVAILABLE",
                 "the service is shutting down; retry on another replica",
             ),
+            ApiError::Starting => Parts {
+                retry_after: Some(5),
+                ..p(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    "the service is starting (waiting for its database); nothing was written, retry shortly",
+                )
+            },
             ApiError::RateLimited {
                 retry_after_secs,
                 rate,

@@ -500,6 +500,12 @@ async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     if state.is_shutting_down() {
         return not_ready("shutting down".into(), json!({"status": "unknown"}));
     }
+    if let Some(waiting_for) = state.startup.waiting_for() {
+        return not_ready(
+            format!("starting: {waiting_for}"),
+            json!({"status": "starting"}),
+        );
+    }
     let started = Instant::now();
     let health =
         actix_web::rt::time::timeout(state.limits.readiness_timeout, state.service.store_health())

@@ -65,6 +65,60 @@ pub struct AppState {
     pub auth: Option<Arc<dyn ds_domain::ports::Authenticator>>,
     /// Set when shutdown begins: readiness answers 503 from then on.
     pub shutting_down: Arc<AtomicBool>,
+    /// Until start-up is complete (database reachable, migrations applied): why not yet. API requests
+    /// are answered 503 and readiness reports the reason meanwhile.
+    pub startup: Arc<Startup>,
+}
+
+/// The start-up phase, shared by the task that waits for the database and the handlers.
+#[derive(Debug, Default)]
+pub struct Startup {
+    started: AtomicBool,
+    waiting_for: std::sync::Mutex<String>,
+}
+
+impl Startup {
+    /// A service that still has to start.
+    pub fn pending(reason: &str) -> Self {
+        Startup {
+            started: AtomicBool::new(false),
+            waiting_for: std::sync::Mutex::new(reason.to_owned()),
+        }
+    }
+
+    /// A service that is started.
+    pub fn done() -> Self {
+        Startup {
+            started: AtomicBool::new(true),
+            waiting_for: std::sync::Mutex::default(),
+        }
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Why the service is not started yet (`None` once it is).
+    pub fn waiting_for(&self) -> Option<String> {
+        if self.is_started() {
+            return None;
+        }
+        Some(match self.waiting_for.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
+    }
+
+    pub fn set_waiting_for(&self, reason: String) {
+        match self.waiting_for.lock() {
+            Ok(mut g) => *g = reason,
+            Err(poisoned) => *poisoned.into_inner() = reason,
+        }
+    }
+
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
 }
 
 impl AppState {
@@ -85,7 +139,14 @@ impl AppState {
             admission: guard::Admission::new(admission),
             auth: None,
             shutting_down: Arc::new(AtomicBool::new(false)),
+            startup: Arc::new(Startup::done()),
         }
+    }
+
+    /// Gates the API on `startup` (see [`Startup`]).
+    pub fn with_startup(mut self, startup: Arc<Startup>) -> Self {
+        self.startup = startup;
+        self
     }
 
     /// Requires a bearer token on `/api/v1/*` (and on the metrics listener), checked by `auth`.

@@ -11,6 +11,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse};
 use ds_domain::Timestamp;
 use std::time::Instant;
+use tracing::Instrument;
 
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -69,13 +70,30 @@ pub async fn envelope(
                 .insert(HeaderName::from_static(CORRELATION_HEADER), v);
         }
         tracing::info!(correlation_id = %correlation_id, %method, %path, status = 431, header_bytes, "request headers too large");
+        record_metrics(method, UNMATCHED.to_owned(), 431, started);
         return Ok(res);
     }
 
     // The request must not be cloned before routing (actix needs it unshared to record path
     // parameters). Handlers' errors arrive as responses; an `Err` here comes from actix's own service
     // stack and is rendered by actix.
-    let res = next.call(req).await?.map_into_boxed_body();
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %correlation_id,
+        %method,
+        route = tracing::field::Empty,
+    );
+    let res = next
+        .call(req)
+        .instrument(span.clone())
+        .await?
+        .map_into_boxed_body();
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| UNMATCHED.to_owned());
+    span.record("route", route.as_str());
+    let _entered = span.enter();
     let status = res.status();
     // Error answers that a handler wrote itself as JSON (readiness' 503) are left as they are.
     let handler_json = res.response().error().is_none()
@@ -119,18 +137,29 @@ pub async fn envelope(
         .extensions()
         .get::<crate::guard::Caller>()
         .map(|c| c.username.clone());
+    let status = res.status().as_u16();
     tracing::info!(
         correlation_id = %correlation_id,
         %method,
         %path,
+        route = %route,
         caller = caller.as_deref().unwrap_or("-"),
-        status = res.status().as_u16(),
+        status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
-    metrics::counter!("datastorage_http_requests_total", "method" => method, "status" => res.status().as_u16().to_string())
-        .increment(1);
+    record_metrics(method, route, status, started);
     Ok(res)
+}
+
+/// The `route` label of a request that matched no route (bounded cardinality: never the raw path).
+pub const UNMATCHED: &str = "unmatched";
+
+fn record_metrics(method: String, route: String, status: u16, started: Instant) {
+    metrics::histogram!("datastorage_http_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("datastorage_http_requests_total", "method" => method, "route" => route, "status" => status.to_string())
+        .increment(1);
 }
 
 /// The contract's error body for `parts`, with `Retry-After` / `X-RateLimit-*` when they apply.

@@ -1,9 +1,24 @@
-//! The service's configuration: one typed struct, read from `DATASTORAGE_*` environment variables.
-//! Invalid configuration stops start-up with a message that names the key.
+//! The service's configuration: one typed struct, read from a TOML file (optional) overlaid by
+//! `DATASTORAGE_*` environment variables. Every key is listed in [`keys::KEYS`] (and, generated from it,
+//! in docs/configuration.md). Invalid configuration stops start-up with a message that names the key
+//! and where its value came from.
 
+mod file;
+pub mod keys;
+
+pub use file::FileValues;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+    /// Text when stderr is a terminal, JSON otherwise.
+    Auto,
+}
 
 /// How callers are authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +135,13 @@ pub struct Batching {
 /// The configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `DATASTORAGE_LOG_FORMAT`: `json`, `text` or `auto` (default).
+    pub log_format: LogFormat,
+    /// `DATASTORAGE_LOG_LEVEL`: a `tracing` filter (default `info`).
+    pub log_level: String,
+    /// `DATASTORAGE_DB_CONNECT_RETRY_MAX_MS`: longest pause between start-up attempts to reach the
+    /// database (default 10000).
+    pub db_connect_retry_max: Duration,
     /// `DATASTORAGE_DATABASE_URL` (or `DATABASE_URL`): `postgres://user:pass@host:port/db`.
     pub database_url: String,
     /// `DATASTORAGE_HTTP_ADDR`: API and probes (default `127.0.0.1:8080`).
@@ -292,9 +314,38 @@ fn openai_settings(
 }
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment only.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        Self::load(None)
+    }
+
+    /// Reads `file` (when given), then the process environment over it.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let values = match file {
+            Some(path) => FileValues::read(path)?,
+            None => FileValues::default(),
+        };
+        Self::from_sources(
+            &|k| std::env::var(k).ok().filter(|v| !v.is_empty()),
+            &values,
+        )
+    }
+
+    /// `env` over `file`; an error says where the offending value came from.
+    pub fn from_sources(
+        env: &dyn Fn(&str) -> Option<String>,
+        file: &FileValues,
+    ) -> Result<Self, ConfigError> {
+        let get = |k: &str| env(k).or_else(|| file.values.get(k).cloned());
+        Self::from_lookup(&get).map_err(|mut e| {
+            if env(e.key).is_some() {
+                e.reason = format!("{} (from the environment)", e.reason);
+            } else if file.values.contains_key(e.key) {
+                let at = keys::by_env(e.key).map_or(e.key, |k| k.file);
+                e.reason = format!("{} (from `{at}` in {})", e.reason, file.path);
+            }
+            e
+        })
     }
 
     /// Reads any key → value lookup (tests pass a map).
@@ -351,6 +402,23 @@ impl Config {
         };
         let db_pool_size: usize = parse(get, "DATASTORAGE_DB_POOL_SIZE", 16)?;
         let config = Config {
+            log_format: match get("DATASTORAGE_LOG_FORMAT").as_deref().unwrap_or("auto") {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                "auto" => LogFormat::Auto,
+                other => {
+                    return Err(ConfigError {
+                        key: "DATASTORAGE_LOG_FORMAT",
+                        reason: format!("{other:?} is not `json`, `text` or `auto`"),
+                    });
+                }
+            },
+            log_level: get("DATASTORAGE_LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            db_connect_retry_max: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_DB_CONNECT_RETRY_MAX_MS",
+                10_000,
+            )?),
             db_statement_timeout: Duration::from_millis(parse(
                 get,
                 "DATASTORAGE_DB_STATEMENT_TIMEOUT_MS",
@@ -534,6 +602,18 @@ impl Config {
                     });
                 }
             }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError {
+                key: "DATASTORAGE_LOG_LEVEL",
+                reason: format!("{:?} is not a log filter: {e}", self.log_level),
+            });
+        }
+        if self.db_connect_retry_max.is_zero() {
+            return Err(ConfigError {
+                key: "DATASTORAGE_DB_CONNECT_RETRY_MAX_MS",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.db_pool_size == 0 {
             return Err(ConfigError {
@@ -728,5 +808,84 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_EMBEDDING_OPENAI_API_KEY_FILE");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_key_the_code_reads_is_registered_and_every_registered_key_is_read() {
+        let source = include_str!("config.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap();
+        let read: std::collections::BTreeSet<&str> = code
+            .match_indices("\"DATASTORAGE_")
+            .map(|(i, _)| {
+                let rest = &code[i + 1..];
+                &rest[..rest.find('"').unwrap()]
+            })
+            .collect();
+        let registered: std::collections::BTreeSet<&str> =
+            keys::KEYS.iter().map(|k| k.env).collect();
+        assert_eq!(read, registered);
+        let files: std::collections::BTreeSet<&str> = keys::KEYS.iter().map(|k| k.file).collect();
+        assert_eq!(files.len(), keys::KEYS.len(), "file keys are unique");
+    }
+
+    /// The documented defaults are the code's: a configuration given every documented value explicitly
+    /// equals the configuration given none.
+    #[test]
+    fn documented_defaults_are_the_code_defaults() {
+        for provider in [
+            vec![],
+            vec![
+                ("DATASTORAGE_EMBEDDING_PROVIDER", "openai"),
+                ("DATASTORAGE_EMBEDDING_OPENAI_MODEL", "m"),
+            ],
+        ] {
+            let mut base = vec![("DATABASE_URL", "postgres://x@127.0.0.1/db")];
+            base.extend(provider);
+            let implicit = load(&base).unwrap();
+            let mut explicit = base.clone();
+            for k in keys::KEYS {
+                if let keys::Default::Value(v) = k.default {
+                    if !base.iter().any(|(e, _)| *e == k.env) {
+                        explicit.push((k.env, v));
+                    }
+                }
+            }
+            let explicit = load(&explicit).unwrap();
+            assert_eq!(format!("{implicit:?}"), format!("{explicit:?}"));
+        }
+    }
+
+    #[test]
+    fn docs_configuration_md_has_the_reference_table() {
+        let doc = include_str!("../../../docs/configuration.md");
+        assert!(
+            doc.contains(&keys::markdown()),
+            "docs/configuration.md is out of date: regenerate its table with `datastorage config keys --markdown`"
+        );
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_errors_say_where_the_value_came_from() {
+        let file = FileValues::parse(
+            "[database]\nurl = \"postgres://f@127.0.0.1/db\"\npool_size = 8\n[server]\nhttp_workers = 3\n",
+            "/etc/ds.toml",
+        )
+        .unwrap();
+        let env: HashMap<&str, &str> = HashMap::from([("DATASTORAGE_DB_POOL_SIZE", "24")]);
+        let c = Config::from_sources(&|k| env.get(k).map(|v| v.to_string()), &file).unwrap();
+        assert_eq!(c.db_pool_size, 24);
+        assert_eq!(c.http_workers, 3);
+        assert_eq!(c.database_url, "postgres://f@127.0.0.1/db");
+
+        let bad = FileValues::parse("[database]\nurl = \"postgres://x/db\"\npool_size = \"lots\"\n", "/etc/ds.toml").unwrap();
+        let e = Config::from_sources(&|_| None, &bad).unwrap_err();
+        assert_eq!(e.key, "DATASTORAGE_DB_POOL_SIZE");
+        assert!(e.to_string().contains("from `database.pool_size` in /etc/ds.toml"), "{e}");
+        let env: HashMap<&str, &str> = HashMap::from([("DATASTORAGE_HTTP_WORKERS", "0")]);
+        let e = Config::from_sources(&|k| env.get(k).map(|v| v.to_string()), &file).unwrap_err();
+        assert_eq!(e.key, "DATASTORAGE_HTTP_WORKERS");
+        assert!(e.to_string().contains("from the environment"), "{e}");
+        let e = load(&[("DATABASE_URL", "postgres://x/db"), ("DATASTORAGE_LOG_LEVEL", "info,=[")]).unwrap_err();
+        assert_eq!(e.key, "DATASTORAGE_LOG_LEVEL");
     }
 }

@@ -4,6 +4,7 @@
 //! Architecture invariant: only this crate reads configuration and chooses adapters.
 
 pub mod config;
+pub mod telemetry;
 
 use anyhow::{Context, bail};
 use config::Config;
@@ -16,97 +17,202 @@ use ds_embed_local::LocalEmbedder;
 use ds_embed_openai::OpenAiEmbedder;
 use ds_http::AppState;
 use ds_store_pg::{PgStore, PoolSettings};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
+use ds_http::Startup;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-/// The process-wide Prometheus recorder (a recorder can be installed once per process).
-pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the Prometheus recorder")?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+pub use telemetry::metrics_handle;
+
+/// A running actix server: its handle (to stop it) and its task.
+struct ServerTask {
+    handle: actix_web::dev::ServerHandle,
+    task: JoinHandle<std::io::Result<()>>,
 }
 
-/// A started service.
+impl ServerTask {
+    fn spawn(server: actix_web::dev::Server) -> Self {
+        ServerTask {
+            handle: server.handle(),
+            task: tokio::spawn(server),
+        }
+    }
+
+    /// Stops accepting, lets open requests finish (bounded by the server's shutdown timeout).
+    async fn stop(self, what: &'static str) -> anyhow::Result<()> {
+        self.handle.stop(true).await;
+        self.task.await.context(what)?.context(what)
+    }
+}
+
+/// How start-up ended, as [`Running::wait_until_started`] reports it.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Pending,
+    Started,
+    Failed(String),
+}
+
+/// A service whose listeners are bound. Start-up finishes in the background (waiting for the database
+/// with backoff, migrating when configured); until then the API answers 503 and `/readyz` says why.
 pub struct Running {
     /// Where the API listens (useful when the configuration asked for port 0).
     pub http_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub state: AppState,
-    api: actix_web::dev::Server,
-    metrics: actix_web::dev::Server,
-    shutdown_timeout: std::time::Duration,
+    /// The servers run from [`start`] on (probes answer while start-up waits for the database).
+    api: ServerTask,
+    metrics: ServerTask,
+    shutdown_timeout: Duration,
+    store: PgStore,
+    /// Tells the embedding workers (and a start-up still waiting) to stop.
+    stop: watch::Sender<bool>,
+    /// Start-up, then the embedding workers until `stop`; ends early only on a fatal start-up error.
+    background: JoinHandle<anyhow::Result<()>>,
+    outcome: watch::Receiver<Outcome>,
 }
 
 impl Running {
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully: readiness goes 503 at once, listeners
-    /// close, in-flight requests finish (bounded by the shutdown timeout), then this returns.
-    pub async fn until_signal(self) -> anyhow::Result<()> {
-        let api = self.api.handle();
-        let metrics = self.metrics.handle();
-        let state = self.state.clone();
+    /// Resolves when start-up is complete; an error when it failed for good (e.g. the database's vector
+    /// column has another dimension).
+    /// (The future does not borrow `self`.)
+    pub fn wait_until_started(
+        &self,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+        let mut outcome = self.outcome.clone();
+        async move {
+            let seen = outcome
+                .wait_for(|o| !matches!(o, Outcome::Pending))
+                .await
+                .map(|o| o.clone());
+            match seen {
+                Ok(Outcome::Started) => Ok(()),
+                Ok(Outcome::Failed(e)) => Err(anyhow::anyhow!(e)),
+                Ok(Outcome::Pending) | Err(_) => bail!("start-up ended without an outcome"),
+            }
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see [`Running::until`]). The signal
+    /// handlers are installed when this is called, before the future is first polled.
+    pub fn until_signal(self) -> impl std::future::Future<Output = anyhow::Result<()>> {
+        self.until(signal_listener())
+    }
+
+    /// Serves until `signal` resolves, then shuts down: readiness answers 503 at once, the API
+    /// listener stops accepting, in-flight requests finish, the embedding workers finish their current
+    /// batch, queued group commits are committed, the pool is closed; all within the shutdown timeout
+    /// (what is still running then is abandoned: uncommitted work rolls back, claimed jobs are
+    /// released). The metrics listener serves until the end. Returns the start-up error if start-up
+    /// failed for good.
+    pub async fn until(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let mut background = self.background;
+        let failed = tokio::select! {
+            () = signal => None,
+            r = &mut background => Some(r),
+        };
         let timeout = self.shutdown_timeout;
-        let api_task = tokio::spawn(self.api);
-        let metrics_task = tokio::spawn(self.metrics);
-        wait_for_signal().await;
+        let deadline = tokio::time::Instant::now() + timeout;
         tracing::info!(
             timeout_secs = timeout.as_secs(),
             "shutting down: readiness is now 503, draining requests"
         );
-        state.shutting_down.store(true, Ordering::SeqCst);
-        api.stop(true).await;
-        metrics.stop(true).await;
-        api_task.await.context("API server task")??;
-        metrics_task.await.context("metrics server task")??;
+        self.state.shutting_down.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        self.api.stop("API server").await?;
+        tracing::info!("requests drained");
+        if failed.is_none() {
+            match tokio::time::timeout_at(deadline, &mut background).await {
+                Ok(r) => r.context("embedding workers")??,
+                Err(_) => {
+                    background.abort();
+                    tracing::warn!(
+                        "the embedding worker's batch did not finish in time; its jobs are released"
+                    );
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, self.store.close()).await {
+            Ok(()) => tracing::info!("group commits flushed, database pool closed"),
+            Err(_) => tracing::warn!("writes still committing at the shutdown deadline"),
+        }
+        self.metrics.stop("metrics server").await?;
         tracing::info!("stopped");
-        Ok(())
+        match failed {
+            None => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Ok(Ok(()))) => bail!("the background tasks ended unexpectedly"),
+            Some(Err(e)) => Err(anyhow::Error::new(e).context("start-up task")),
+        }
     }
 
-    /// Runs the servers in the background (for tests); they stop when the runtime does.
+    /// Leaves the servers running in the background (for tests); they stop when the runtime does.
     pub fn spawn(self) -> (SocketAddr, AppState) {
-        tokio::spawn(self.api);
-        tokio::spawn(self.metrics);
+        // Dropping `stop` without sending does not stop the workers (see `stopped`).
         (self.http_addr, self.state)
     }
 }
 
-async fn wait_for_signal() {
+/// `datastorage serve`: starts, serves until SIGTERM/SIGINT, shuts down gracefully.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    start(config).await?.until_signal().await
+}
+
+/// Listens for SIGTERM and SIGINT from now on (the handlers are installed before this returns); the
+/// future resolves at the first of them.
+fn signal_listener() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Resolves when `stop` says so; never when its sender is gone without saying it.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
 /// The embedding worker: runs durable jobs while there are any, polls every `interval` when the queue
 /// is empty, backs off (up to 30 s) while the provider or the database fails. Safe on every replica:
-/// jobs are claimed with `FOR UPDATE SKIP LOCKED`.
-async fn embedding_worker(service: AuditService, batch: usize, interval: std::time::Duration) {
+/// jobs are claimed with `FOR UPDATE SKIP LOCKED`. On `stop` it finishes the batch it is running and
+/// returns.
+async fn embedding_worker(
+    service: AuditService,
+    batch: usize,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = interval;
     loop {
+        if *stop.borrow() {
+            return;
+        }
         match service.run_embedding_jobs(batch).await {
             Ok(n) if n > 0 => {
                 backoff = interval;
@@ -115,21 +221,113 @@ async fn embedding_worker(service: AuditService, batch: usize, interval: std::ti
             }
             Ok(_) => backoff = interval,
             Err(e) => {
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                backoff = (backoff * 2).min(Duration::from_secs(30));
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "embedding jobs failed; they stay queued");
             }
         }
-        if let Ok(pending) = service.pending_jobs().await {
-            metrics::gauge!("datastorage_embedding_pending").set(pending as f64);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stopped(&mut stop) => return,
         }
-        tokio::time::sleep(backoff).await;
     }
+}
+
+/// What start-up needs from the configuration, for the background task.
+struct StartupPlan {
+    database_url: String,
+    migrate: bool,
+    dimension: usize,
+    retry_max: Duration,
+    workers: usize,
+    worker_batch: usize,
+    worker_interval: Duration,
+}
+
+/// Waits for the database (with exponential backoff, reported by readiness), migrates when
+/// configured, checks the vector column, then runs the embedding workers until `stop`.
+async fn background(
+    plan: StartupPlan,
+    store: PgStore,
+    service: AuditService,
+    startup: Arc<Startup>,
+    outcome: watch::Sender<Outcome>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let ready = tokio::select! {
+        r = wait_for_database(&plan, &store, &startup) => r,
+        () = stopped(&mut stop) => return Ok(()),
+    };
+    if let Err(e) = ready {
+        let _ = outcome.send(Outcome::Failed(format!("{e:#}")));
+        return Err(e);
+    }
+    startup.set_started();
+    let _ = outcome.send(Outcome::Started);
+    tracing::info!("started: the database is ready");
+    if plan.worker_interval.is_zero() || plan.workers == 0 {
+        stopped(&mut stop).await;
+        return Ok(());
+    }
+    let workers: Vec<_> = (0..plan.workers)
+        .map(|_| {
+            tokio::spawn(embedding_worker(
+                service.clone(),
+                plan.worker_batch.max(1),
+                plan.worker_interval,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    for w in workers {
+        w.await.context("an embedding worker panicked")?;
+    }
+    Ok(())
+}
+
+async fn wait_for_database(
+    plan: &StartupPlan,
+    store: &PgStore,
+    startup: &Startup,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(100).min(plan.retry_max);
+    for attempt in 1u64.. {
+        let waiting_for = if plan.migrate
+            && let Err(e) = migrate(&plan.database_url).await
+        {
+            tracing::warn!(attempt, error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "waiting for the database: migrating failed");
+            format!("waiting for the database (attempt {attempt}): migrations could not be applied")
+        } else {
+            match store.health().await {
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "waiting for the database");
+                    format!("waiting for the database (attempt {attempt}): unreachable")
+                }
+                Ok(h) if h.migrations_pending > 0 => {
+                    tracing::warn!(attempt, pending = h.migrations_pending, "waiting for migrations: run `datastorage migrate` or set DATASTORAGE_MIGRATE_ON_START=true");
+                    format!(
+                        "waiting for {} migration(s): run `datastorage migrate` or set DATASTORAGE_MIGRATE_ON_START=true",
+                        h.migrations_pending
+                    )
+                }
+                Ok(h) if h.embedding_dimension != plan.dimension => bail!(
+                    "embedding dimension mismatch: the database column embeddings.embedding has {} dimensions, the provider and DATASTORAGE_EMBEDDING_DIMENSION have {}",
+                    h.embedding_dimension,
+                    plan.dimension
+                ),
+                Ok(_) => return Ok(()),
+            }
+        };
+        startup.set_waiting_for(waiting_for);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(plan.retry_max);
+    }
+    bail!("start-up gave up")
 }
 
 /// The configured provider, checked: the local model loaded, or the remote one asked once for its
 /// dimension (a provider that cannot be reached now does not stop start-up: policy `defer` keeps writes
 /// working, and every answer is checked later).
-async fn build_provider(config: &Config, column: usize) -> anyhow::Result<Arc<dyn Embedder>> {
+async fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
     match &config.embedding_provider {
         Provider::Local => {
             let dir = config.model_dir.clone();
@@ -151,8 +349,8 @@ async fn build_provider(config: &Config, column: usize) -> anyhow::Result<Arc<dy
             let embedder = OpenAiEmbedder::new(settings.as_ref().clone())
                 .context("configuring the `openai` embedding provider")?;
             match embedder.probe_dimension().await {
-                Ok(d) if d != column || d != config.embedding_dimension => bail!(
-                    "embedding dimension mismatch: the provider `{}` at {} gives {d} dimensions, the database column embeddings.embedding has {column} (DATASTORAGE_EMBEDDING_DIMENSION={}); set DATASTORAGE_EMBEDDING_OPENAI_DIMENSIONS if the model can shorten its vectors",
+                Ok(d) if d != config.embedding_dimension => bail!(
+                    "embedding dimension mismatch: the provider `{}` at {} gives {d} dimensions, DATASTORAGE_EMBEDDING_DIMENSION (and the database column) has {}; set DATASTORAGE_EMBEDDING_OPENAI_DIMENSIONS if the model can shorten its vectors",
                     embedder.model_id(),
                     settings.base_url,
                     config.embedding_dimension
@@ -178,10 +376,6 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
 
 /// Builds everything and binds the listeners; nothing is served until the returned servers are polled.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    if config.migrate_on_start {
-        let applied = migrate(&config.database_url).await?;
-        tracing::info!(applied = ?applied, "migrations applied");
-    }
     let store = PgStore::new(
         &config.database_url,
         &PoolSettings {
@@ -194,23 +388,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
     )
     .context("creating the database pool")?;
-    let health = store.health().await.context("checking the database")?;
-    if health.migrations_pending > 0 {
-        bail!(
-            "the database lacks {} migration(s): run `datastorage migrate` or set DATASTORAGE_MIGRATE_ON_START=true",
-            health.migrations_pending
-        );
-    }
 
-    let provider = build_provider(&config, health.embedding_dimension).await?;
-    if provider.dimension() != config.embedding_dimension
-        || health.embedding_dimension != config.embedding_dimension
-    {
+    let provider = build_provider(&config).await?;
+    if provider.dimension() != config.embedding_dimension {
         bail!(
-            "embedding dimension mismatch: the provider `{}` gives {} dimensions, the database column embeddings.embedding has {}, DATASTORAGE_EMBEDDING_DIMENSION is {}",
+            "embedding dimension mismatch: the provider `{}` gives {} dimensions, DATASTORAGE_EMBEDDING_DIMENSION is {}",
             provider.model_id(),
             provider.dimension(),
-            health.embedding_dimension,
             config.embedding_dimension
         );
     }
@@ -221,6 +405,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "embedding provider ready"
     );
 
+    let pg = store.clone();
     let store: Arc<dyn AuditStore> = Arc::new(store);
     let batching = &config.embedding_batching;
     let batched: Arc<dyn Embedder> = Arc::new(BatchingEmbedder::new(
@@ -243,17 +428,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.embedding_mode,
         config.embedding_failure_policy,
     );
-    if !config.embedding_worker_interval.is_zero() {
-        for _ in 0..config.embedding_workers {
-            tokio::spawn(embedding_worker(
-                service.clone(),
-                config.embedding_worker_batch.max(1),
-                config.embedding_worker_interval,
-            ));
-        }
-    }
+    let service_for_metrics = service.clone();
+    let startup = Arc::new(Startup::pending("waiting for the database"));
     let mut state =
-        AppState::with_admission(service, config.limits.clone(), config.admission.clone());
+        AppState::with_admission(service.clone(), config.limits.clone(), config.admission.clone())
+            .with_startup(startup.clone());
     let mut protect_metrics = false;
     if let AuthMode::Kubernetes(k) = &config.auth_mode {
         let authorization = match &k.allow_list {
@@ -313,8 +492,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
     let metrics_state = state.clone();
+    let gauges = (pg.clone(), service_for_metrics);
     let metrics = actix_web::HttpServer::new(move || {
         let handle = handle.clone();
+        let gauges = gauges.clone();
         // Without protection the metrics app has no state, so the auth middleware lets every scrape in.
         let mut app = actix_web::App::new();
         if protect_metrics {
@@ -327,11 +508,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .route(
                 "/metrics",
                 actix_web::web::get().to(move || {
-                    let body = handle.render();
+                    let handle = handle.clone();
+                    let (store, service) = gauges.clone();
                     async move {
+                        telemetry::refresh_gauges(&store, &service).await;
                         actix_web::HttpResponse::Ok()
                             .content_type("text/plain; version=0.0.4")
-                            .body(body)
+                            .body(handle.render())
                     }
                 }),
             )
@@ -352,12 +535,35 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("the metrics listener has no address")?;
     tracing::info!(%http_addr, %metrics_addr, "listening");
 
+    let (stop, stop_rx) = watch::channel(false);
+    let (outcome_tx, outcome) = watch::channel(Outcome::Pending);
+    let plan = StartupPlan {
+        database_url: config.database_url.clone(),
+        migrate: config.migrate_on_start,
+        dimension: config.embedding_dimension,
+        retry_max: config.db_connect_retry_max,
+        workers: config.embedding_workers,
+        worker_batch: config.embedding_worker_batch,
+        worker_interval: config.embedding_worker_interval,
+    };
+    let background = tokio::spawn(background(
+        plan,
+        pg.clone(),
+        service,
+        startup,
+        outcome_tx,
+        stop_rx,
+    ));
     Ok(Running {
         http_addr,
         metrics_addr,
         state,
-        api: api.run(),
-        metrics: metrics.run(),
+        api: ServerTask::spawn(api.run()),
+        metrics: ServerTask::spawn(metrics.run()),
         shutdown_timeout: config.shutdown_timeout,
+        store: pg,
+        stop,
+        background,
+        outcome,
     })
 }

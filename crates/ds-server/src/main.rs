@@ -1,57 +1,143 @@
 //! `datastorage`: the audit-trail store of the Kubernaut platform.
 
 use clap::{Parser, Subcommand};
-use ds_server::config::Config;
+use ds_server::config::{Config, LogFormat, keys};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
     name = "datastorage",
     version,
-    about = "The audit-trail store of the Kubernaut platform"
+    about = "The audit-trail store of the Kubernaut platform",
+    long_about = "The audit-trail store of the Kubernaut platform: validates, sanitizes, embeds and stores \
+the audit records of Kubernaut's components in PostgreSQL + pgvector.\n\n\
+Configuration: a TOML file (--config) overlaid by DATASTORAGE_* environment variables; \
+`datastorage config keys` lists every key (docs/configuration.md)."
 )]
 struct Cli {
+    /// The configuration file (TOML); environment variables override its values.
+    #[arg(long, short = 'c', global = true, env = "DATASTORAGE_CONFIG_FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API (8080) and metrics (9090); the default.
+    /// Serve the API and probes (8080) and the metrics (9090) until SIGTERM; the default.
     Serve,
-    /// Apply pending database migrations, then exit.
+    /// Apply pending database migrations (under an advisory lock), then exit.
     Migrate,
+    /// Work with the configuration without starting the service.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("DATASTORAGE_LOG_FORMAT")
-        .map(|f| f != "text")
-        .unwrap_or(true);
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file and environment) and print the effective values; exit 2 with
+    /// the key and the reason when it is invalid.
+    Check,
+    /// List every key: file key, environment variable, default, meaning.
+    Keys {
+        /// As the Markdown table of docs/configuration.md.
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::new(&config.log_level);
+    let json = match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
     if json {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 }
 
+/// The effective configuration, one `file key = value` line per key that has a value; secrets are
+/// replaced by `<set>`.
+fn effective(config_file: Option<&std::path::Path>) -> Result<String, ds_server::config::ConfigError> {
+    let file = match config_file {
+        Some(path) => ds_server::config::FileValues::read(path)?,
+        None => ds_server::config::FileValues::default(),
+    };
+    let mut out = String::new();
+    for k in keys::KEYS {
+        let value = std::env::var(k.env)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| (v, "environment"))
+            .or_else(|| file.values.get(k.env).map(|v| (v.clone(), "file")));
+        if let Some((v, from)) = value {
+            let shown = if k.secret { "<set>".to_owned() } else { v };
+            out.push_str(&format!("{} = {shown:?}  # {}, from the {from}\n", k.file, k.env));
+        }
+    }
+    Ok(out)
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Config(ConfigCommand::Keys { markdown }) = command {
+        if markdown {
+            print!("{}", keys::markdown());
+        } else {
+            for k in keys::KEYS {
+                println!("{:<42} {:<45} {}", k.file, k.env, k.meaning);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("datastorage: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Config(ConfigCommand::Check) = command {
+        return match effective(cli.config.as_deref()) {
+            Ok(values) => {
+                print!("{values}");
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("datastorage: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    init_tracing(&config);
     // Before any HTTP client exists: the process's one TLS stack (rustls + ring).
     ds_embed_openai::install_tls_provider();
-    let config = Config::from_env()?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => {
-            let applied = ds_server::migrate(&config.database_url).await?;
-            tracing::info!(applied = ?applied, "migrations applied");
+    let result = match command {
+        Command::Migrate => ds_server::migrate(&config.database_url)
+            .await
+            .map(|applied| tracing::info!(applied = ?applied, "migrations applied")),
+        _ => ds_server::serve(config).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "datastorage stopped on an error");
+            ExitCode::FAILURE
         }
-        Command::Serve => ds_server::start(config).await?.until_signal().await?,
     }
-    Ok(())
 }

@@ -62,6 +62,8 @@ pub struct PgStore {
     group_commit: GroupCommit,
     /// The group-commit queue, started on first write.
     writer: Arc<OnceLock<mpsc::Sender<Queued>>>,
+    /// Writes queued or committing (what [`PgStore::close`] waits for).
+    pending: Arc<group::Pending>,
     /// The runtime the store was built on. The group commits run there, not on the runtime of
     /// whichever caller writes first: actix gives each HTTP worker its own single-threaded runtime,
     /// and all database I/O would otherwise share one worker's thread.
@@ -108,6 +110,7 @@ impl PgStore {
             pool,
             group_commit: settings.group_commit.clone(),
             writer: Arc::new(OnceLock::new()),
+            pending: Arc::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
@@ -122,7 +125,14 @@ impl PgStore {
             .into_iter()
             .map(|request| {
                 let (reply, answer) = oneshot::channel();
-                (Queued { request, reply }, answer)
+                (
+                    Queued {
+                        request,
+                        reply,
+                        pending: None,
+                    },
+                    answer,
+                )
             })
             .unzip();
         group::commit(&self.pool, queued).await;
@@ -133,10 +143,18 @@ impl PgStore {
         results
     }
 
-    /// Pool occupancy: (connections open, of which idle).
-    pub fn pool_status(&self) -> (usize, usize) {
+    /// Shutdown: waits until every write that was handed to group commit has committed (or was
+    /// dropped because its caller left), then closes the pool: idle connections are closed at once,
+    /// connections in use when they are returned. Bound it with a timeout.
+    pub async fn close(&self) {
+        self.pending.idle().await;
+        self.pool.close();
+    }
+
+    /// Pool occupancy: (connections open, of which idle, most allowed).
+    pub fn pool_status(&self) -> (usize, usize, usize) {
         let s = self.pool.status();
-        (s.size, s.available)
+        (s.size, s.available, s.max_size)
     }
 
     async fn conn(&self) -> Result<Object<AsyncPgConnection>, PgStoreError> {
@@ -226,10 +244,18 @@ impl AuditStore for PgStore {
         });
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Queued { request, reply })
+            .send(Queued {
+                request,
+                reply,
+                pending: Some(self.pending.enter()),
+            })
             .await
             .map_err(|_| PgStoreError::Pool("the write queue is closed".into()))?;
-        receive(answer).await
+        let result = receive(answer).await;
+        if result.is_err() {
+            metrics::counter!("datastorage_database_write_errors_total").increment(1);
+        }
+        result
     }
 
     async fn existing_embeddings(

@@ -1,0 +1,344 @@
+//! Metrics: the catalogue of every metric the service emits, the Prometheus recorder (histogram
+//! buckets per metric, help texts), and the gauges refreshed at each scrape.
+//!
+//! The catalogue is the one list docs/operations.md, the alert rules and the dashboard are checked
+//! against: a test scrapes `/metrics` after real traffic and finds every entry with its type and
+//! labels, and every metric that deploy/monitoring references in the catalogue.
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// When a metric appears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emitted {
+    /// From start-up (pre-registered at zero) or with the first request of its kind.
+    Always,
+    /// Only with `embedding.provider = "openai"`.
+    OpenAi,
+    /// Only with `auth.mode = "kubernetes"`.
+    Kubernetes,
+}
+
+/// One metric.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Type,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+    pub emitted: Emitted,
+    /// Histogram bucket upper bounds.
+    pub buckets: &'static [f64],
+}
+
+/// Request, statement and model latencies seen here: single writes 1–90 ms, searches 5–80 ms, model
+/// calls 20 ms–1 s; the tail goes to the 30 s request timeout.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Records per batch / group: 1 to 1000.
+pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+const fn metric(
+    name: &'static str,
+    kind: Type,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Metric {
+    Metric {
+        name,
+        kind,
+        labels,
+        help,
+        emitted: Emitted::Always,
+        buckets: match kind {
+            Type::Histogram => LATENCY_BUCKETS,
+            _ => &[],
+        },
+    }
+}
+
+const fn sizes(m: Metric) -> Metric {
+    Metric {
+        buckets: SIZE_BUCKETS,
+        ..m
+    }
+}
+
+const fn only(emitted: Emitted, m: Metric) -> Metric {
+    Metric { emitted, ..m }
+}
+
+use Type::{Counter, Gauge, Histogram};
+
+/// Every metric of the service.
+pub const CATALOGUE: &[Metric] = &[
+    metric(
+        "datastorage_build_info",
+        Gauge,
+        &["version"],
+        "Always 1; the version of the running binary.",
+    ),
+    // HTTP
+    metric(
+        "datastorage_http_requests_total",
+        Counter,
+        &["method", "route", "status"],
+        "HTTP requests answered, by route pattern (`unmatched` for unknown paths) and status.",
+    ),
+    metric(
+        "datastorage_http_request_duration_seconds",
+        Histogram,
+        &["route"],
+        "Time from receiving a request to its response, by route pattern.",
+    ),
+    // audit writes
+    metric(
+        "datastorage_audit_writes_total",
+        Counter,
+        &["kind", "status"],
+        "Records written, by kind and outcome (created, duplicate, replayed, error...).",
+    ),
+    metric(
+        "datastorage_audit_write_duration_seconds",
+        Histogram,
+        &["kind"],
+        "Time to validate, embed and store one write request, by kind (`batch` for batches).",
+    ),
+    sizes(metric(
+        "datastorage_write_batch_size",
+        Histogram,
+        &[],
+        "Records per batch request.",
+    )),
+    metric(
+        "datastorage_validation_failures_total",
+        Counter,
+        &["kind", "field"],
+        "Broken validation rules, by kind and field.",
+    ),
+    metric(
+        "datastorage_unknown_fields_total",
+        Counter,
+        &["kind"],
+        "Records that carried fields the contract does not know (kept in unknownFields).",
+    ),
+    metric(
+        "datastorage_database_write_errors_total",
+        Counter,
+        &[],
+        "Write requests the database failed (unreachable, timed out, pool exhausted, query failed).",
+    ),
+    // admission and auth
+    metric(
+        "datastorage_rate_limit_exceeded_total",
+        Counter,
+        &[],
+        "Write requests refused with 429 because the caller exceeded its rate.",
+    ),
+    metric(
+        "datastorage_load_shed_total",
+        Counter,
+        &[],
+        "Requests refused with 503 at once because every database slot was taken.",
+    ),
+    metric(
+        "datastorage_auth_failures_total",
+        Counter,
+        &["reason"],
+        "Requests refused by authentication or authorization: missing, malformed, invalid_token, forbidden, unavailable.",
+    ),
+    only(
+        Emitted::Kubernetes,
+        metric(
+            "datastorage_auth_reviews_total",
+            Counter,
+            &["review"],
+            "TokenReviews and SubjectAccessReviews sent to the Kubernetes API.",
+        ),
+    ),
+    only(
+        Emitted::Kubernetes,
+        metric(
+            "datastorage_auth_cache_hits_total",
+            Counter,
+            &["decision"],
+            "Authentication decisions answered from the cache.",
+        ),
+    ),
+    only(
+        Emitted::Kubernetes,
+        metric(
+            "datastorage_auth_cache_misses_total",
+            Counter,
+            &["decision"],
+            "Authentication decisions that needed the Kubernetes API.",
+        ),
+    ),
+    // database
+    metric(
+        "datastorage_db_pool_connections",
+        Gauge,
+        &["state"],
+        "Database connections of this replica: `idle` or `in_use` (at scrape time).",
+    ),
+    metric(
+        "datastorage_db_pool_max_connections",
+        Gauge,
+        &[],
+        "The pool's size limit (DATASTORAGE_DB_POOL_SIZE).",
+    ),
+    sizes(metric(
+        "datastorage_db_group_commit_size",
+        Histogram,
+        &[],
+        "Write requests committed together in one group.",
+    )),
+    metric(
+        "datastorage_db_write_seconds",
+        Histogram,
+        &[],
+        "Time of one group's statement or transaction.",
+    ),
+    metric(
+        "datastorage_db_group_commit_fallbacks_total",
+        Counter,
+        &[],
+        "Groups that failed and were rerun write by write.",
+    ),
+    // embeddings
+    metric(
+        "datastorage_embedding_cache_hits_total",
+        Counter,
+        &[],
+        "Embedding texts found in the in-process cache.",
+    ),
+    metric(
+        "datastorage_embedding_cache_misses_total",
+        Counter,
+        &[],
+        "Embedding texts that needed the provider.",
+    ),
+    metric(
+        "datastorage_embedding_generation_duration_seconds",
+        Histogram,
+        &["provider"],
+        "Time of one provider call (one batch of texts).",
+    ),
+    sizes(metric(
+        "datastorage_embedding_batch_size",
+        Histogram,
+        &[],
+        "Texts per provider call.",
+    )),
+    metric(
+        "datastorage_embedding_pending",
+        Gauge,
+        &[],
+        "Embedding jobs waiting (records stored without their vector yet), at scrape time.",
+    ),
+    only(
+        Emitted::OpenAi,
+        metric(
+            "datastorage_embedding_provider_errors_total",
+            Counter,
+            &["provider", "kind"],
+            "Failed provider attempts: rate_limited, server_error, timeout, connect, client_error, malformed, invalid_output, circuit_open.",
+        ),
+    ),
+    only(
+        Emitted::OpenAi,
+        metric(
+            "datastorage_embedding_provider_retries_total",
+            Counter,
+            &["provider"],
+            "Provider attempts retried.",
+        ),
+    ),
+    only(
+        Emitted::OpenAi,
+        metric(
+            "datastorage_embedding_circuit_open",
+            Gauge,
+            &["provider"],
+            "1 while the provider's circuit is open (calls fail fast), else 0.",
+        ),
+    ),
+];
+
+/// The auth failure reasons, registered at zero so that rate() and alerts see them from the start.
+const AUTH_FAILURE_REASONS: &[&str] = &[
+    "missing",
+    "malformed",
+    "invalid_token",
+    "forbidden",
+    "unavailable",
+];
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process): buckets and
+/// help texts from [`CATALOGUE`], and the series that must exist before their first event at zero.
+pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let mut builder = PrometheusBuilder::new();
+    for m in CATALOGUE.iter().filter(|m| m.kind == Type::Histogram) {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(m.name.to_owned()), m.buckets)
+            .with_context(|| format!("histogram buckets of {}", m.name))?;
+    }
+    let handle = builder
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    for m in CATALOGUE {
+        match m.kind {
+            Type::Counter => metrics::describe_counter!(m.name, m.help),
+            Type::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Type::Histogram => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+    metrics::gauge!("datastorage_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for name in [
+        "datastorage_database_write_errors_total",
+        "datastorage_rate_limit_exceeded_total",
+        "datastorage_load_shed_total",
+        "datastorage_db_group_commit_fallbacks_total",
+        "datastorage_embedding_cache_hits_total",
+        "datastorage_embedding_cache_misses_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in AUTH_FAILURE_REASONS {
+        metrics::counter!("datastorage_auth_failures_total", "reason" => *reason).increment(0);
+    }
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Sets the gauges that describe the present: pool occupancy and the embedding backlog.
+pub async fn refresh_gauges(store: &ds_store_pg::PgStore, service: &ds_domain::AuditService) {
+    let (open, idle, max) = store.pool_status();
+    metrics::gauge!("datastorage_db_pool_connections", "state" => "idle").set(idle as f64);
+    metrics::gauge!("datastorage_db_pool_connections", "state" => "in_use")
+        .set(open.saturating_sub(idle) as f64);
+    metrics::gauge!("datastorage_db_pool_max_connections").set(max as f64);
+    // Bounded: a scrape never waits long for a database that is slow or down.
+    if let Ok(Ok(pending)) = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        service.pending_jobs(),
+    )
+    .await
+    {
+        metrics::gauge!("datastorage_embedding_pending").set(pending as f64);
+    }
+}
