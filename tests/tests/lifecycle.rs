@@ -24,7 +24,11 @@ struct Name {
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
     let mut c = db.conn().await.unwrap();
-    diesel::sql_query(sql).get_result::<N>(&mut c).await.unwrap().n
+    diesel::sql_query(sql)
+        .get_result::<N>(&mut c)
+        .await
+        .unwrap()
+        .n
 }
 
 /// Polls `check` (every 10 ms, at most 20 s) until it holds.
@@ -88,14 +92,20 @@ async fn start_up_waits_for_a_database_that_is_not_up_yet_and_readiness_says_so(
     assert_eq!(status, 503, "{body}");
     let reason = body["reason"].as_str().unwrap();
     assert!(reason.contains("waiting for the database"), "{reason}");
-    assert!(!reason.contains(&db.url), "no connection string in readiness: {reason}");
+    assert!(
+        !reason.contains(&db.url),
+        "no connection string in readiness: {reason}"
+    );
     let (status, body) = write(&client, addr, 1).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
 
     // The database comes up (empty): the service migrates it and starts.
     db.create_now().await.unwrap();
-    assert!(outcome.await.unwrap(), "start-up completes once the database is up");
+    assert!(
+        outcome.await.unwrap(),
+        "start-up completes once the database is up"
+    );
     let (status, body) = readyz(&client, addr).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = write(&client, addr, 2).await;
@@ -171,11 +181,7 @@ async fn replicas_starting_together_migrate_once() {
     }
     let versions = ds_store_pg::known_migrations().len() as i64;
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) AS n FROM __diesel_schema_migrations"
-        )
-        .await,
+        count(&db, "SELECT count(*) AS n FROM __diesel_schema_migrations").await,
         versions
     );
 }
@@ -322,13 +328,19 @@ async fn sigterm_under_load_answers_every_request_it_took_and_loses_no_acknowled
         .collect();
     drop(conn);
     let name = |n: u32| format!("rr-payments-{n}");
-    assert!(stored.contains(&name(999_999)), "the held request's record is stored");
+    assert!(
+        stored.contains(&name(999_999)),
+        "the held request's record is stored"
+    );
     let mut acknowledged = 0;
     for (n, outcome) in &outcomes {
         match outcome {
             Outcome::Answered(201) => {
                 acknowledged += 1;
-                assert!(stored.contains(&name(*n)), "acknowledged record {n} is lost");
+                assert!(
+                    stored.contains(&name(*n)),
+                    "acknowledged record {n} is lost"
+                );
             }
             Outcome::Answered(s) => assert_eq!(*s, 503, "request {n}: unexpected status {s}"),
             Outcome::Refused => {}

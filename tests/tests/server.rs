@@ -39,7 +39,10 @@ async fn start_up_refuses_a_vector_column_of_another_dimension_naming_both() {
         .expect("must refuse to start");
     // The process then stops with that error.
     let stopped = running.until(std::future::pending()).await.unwrap_err();
-    assert!(format!("{stopped:#}").contains("dimension mismatch"), "{stopped:#}");
+    assert!(
+        format!("{stopped:#}").contains("dimension mismatch"),
+        "{stopped:#}"
+    );
     let msg = format!("{err:#}");
     assert!(
         msg.contains("dimension mismatch") && msg.contains("384") && msg.contains("768"),

@@ -76,13 +76,15 @@ async fn check(req: &ServiceRequest, access: Access) -> Result<(), ApiError> {
             count_failure("invalid_token");
             ApiError::Unauthorized("the bearer token is not valid for this service")
         }
-        AuthError::Unavailable(_) => {
+        AuthError::Unavailable(e) => {
             count_failure("unavailable");
+            tracing::warn!(error = %e, "authentication unavailable: the Kubernetes API could not review the token");
             ApiError::AuthUnavailable
         }
     })?;
-    let allowed = auth.authorize(&who, access).await.map_err(|_| {
+    let allowed = auth.authorize(&who, access).await.map_err(|e| {
         count_failure("unavailable");
+        tracing::warn!(error = %e, caller = %who.username, "authorization unavailable: the Kubernetes API could not answer the access review");
         ApiError::AuthUnavailable
     })?;
     if !allowed {

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub enum LogFormat {
     Json,
     Text,
-    /// Text when stderr is a terminal, JSON otherwise.
+    /// Text when stdout is a terminal, JSON otherwise.
     Auto,
 }
 
@@ -877,15 +877,27 @@ mod tests {
         assert_eq!(c.http_workers, 3);
         assert_eq!(c.database_url, "postgres://f@127.0.0.1/db");
 
-        let bad = FileValues::parse("[database]\nurl = \"postgres://x/db\"\npool_size = \"lots\"\n", "/etc/ds.toml").unwrap();
+        let bad = FileValues::parse(
+            "[database]\nurl = \"postgres://x/db\"\npool_size = \"lots\"\n",
+            "/etc/ds.toml",
+        )
+        .unwrap();
         let e = Config::from_sources(&|_| None, &bad).unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_DB_POOL_SIZE");
-        assert!(e.to_string().contains("from `database.pool_size` in /etc/ds.toml"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("from `database.pool_size` in /etc/ds.toml"),
+            "{e}"
+        );
         let env: HashMap<&str, &str> = HashMap::from([("DATASTORAGE_HTTP_WORKERS", "0")]);
         let e = Config::from_sources(&|k| env.get(k).map(|v| v.to_string()), &file).unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_HTTP_WORKERS");
         assert!(e.to_string().contains("from the environment"), "{e}");
-        let e = load(&[("DATABASE_URL", "postgres://x/db"), ("DATASTORAGE_LOG_LEVEL", "info,=[")]).unwrap_err();
+        let e = load(&[
+            ("DATABASE_URL", "postgres://x/db"),
+            ("DATASTORAGE_LOG_LEVEL", "info,=["),
+        ])
+        .unwrap_err();
         assert_eq!(e.key, "DATASTORAGE_LOG_LEVEL");
     }
 }

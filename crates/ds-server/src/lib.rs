@@ -16,11 +16,11 @@ use ds_embed_cache::{BatchSettings, BatchingEmbedder, CachedEmbedder};
 use ds_embed_local::LocalEmbedder;
 use ds_embed_openai::OpenAiEmbedder;
 use ds_http::AppState;
+use ds_http::Startup;
 use ds_store_pg::{PgStore, PoolSettings};
 use std::net::SocketAddr;
-use ds_http::Startup;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -294,7 +294,12 @@ async fn wait_for_database(
         let waiting_for = if plan.migrate
             && let Err(e) = migrate(&plan.database_url).await
         {
-            tracing::warn!(attempt, error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "waiting for the database: migrating failed");
+            tracing::warn!(
+                attempt,
+                error = format!("{e:#}"),
+                retry_in_ms = delay.as_millis() as u64,
+                "waiting for the database: migrating failed"
+            );
             format!("waiting for the database (attempt {attempt}): migrations could not be applied")
         } else {
             match store.health().await {
@@ -303,7 +308,11 @@ async fn wait_for_database(
                     format!("waiting for the database (attempt {attempt}): unreachable")
                 }
                 Ok(h) if h.migrations_pending > 0 => {
-                    tracing::warn!(attempt, pending = h.migrations_pending, "waiting for migrations: run `datastorage migrate` or set DATASTORAGE_MIGRATE_ON_START=true");
+                    tracing::warn!(
+                        attempt,
+                        pending = h.migrations_pending,
+                        "waiting for migrations: run `datastorage migrate` or set DATASTORAGE_MIGRATE_ON_START=true"
+                    );
                     format!(
                         "waiting for {} migration(s): run `datastorage migrate` or set DATASTORAGE_MIGRATE_ON_START=true",
                         h.migrations_pending
@@ -430,9 +439,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let service_for_metrics = service.clone();
     let startup = Arc::new(Startup::pending("waiting for the database"));
-    let mut state =
-        AppState::with_admission(service.clone(), config.limits.clone(), config.admission.clone())
-            .with_startup(startup.clone());
+    let mut state = AppState::with_admission(
+        service.clone(),
+        config.limits.clone(),
+        config.admission.clone(),
+    )
+    .with_startup(startup.clone());
     let mut protect_metrics = false;
     if let AuthMode::Kubernetes(k) = &config.auth_mode {
         let authorization = match &k.allow_list {

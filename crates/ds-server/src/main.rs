@@ -54,7 +54,7 @@ fn init_tracing(config: &Config) {
     let json = match config.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
     if json {
         tracing_subscriber::fmt()
@@ -70,7 +70,9 @@ fn init_tracing(config: &Config) {
 
 /// The effective configuration, one `file key = value` line per key that has a value; secrets are
 /// replaced by `<set>`.
-fn effective(config_file: Option<&std::path::Path>) -> Result<String, ds_server::config::ConfigError> {
+fn effective(
+    config_file: Option<&std::path::Path>,
+) -> Result<String, ds_server::config::ConfigError> {
     let file = match config_file {
         Some(path) => ds_server::config::FileValues::read(path)?,
         None => ds_server::config::FileValues::default(),
@@ -84,7 +86,10 @@ fn effective(config_file: Option<&std::path::Path>) -> Result<String, ds_server:
             .or_else(|| file.values.get(k.env).map(|v| (v.clone(), "file")));
         if let Some((v, from)) = value {
             let shown = if k.secret { "<set>".to_owned() } else { v };
-            out.push_str(&format!("{} = {shown:?}  # {}, from the {from}\n", k.file, k.env));
+            out.push_str(&format!(
+                "{} = {shown:?}  # {}, from the {from}\n",
+                k.file, k.env
+            ));
         }
     }
     Ok(out)

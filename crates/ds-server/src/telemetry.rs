@@ -333,11 +333,8 @@ pub async fn refresh_gauges(store: &ds_store_pg::PgStore, service: &ds_domain::A
         .set(open.saturating_sub(idle) as f64);
     metrics::gauge!("datastorage_db_pool_max_connections").set(max as f64);
     // Bounded: a scrape never waits long for a database that is slow or down.
-    if let Ok(Ok(pending)) = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        service.pending_jobs(),
-    )
-    .await
+    if let Ok(Ok(pending)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), service.pending_jobs()).await
     {
         metrics::gauge!("datastorage_embedding_pending").set(pending as f64);
     }

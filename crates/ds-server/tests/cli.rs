@@ -37,12 +37,21 @@ fn help_documents_the_subcommands() {
     let out = datastorage(&["--help"], &[]);
     assert!(out.status.success());
     let (stdout, _) = text(&out);
-    for sub in ["serve", "migrate", "config", "--config", "DATASTORAGE_CONFIG_FILE"] {
+    for sub in [
+        "serve",
+        "migrate",
+        "config",
+        "--config",
+        "DATASTORAGE_CONFIG_FILE",
+    ] {
         assert!(stdout.contains(sub), "--help lacks {sub}: {stdout}");
     }
     let out = datastorage(&["config", "--help"], &[]);
     let (stdout, _) = text(&out);
-    assert!(stdout.contains("check") && stdout.contains("keys"), "{stdout}");
+    assert!(
+        stdout.contains("check") && stdout.contains("keys"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -81,12 +90,18 @@ fn config_check_rejects_a_bad_file_naming_the_key_and_starts_nothing() {
     let out = datastorage(&["config", "check", "-c", file.to_str().unwrap()], &[]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("did you mean `database.pool_size`"), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `database.pool_size`"),
+        "{stderr}"
+    );
 
     let out = datastorage(&["config", "check", "-c", "/nonexistent/ds.toml"], &[]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("cannot read /nonexistent/ds.toml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read /nonexistent/ds.toml"),
+        "{stderr}"
+    );
 
     // No file, no database URL: the required key is named.
     let out = datastorage(&["config", "check"], &[]);
@@ -104,5 +119,8 @@ fn config_keys_lists_every_key() {
     let out = datastorage(&["config", "keys", "--markdown"], &[]);
     let (stdout, _) = text(&out);
     let doc = include_str!("../../../docs/configuration.md");
-    assert!(doc.contains(&stdout), "docs/configuration.md differs from `config keys --markdown`");
+    assert!(
+        doc.contains(&stdout),
+        "docs/configuration.md differs from `config keys --markdown`"
+    );
 }

@@ -132,10 +132,7 @@ mod tests {
         assert_eq!(f.values["DATASTORAGE_DB_POOL_SIZE"], "32");
         assert_eq!(f.values["DATASTORAGE_MIGRATE_ON_START"], "false");
         assert_eq!(f.values["DATASTORAGE_TRUSTED_PROXIES"], "10.0.0.1,10.0.0.2");
-        assert_eq!(
-            f.values["DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND"],
-            "12.5"
-        );
+        assert_eq!(f.values["DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND"], "12.5");
         assert_eq!(f.values["DATASTORAGE_EMBEDDING_OPENAI_MODEL"], "m");
     }
 
@@ -143,7 +140,10 @@ mod tests {
     fn unknown_keys_and_bad_values_are_named() {
         let e = FileValues::parse("[database]\npool_sise = 3\n", "c.toml").unwrap_err();
         assert!(e.reason.contains("unknown key `database.pool_sise`"), "{e}");
-        assert!(e.reason.contains("did you mean `database.pool_size`"), "{e}");
+        assert!(
+            e.reason.contains("did you mean `database.pool_size`"),
+            "{e}"
+        );
         let e = FileValues::parse("[server]\nhttp_adr = \"x\"\n", "c.toml").unwrap_err();
         assert!(e.reason.contains("server.http_addr"), "{e}");
         let e = FileValues::parse("[database]\npool_size = { a = 1 }\n", "c.toml");

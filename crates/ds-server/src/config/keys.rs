@@ -28,7 +28,12 @@ pub struct Key {
     pub secret: bool,
 }
 
-const fn key(env: &'static str, file: &'static str, default: Default, meaning: &'static str) -> Key {
+const fn key(
+    env: &'static str,
+    file: &'static str,
+    default: Default,
+    meaning: &'static str,
+) -> Key {
     Key {
         env,
         file,
@@ -86,7 +91,7 @@ pub const KEYS: &[Key] = &[
         "DATASTORAGE_LOG_FORMAT",
         "log.format",
         Value("auto"),
-        "`json` (one JSON object per line), `text` (for people) or `auto` (text when stderr is a terminal, JSON otherwise).",
+        "`json` (one JSON object per line), `text` (for people) or `auto` (text when stdout is a terminal, JSON otherwise).",
     ),
     key(
         "DATASTORAGE_LOG_LEVEL",
@@ -448,7 +453,9 @@ pub fn by_file(path: &str) -> Option<&'static Key> {
 
 /// The reference table of docs/configuration.md.
 pub fn markdown() -> String {
-    let mut out = String::from("| file key | environment variable | default | meaning |\n|---|---|---|---|\n");
+    let mut out = String::from(
+        "| file key | environment variable | default | meaning |\n|---|---|---|---|\n",
+    );
     for k in KEYS {
         let default = match k.default {
             Required => "required".to_owned(),
