@@ -27,6 +27,33 @@ use std::time::Duration;
 /// The API group and resource that SubjectAccessReviews ask about (RBAC rules name them).
 pub const API_GROUP: &str = "audit.kubernaut.ai";
 pub const RESOURCE: &str = "auditrecords";
+/// The non-resource URL a scrape is authorized for, with verb [`METRICS_VERB`].
+pub const METRICS_PATH: &str = "/metrics";
+pub const METRICS_VERB: &str = "get";
+
+/// Everything this crate asks of the Kubernetes API, as RBAC sees it: (API group, resource, verb).
+/// The service's ClusterRole in deploy/rbac grants exactly these (a test compares them).
+pub const API_CALLS: &[(&str, &str, &str)] = &[
+    (
+        <TokenReview as k8s_openapi::Resource>::GROUP,
+        <TokenReview as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+        "create",
+    ),
+    (
+        <SubjectAccessReview as k8s_openapi::Resource>::GROUP,
+        <SubjectAccessReview as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+        "create",
+    ),
+];
+
+/// The verb a SubjectAccessReview asks about `auditrecords` for a write or a read.
+pub fn resource_verb(access: Access) -> Option<&'static str> {
+    match access {
+        Access::Write => Some("create"),
+        Access::Read => Some("get"),
+        Access::Metrics => None,
+    }
+}
 
 /// How access is decided once the caller is known.
 #[derive(Debug, Clone)]
@@ -214,26 +241,19 @@ impl Authenticator for KubeAuthenticator {
                     groups: Some(who.groups.clone()),
                     ..Default::default()
                 };
-                match access {
-                    Access::Write | Access::Read => {
+                match resource_verb(access) {
+                    Some(verb) => {
                         spec.resource_attributes = Some(ResourceAttributes {
                             group: Some(API_GROUP.into()),
                             resource: Some(RESOURCE.into()),
-                            verb: Some(
-                                if access == Access::Write {
-                                    "create"
-                                } else {
-                                    "get"
-                                }
-                                .into(),
-                            ),
+                            verb: Some(verb.into()),
                             ..Default::default()
                         });
                     }
-                    Access::Metrics => {
+                    None => {
                         spec.non_resource_attributes = Some(NonResourceAttributes {
-                            path: Some("/metrics".into()),
-                            verb: Some("get".into()),
+                            path: Some(METRICS_PATH.into()),
+                            verb: Some(METRICS_VERB.into()),
                         });
                     }
                 }
