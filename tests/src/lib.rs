@@ -235,6 +235,34 @@ impl Drop for TestDb {
     }
 }
 
+/// A log sink for one test process (nextest runs each test in its own process): install it as the
+/// subscriber's writer, read what was logged with [`LogSink::text`].
+#[derive(Clone, Default)]
+pub struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogSink {
+    pub fn text(&self) -> String {
+        let bytes = match self.0.lock() {
+            Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut b) => b.extend_from_slice(buf),
+            Err(poisoned) => poisoned.into_inner().extend_from_slice(buf),
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The local model's directory.
 pub fn model_dir() -> PathBuf {
     std::env::var_os("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR")

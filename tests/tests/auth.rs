@@ -6,8 +6,6 @@
 use ds_tests::kube_server::{FakeKubeApi, TokenInfo};
 use ds_tests::{Reply, TestApp, fixtures, spawn_app_with};
 use serde_json::{Value, json};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 const WRITER: &str = "system:serviceaccount:kubernaut:gateway";
 const READER: &str = "system:serviceaccount:kubernaut:dashboard";
@@ -385,23 +383,9 @@ async fn rate_limits_and_idempotency_keys_belong_to_the_authenticated_caller() {
     assert_eq!(write(3, "second-writer-token").await.unwrap().status, 201);
 }
 
-/// A log sink for this test process (nextest runs each test in its own process).
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_reach_logs_errors_or_metrics() {
-    let sink = Sink::default();
+    let sink = ds_tests::LogSink::default();
     let writer = sink.clone();
     tracing_subscriber::fmt()
         .json()
@@ -438,7 +422,7 @@ async fn tokens_never_reach_logs_errors_or_metrics() {
     .await;
     assert_eq!(r.status, 503);
     bodies.push_str(&r.body.to_string());
-    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let logs = sink.text();
     assert!(
         logs.contains("\"caller\":\"system:serviceaccount:kubernaut:gateway\""),
         "request log names the caller"

@@ -1,11 +1,9 @@
 //! `datastorage`: the audit-trail store of the Kubernaut platform.
 
 use clap::{Parser, Subcommand};
-use ds_server::config::{Config, LogFormat, keys};
-use std::io::IsTerminal;
+use ds_server::config::{Config, keys};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -47,25 +45,6 @@ enum ConfigCommand {
         #[arg(long)]
         markdown: bool,
     },
-}
-
-fn init_tracing(config: &Config) {
-    let filter = EnvFilter::new(&config.log_level);
-    let json = match config.log_format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
-    };
-    if json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
 }
 
 /// The effective configuration, one `file key = value` line per key that has a value; secrets are
@@ -129,7 +108,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    init_tracing(&config);
+    ds_server::telemetry::init_logging(&config, std::io::stdout);
     // Before any HTTP client exists: the process's one TLS stack (rustls + ring).
     ds_embed_openai::install_tls_provider();
     let result = match command {

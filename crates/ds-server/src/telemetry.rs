@@ -1,3 +1,5 @@
+//! Logs: JSON lines (or text on a terminal), one span per request.
+//!
 //! Metrics: the catalogue of every metric the service emits, the Prometheus recorder (histogram
 //! buckets per metric, help texts), and the gauges refreshed at each scrape.
 //!
@@ -5,9 +7,41 @@
 //! against: a test scrapes `/metrics` after real traffic and finds every entry with its type and
 //! labels, and every metric that deploy/monitoring references in the catalogue.
 
+use crate::config::{Config, LogFormat};
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::io::IsTerminal;
 use std::sync::OnceLock;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Installs the process's log subscriber, writing to `writer` (stdout in the binary): JSON objects,
+/// one per line, each event with the fields of the request span it belongs to (`span.correlation_id`,
+/// `span.method`, `span.route`); or text for people when `log.format` says so (or `auto` on a
+/// terminal). The level filter is `log.level`.
+pub fn init_logging<W>(config: &Config, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::new(&config.log_level);
+    let json = match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
 
 /// A metric's Prometheus type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
