@@ -35,8 +35,7 @@ async fn start_up_refuses_a_vector_column_of_another_dimension_naming_both() {
     let err = running
         .wait_until_started()
         .await
-        .err()
-        .expect("must refuse to start");
+        .expect_err("must refuse to start");
     // The process then stops with that error.
     let stopped = running.until(std::future::pending()).await.unwrap_err();
     assert!(

@@ -844,10 +844,10 @@ mod tests {
             let implicit = load(&base).unwrap();
             let mut explicit = base.clone();
             for k in keys::KEYS {
-                if let keys::Default::Value(v) = k.default {
-                    if !base.iter().any(|(e, _)| *e == k.env) {
-                        explicit.push((k.env, v));
-                    }
+                if let keys::Default::Value(v) = k.default
+                    && !base.iter().any(|(e, _)| *e == k.env)
+                {
+                    explicit.push((k.env, v));
                 }
             }
             let explicit = load(&explicit).unwrap();

@@ -1,5 +1,8 @@
 //! `datastorage`: the audit-trail store of the Kubernaut platform.
 
+// A command line: `config check` and `config keys` print their answer on stdout (logs go through tracing).
+#![allow(clippy::print_stdout)]
+
 use clap::{Parser, Subcommand};
 use ds_server::config::{Config, keys};
 use std::path::PathBuf;
