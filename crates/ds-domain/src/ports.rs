@@ -157,6 +157,14 @@ pub enum EmbedError {
     InvalidOutput(String),
 }
 
+/// One record to re-embed: its id, and the digest and text of its embedding under the new model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repoint {
+    pub id: i64,
+    pub digest: Sha256Digest,
+    pub text: String,
+}
+
 /// Persistence of audit records and their embeddings.
 ///
 /// Error contract: [`StoreError::Unavailable`] when no connection could be had in time,
@@ -211,6 +219,22 @@ pub trait AuditStore: Send + Sync {
 
     /// How many embedding jobs wait.
     async fn pending_jobs(&self) -> Result<i64, StoreError>;
+
+    /// Records with `id > after_id`, ascending, at most `limit`, that have no vector of `model` and no
+    /// job for one (records of an earlier model, for re-embedding).
+    async fn records_without_model(
+        &self,
+        model: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Re-embedding: points each record at the vector of `model` for its text, in one transaction. A
+    /// vector already stored is linked at once; otherwise the record waits (`pending`) for a durable job
+    /// of `model`. Jobs of other models that no record waits for any more are deleted. Only the
+    /// embedding link changes; the record's content never does. Returns how many records moved.
+    async fn repoint_embeddings(&self, model: &str, items: &[Repoint])
+    -> Result<usize, StoreError>;
 
     /// Checks the database: reachable, migrations applied.
     async fn health(&self) -> Result<StoreHealth, StoreError>;

@@ -12,10 +12,11 @@ use crate::error::Violation;
 use crate::kind::Kind;
 use crate::ports::{
     AuditStore, EmbedError, Embedder, EmbeddingJob, IdempotencyClaim, JobError, NewEmbedding,
-    SearchHit, StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult,
+    Repoint, SearchHit, StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult,
 };
 use crate::record::ValidRecord;
 use crate::search::{SearchBy, SearchRequest};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -87,6 +88,38 @@ impl AuditService {
         self.store
             .run_embedding_jobs(limit, self.embedder.as_ref())
             .await
+    }
+
+    /// Re-embedding after a model change: queues, for up to `limit` records with `id > after_id` that
+    /// have no vector of the current model, a job (or a link to an already stored vector) for the
+    /// current model. Returns how many records moved and the last id looked at (`None` when no record
+    /// is left). The embedding workers do the rest.
+    pub async fn reembed_page(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<(usize, Option<i64>), AuditError> {
+        let model = self.embedder.model_id().to_owned();
+        let records = self
+            .store
+            .records_without_model(&model, after_id, limit)
+            .await?;
+        let Some(last) = records.last().map(|r| r.id) else {
+            return Ok((0, None));
+        };
+        let mut items = Vec::with_capacity(records.len());
+        for stored in records {
+            // The stored form is the validated, sanitized record: parsing it again gives back its
+            // embedding text.
+            let valid = crate::record::parse_record(stored.kind, Value::Object(stored.record))?;
+            items.push(Repoint {
+                id: stored.id,
+                digest: embedding_digest(&model, &valid.embedding_text),
+                text: valid.embedding_text,
+            });
+        }
+        let moved = self.store.repoint_embeddings(&model, &items).await?;
+        Ok((moved, Some(last)))
     }
 
     /// The embedding backlog.

@@ -383,6 +383,60 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
         .context("applying migrations")
 }
 
+/// `datastorage reembed`: after a change of embedding model, queues every record that has no vector of
+/// the configured model for the embedding workers (a vector of that model already stored for the same
+/// text is linked at once). Returns how many records were queued or linked. Safe to run while the
+/// service serves, and to run again (records already done or queued are skipped).
+pub async fn reembed(config: Config, page: usize) -> anyhow::Result<u64> {
+    let store = PgStore::new(
+        &config.database_url,
+        &PoolSettings {
+            max_size: 2,
+            wait_timeout: config.db_wait_timeout,
+            statement_timeout: config.db_statement_timeout,
+            ..PoolSettings::default()
+        },
+    )
+    .context("creating the database pool")?;
+    let health = store.health().await.context("checking the database")?;
+    if health.migrations_pending > 0 {
+        bail!(
+            "the database lacks {} migration(s): run `datastorage migrate` first",
+            health.migrations_pending
+        );
+    }
+    let provider = build_provider(&config).await?;
+    if provider.dimension() != health.embedding_dimension {
+        bail!(
+            "embedding dimension mismatch: the provider `{}` gives {} dimensions, the database column embeddings.embedding has {}: change the column first",
+            provider.model_id(),
+            provider.dimension(),
+            health.embedding_dimension
+        );
+    }
+    let model = provider.model_id().to_owned();
+    let service = AuditService::with_options(
+        Arc::new(store),
+        provider,
+        config.embedding_mode,
+        config.embedding_failure_policy,
+    );
+    let mut after = 0;
+    let mut moved = 0u64;
+    loop {
+        let (n, last) = service.reembed_page(after, page.max(1)).await?;
+        moved += n as u64;
+        match last {
+            Some(id) => {
+                after = id;
+                tracing::info!(model = %model, queued = moved, up_to_id = id, "re-embedding: records queued");
+            }
+            None => break,
+        }
+    }
+    Ok(moved)
+}
+
 /// Builds everything and binds the listeners; nothing is served until the returned servers are polled.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let store = PgStore::new(

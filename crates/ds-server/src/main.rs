@@ -32,6 +32,13 @@ enum Command {
     Serve,
     /// Apply pending database migrations (under an advisory lock), then exit.
     Migrate,
+    /// After a change of embedding model: queue every record without a vector of the configured model
+    /// for the embedding workers of the running replicas, then exit.
+    Reembed {
+        /// Records per transaction.
+        #[arg(long, default_value_t = 500)]
+        page: usize,
+    },
     /// Work with the configuration without starting the service.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -118,6 +125,12 @@ async fn main() -> ExitCode {
         Command::Migrate => ds_server::migrate(&config.database_url)
             .await
             .map(|applied| tracing::info!(applied = ?applied, "migrations applied")),
+        Command::Reembed { page } => ds_server::reembed(config, page).await.map(|n| {
+            tracing::info!(
+                records = n,
+                "re-embedding queued; the embedding workers embed them"
+            )
+        }),
         _ => ds_server::serve(config).await,
     };
     match result {

@@ -16,8 +16,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use ds_domain::digest::Sha256Digest;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, EmbedError, Embedder, JobError, SearchHit, StoreError, StoreHealth, StoredRecord,
-    WriteOutcome, WriteRequest, WriteResult,
+    AuditStore, EmbedError, Embedder, JobError, Repoint, SearchHit, StoreError, StoreHealth,
+    StoredRecord, WriteOutcome, WriteRequest, WriteResult,
 };
 use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
@@ -464,6 +464,61 @@ impl AuditStore for PgStore {
             .map_err(PgStoreError::from)?)
     }
 
+    async fn records_without_model(
+        &self,
+        model: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        use diesel::sql_types::{BigInt, Text};
+        let mut conn = self.conn().await?;
+        let rows: Vec<RecordRow> = diesel::sql_query(RECORDS_WITHOUT_MODEL_SQL)
+            .bind::<BigInt, _>(after_id)
+            .bind::<Text, _>(model)
+            .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+            .load(&mut conn)
+            .await
+            .map_err(PgStoreError::from)?;
+        Ok(rows
+            .into_iter()
+            .map(Self::to_stored)
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    async fn repoint_embeddings(
+        &self,
+        model: &str,
+        items: &[Repoint],
+    ) -> Result<usize, StoreError> {
+        use diesel::sql_types::{Array, BigInt, Bytea, Text};
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+        let digests: Vec<&[u8]> = items.iter().map(|i| i.digest.as_slice()).collect();
+        let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
+        let model = model.to_owned();
+        let mut conn = self.conn().await?;
+        let moved = conn
+            .transaction(async |c| -> Result<usize, diesel::result::Error> {
+                let moved = diesel::sql_query(REPOINT_SQL)
+                    .bind::<Array<BigInt>, _>(&ids)
+                    .bind::<Array<Bytea>, _>(&digests)
+                    .bind::<Array<Text>, _>(&texts)
+                    .bind::<Text, _>(&model)
+                    .execute(c)
+                    .await?;
+                diesel::sql_query(ORPHAN_JOBS_SQL)
+                    .bind::<Text, _>(&model)
+                    .execute(c)
+                    .await?;
+                Ok(moved)
+            })
+            .await
+            .map_err(PgStoreError::from)?;
+        Ok(moved)
+    }
+
     async fn health(&self) -> Result<StoreHealth, StoreError> {
         let mut conn = self.conn().await?;
         let applied: Vec<String> =
@@ -522,6 +577,41 @@ async fn receive(
 }
 
 /// Links the pending records of the given embedding digests to their (now stored) vectors.
+/// Records (after an id) whose vector is not of the model and that wait for no job of it.
+const RECORDS_WITHOUT_MODEL_SQL: &str = "\
+SELECT r.* FROM audit_records r
+LEFT JOIN embeddings e ON e.id = r.embedding_id
+WHERE r.id > $1
+  AND e.model IS DISTINCT FROM $2
+  AND NOT (r.embedding_id IS NULL
+           AND EXISTS (SELECT 1 FROM embedding_jobs j WHERE j.digest = r.embedding_digest AND j.model = $2))
+ORDER BY r.id
+LIMIT $3";
+
+/// Re-points records at the model's vector of their text: a job for each text without a stored vector,
+/// then each record linked to its stored vector, or left waiting (embedding_id NULL) for its job.
+const REPOINT_SQL: &str = "\
+WITH items AS (
+    SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[]) AS t(id, digest, text)
+), jobs AS (
+    INSERT INTO embedding_jobs (digest, model, text)
+    SELECT DISTINCT ON (i.digest) i.digest, $4, i.text FROM items i
+    WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.digest = i.digest)
+    ORDER BY i.digest
+    ON CONFLICT (digest) DO NOTHING
+)
+UPDATE audit_records r
+SET embedding_digest = i.digest,
+    embedding_id = (SELECT e.id FROM embeddings e WHERE e.digest = i.digest)
+FROM items i
+WHERE r.id = i.id";
+
+/// Jobs of other models that no record waits for any more (their records were re-pointed).
+const ORPHAN_JOBS_SQL: &str = "\
+DELETE FROM embedding_jobs j
+WHERE j.model <> $1
+  AND NOT EXISTS (SELECT 1 FROM audit_records r WHERE r.embedding_digest = j.digest AND r.embedding_id IS NULL)";
+
 const LINK_RECORDS_SQL: &str = "\
 UPDATE audit_records r SET embedding_id = e.id
 FROM embeddings e

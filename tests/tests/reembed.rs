@@ -1,0 +1,205 @@
+//! Re-embedding after a change of model: records embedded by model A are queued for model B, the worker
+//! embeds them, searches of model B find them; vectors of B already stored are linked at once; a second
+//! run has nothing to do; jobs of A that no record waits for are dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use async_trait::async_trait;
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use ds_domain::kind::Kind;
+use ds_domain::ports::{EmbedError, Embedder};
+use ds_domain::search::parse_search;
+use ds_domain::service::{EmbeddingMode, FailurePolicy};
+use ds_domain::{AuditService, parse_record};
+use ds_embed_local::LocalEmbedder;
+use ds_store_pg::{PgStore, PoolSettings};
+use ds_tests::{TestDb, fixtures, model_dir};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The local model under another name: as far as the store knows, another model.
+struct Named(&'static str, Arc<LocalEmbedder>);
+
+#[async_trait]
+impl Embedder for Named {
+    fn provider(&self) -> &'static str {
+        "local"
+    }
+    fn model_id(&self) -> &str {
+        self.0
+    }
+    fn dimension(&self) -> usize {
+        self.1.dimension()
+    }
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.1.embed(texts).await
+    }
+}
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct Link {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    model: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct Job {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    model: String,
+}
+
+async fn links(db: &TestDb) -> Vec<Link> {
+    let mut c = db.conn().await.unwrap();
+    diesel::sql_query(
+        "SELECT r.name, e.model FROM audit_records r LEFT JOIN embeddings e ON e.id = r.embedding_id ORDER BY r.id",
+    )
+    .load(&mut c)
+    .await
+    .unwrap()
+}
+
+async fn job_models(db: &TestDb) -> Vec<String> {
+    let mut c = db.conn().await.unwrap();
+    let jobs: Vec<Job> = diesel::sql_query("SELECT model FROM embedding_jobs ORDER BY model")
+        .load(&mut c)
+        .await
+        .unwrap();
+    jobs.into_iter().map(|j| j.model).collect()
+}
+
+fn link(name: &str, model: Option<&str>) -> Link {
+    Link {
+        name: name.to_owned(),
+        model: model.map(str::to_owned),
+    }
+}
+
+async fn reembed_all(service: &AuditService) -> usize {
+    let (mut after, mut moved) = (0, 0);
+    while let (n, Some(last)) = service.reembed_page(after, 2).await.unwrap() {
+        moved += n;
+        after = last;
+    }
+    moved
+}
+
+async fn found(service: &AuditService, query: &str) -> Vec<String> {
+    let request = parse_search(json!({"query": query, "limit": 10})).unwrap();
+    service
+        .search(request)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.record.record["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_an_earlier_model_are_queued_embedded_and_found_under_the_new_one() {
+    let db = TestDb::new().await.unwrap();
+    let store = Arc::new(PgStore::new(&db.url, &PoolSettings::default()).unwrap());
+    let local = Arc::new(LocalEmbedder::load(&model_dir(), None).unwrap());
+    let service = |model: &'static str, mode| {
+        AuditService::with_options(
+            store.clone(),
+            Arc::new(Named(model, local.clone())),
+            mode,
+            FailurePolicy::Defer,
+        )
+    };
+    let a = service("model-a", EmbeddingMode::Inline);
+    let a_deferred = service("model-a", EmbeddingMode::Deferred);
+    let b = service("model-b", EmbeddingMode::Inline);
+
+    // Two records embedded by A, one waiting for A's worker.
+    for n in [1, 2] {
+        let r = parse_record(Kind::Remediation, fixtures::remediation(n)).unwrap();
+        a.write(vec![r], None).await.unwrap();
+    }
+    let r = parse_record(Kind::Remediation, fixtures::remediation(3)).unwrap();
+    a_deferred.write(vec![r], None).await.unwrap();
+    assert_eq!(job_models(&db).await, vec!["model-a"]);
+    assert_eq!(
+        found(&a, "Pod restarted after OOMKill").await.len(),
+        2,
+        "A finds its two"
+    );
+    assert!(found(&b, "Pod restarted after OOMKill").await.is_empty());
+
+    // The model becomes B: every record is queued for B; A's job, which no record waits for any
+    // more, is dropped.
+    assert_eq!(reembed_all(&b).await, 3);
+    assert_eq!(job_models(&db).await, vec!["model-b"; 3]);
+    assert_eq!(
+        links(&db).await,
+        vec![
+            link("rr-payments-1", None),
+            link("rr-payments-2", None),
+            link("rr-payments-3", None)
+        ]
+    );
+    assert_eq!(
+        reembed_all(&b).await,
+        0,
+        "queued records are not queued twice"
+    );
+
+    // B's worker embeds them; B's searches find them all, A's none.
+    assert_eq!(b.run_embedding_jobs(10).await.unwrap(), 3);
+    assert_eq!(
+        links(&db).await,
+        vec![
+            link("rr-payments-1", Some("model-b")),
+            link("rr-payments-2", Some("model-b")),
+            link("rr-payments-3", Some("model-b"))
+        ]
+    );
+    assert_eq!(found(&b, "Pod restarted after OOMKill").await.len(), 3);
+    assert!(found(&a, "Pod restarted after OOMKill").await.is_empty());
+    assert_eq!(reembed_all(&b).await, 0, "nothing left to do");
+
+    // A replica still on A writes a record whose text B has already embedded: re-embedding links it
+    // to B's stored vector at once, without a job.
+    let mut same_text = fixtures::remediation(1);
+    same_text["name"] = json!("rr-payments-1-again");
+    let r = parse_record(Kind::Remediation, same_text).unwrap();
+    a.write(vec![r], None).await.unwrap();
+    assert_eq!(reembed_all(&b).await, 1);
+    assert!(job_models(&db).await.is_empty());
+    assert_eq!(
+        links(&db).await.pop().unwrap(),
+        link("rr-payments-1-again", Some("model-b"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reembed_command_queues_what_the_configured_model_lacks() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = ds_tests::spawn_app_with(&[("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0")])
+        .await
+        .unwrap();
+    for n in [1, 2] {
+        let r = app
+            .post("/api/v1/audit/remediation", &fixtures::remediation(n))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201);
+    }
+    let config = || ds_tests::test_config(&app.db.url, &[]).unwrap();
+    assert_eq!(
+        ds_server::reembed(config(), 100).await.unwrap(),
+        0,
+        "up to date"
+    );
+    // As if the vectors had been made by the model used before (vectors are addressed by model + text).
+    let mut c = app.db.conn().await.unwrap();
+    c.batch_execute("UPDATE embeddings SET model = 'previous-model', digest = sha256(digest)")
+        .await
+        .unwrap();
+    assert_eq!(ds_server::reembed(config(), 1).await.unwrap(), 2);
+    assert_eq!(app.db.count("embedding_jobs").await.unwrap(), 2);
+    assert_eq!(ds_server::reembed(config(), 1).await.unwrap(), 0);
+}
