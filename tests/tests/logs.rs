@@ -102,6 +102,10 @@ async fn logs_are_json_lines_with_the_request_span_and_no_secret() {
     assert_eq!(r["fields"]["status"], 201);
     assert!(r["fields"]["latency_ms"].as_f64().unwrap() > 0.0);
     assert!(r["fields"]["caller"].is_string());
+    // The span itself carries the outcome too (for lines logged inside it, and span-based tooling).
+    assert_eq!(r["span"]["status"], 201);
+    assert!(r["span"]["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["span"]["caller"], r["fields"]["caller"]);
     assert_eq!(request("log-corr-2")["fields"]["status"], 400);
     assert_eq!(
         request("log-corr-3")["span"]["route"],

@@ -9,7 +9,9 @@ use ds_server::config::{Config, FileValues, keys};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -95,6 +97,10 @@ impl Rendered {
     }
 }
 
+fn pod_spec(template: &PodTemplateSpec) -> &PodSpec {
+    template.spec.as_ref().unwrap()
+}
+
 fn port_of(c: &Container, name: &str) -> i32 {
     c.ports
         .as_ref()
@@ -115,14 +121,7 @@ fn named_port(p: &IntOrString) -> &str {
 /// The configuration the ConfigMap ships, loaded as the service loads it (with the database URL the
 /// Secret would give).
 fn shipped_config(r: &Rendered, deployment: &Deployment) -> Config {
-    let spec = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let spec = pod_spec(&deployment.spec.as_ref().unwrap().template);
     let volume = spec
         .volumes
         .as_ref()
@@ -305,15 +304,7 @@ fn check_overlay(r: &Rendered, replicas: i32) {
 
     // The migration Job: same image, `migrate`, same Secret and configuration.
     let job: Job = r.one("Job");
-    let jc = &job
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let jc = &pod_spec(&job.spec.as_ref().unwrap().template).containers[0];
     assert_eq!(jc.image, c.image);
     assert_eq!(jc.args.as_ref().unwrap()[0], "migrate");
     assert!(jc.env.iter().flatten().any(|e| {

@@ -228,28 +228,13 @@ async fn traffic(app: &TestApp, openai: &FakeOpenAi) {
         404
     );
     // Refusals: no token, a reader writing, and a batch over the caller's remaining burst.
-    assert_eq!(
-        call(
-            app,
-            "POST",
-            "/api/v1/audit/remediation",
-            Some(fixtures::remediation(5)),
-            ""
-        )
-        .await,
-        401
-    );
-    assert_eq!(
-        call(
-            app,
-            "POST",
-            "/api/v1/audit/remediation",
-            Some(fixtures::remediation(5)),
-            "reader-token"
-        )
-        .await,
-        403
-    );
+    for (token, status) in [("", 401), ("reader-token", 403)] {
+        let body = Some(fixtures::remediation(5));
+        assert_eq!(
+            call(app, "POST", "/api/v1/audit/remediation", body, token).await,
+            status
+        );
+    }
     let big: Vec<Value> = (0..40)
         .map(|n| json!({"kind": "remediation", "record": fixtures::remediation(100 + n)}))
         .collect();

@@ -82,6 +82,9 @@ pub async fn envelope(
         correlation_id = %correlation_id,
         %method,
         route = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+        caller = tracing::field::Empty,
     );
     let res = next
         .call(req)
@@ -138,14 +141,19 @@ pub async fn envelope(
         .get::<crate::guard::Caller>()
         .map(|c| c.username.clone());
     let status = res.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let caller = caller.as_deref().unwrap_or("-");
+    span.record("status", status);
+    span.record("latency_ms", latency_ms);
+    span.record("caller", caller);
     tracing::info!(
         correlation_id = %correlation_id,
         %method,
         %path,
         route = %route,
-        caller = caller.as_deref().unwrap_or("-"),
+        caller,
         status,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms,
         "request"
     );
     record_metrics(method, route, status, started);

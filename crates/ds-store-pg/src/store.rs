@@ -161,6 +161,10 @@ impl PgStore {
         self.pool.get().await.map_err(pool_error)
     }
 
+    fn all_stored(rows: Vec<RecordRow>) -> Result<Vec<StoredRecord>, PgStoreError> {
+        rows.into_iter().map(Self::to_stored).collect()
+    }
+
     fn to_stored(row: RecordRow) -> Result<StoredRecord, PgStoreError> {
         let kind: Kind = row
             .kind
@@ -325,10 +329,7 @@ impl AuditStore for PgStore {
             .load(&mut conn)
             .await
             .map_err(PgStoreError::from)?;
-        Ok(rows
-            .into_iter()
-            .map(Self::to_stored)
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(Self::all_stored(rows)?)
     }
 
     async fn search(
@@ -479,10 +480,7 @@ impl AuditStore for PgStore {
             .load(&mut conn)
             .await
             .map_err(PgStoreError::from)?;
-        Ok(rows
-            .into_iter()
-            .map(Self::to_stored)
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(Self::all_stored(rows)?)
     }
 
     async fn repoint_embeddings(

@@ -28,34 +28,39 @@ pub struct Key {
     pub secret: bool,
 }
 
+const fn entry(
+    env: &'static str,
+    file: &'static str,
+    default: Default,
+    meaning: &'static str,
+    secret: bool,
+) -> Key {
+    Key {
+        env,
+        file,
+        default,
+        meaning,
+        secret,
+    }
+}
+
 const fn key(
     env: &'static str,
     file: &'static str,
     default: Default,
     meaning: &'static str,
 ) -> Key {
-    Key {
-        env,
-        file,
-        default,
-        meaning,
-        secret: false,
-    }
+    entry(env, file, default, meaning, false)
 }
 
+/// A key whose value is a secret.
 const fn secret(
     env: &'static str,
     file: &'static str,
     default: Default,
     meaning: &'static str,
 ) -> Key {
-    Key {
-        env,
-        file,
-        default,
-        meaning,
-        secret: true,
-    }
+    entry(env, file, default, meaning, true)
 }
 
 use self::Default::{Computed, None as Unset, Required, Value};
