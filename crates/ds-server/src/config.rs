@@ -11,6 +11,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// A key's value in the process environment (an empty variable counts as unset).
+pub fn env_value(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -321,14 +326,7 @@ impl Config {
 
     /// Reads `file` (when given), then the process environment over it.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let values = match file {
-            Some(path) => FileValues::read(path)?,
-            None => FileValues::default(),
-        };
-        Self::from_sources(
-            &|k| std::env::var(k).ok().filter(|v| !v.is_empty()),
-            &values,
-        )
+        Self::from_sources(&env_value, &FileValues::load(file)?)
     }
 
     /// `env` over `file`; an error says where the offending value came from.

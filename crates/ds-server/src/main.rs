@@ -4,7 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 use clap::{Parser, Subcommand};
-use ds_server::config::{Config, keys};
+use ds_server::config::{Config, FileValues, env_value, keys};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,18 +59,10 @@ enum ConfigCommand {
 
 /// The effective configuration, one `file key = value` line per key that has a value; secrets are
 /// replaced by `<set>`.
-fn effective(
-    config_file: Option<&std::path::Path>,
-) -> Result<String, ds_server::config::ConfigError> {
-    let file = match config_file {
-        Some(path) => ds_server::config::FileValues::read(path)?,
-        None => ds_server::config::FileValues::default(),
-    };
+fn effective(file: &FileValues) -> String {
     let mut out = String::new();
     for k in keys::KEYS {
-        let value = std::env::var(k.env)
-            .ok()
-            .filter(|v| !v.is_empty())
+        let value = env_value(k.env)
             .map(|v| (v, "environment"))
             .or_else(|| file.values.get(k.env).map(|v| (v.clone(), "file")));
         if let Some((v, from)) = value {
@@ -81,7 +73,7 @@ fn effective(
             ));
         }
     }
-    Ok(out)
+    out
 }
 
 #[tokio::main]
@@ -98,25 +90,20 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
+    // The file is read once: for the configuration and for `config check`'s listing.
+    let loaded = FileValues::load(cli.config.as_deref())
+        .and_then(|file| Config::from_sources(&env_value, &file).map(|c| (c, file)));
+    let (config, file) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("datastorage: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
     if let Command::Config(ConfigCommand::Check) = command {
-        return match effective(cli.config.as_deref()) {
-            Ok(values) => {
-                print!("{values}");
-                println!("configuration OK");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("datastorage: invalid configuration: {e}");
-                ExitCode::from(2)
-            }
-        };
+        print!("{}", effective(&file));
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
     }
     ds_server::telemetry::init_logging(&config, std::io::stdout);
     // Before any HTTP client exists: the process's one TLS stack (rustls + ring).

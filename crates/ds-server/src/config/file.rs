@@ -16,6 +16,11 @@ pub struct FileValues {
 const FILE_KEY: &str = "DATASTORAGE_CONFIG_FILE";
 
 impl FileValues {
+    /// The values of `path`, or none without a file.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        path.map_or_else(|| Ok(Self::default()), Self::read)
+    }
+
     /// Reads and checks `path`: TOML, every key known, every value a string, number, boolean or a list
     /// of them.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
