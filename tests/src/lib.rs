@@ -370,6 +370,44 @@ pub async fn spawn_app() -> Result<TestApp> {
 }
 
 /// Valid records of each kind with every field set; `n` varies the content so records differ.
+/// Store-level write requests for the store tests (the service builds these from HTTP requests).
+pub mod writes {
+    use ds_domain::digest::embedding_digest;
+    use ds_domain::kind::Kind;
+    use ds_domain::ports::{NewEmbedding, WriteRequest};
+    use ds_domain::{ValidRecord, parse_record};
+
+    /// The remediation record of [`super::fixtures::remediation`] number `n`, validated.
+    #[allow(clippy::expect_used)] // test helper: a fixture that does not validate is a failed test
+    pub fn record(n: u32) -> ValidRecord {
+        parse_record(Kind::Remediation, super::fixtures::remediation(n)).expect("fixture is valid")
+    }
+
+    /// A write of `records` with a new `dim`-dimensional vector (all 0.5) of model `test-model` for
+    /// each record's embedding text.
+    pub fn request(records: Vec<ValidRecord>, dim: usize) -> WriteRequest {
+        let digests: Vec<_> = records
+            .iter()
+            .map(|r| embedding_digest("test-model", &r.embedding_text))
+            .collect();
+        let new_embeddings = digests
+            .iter()
+            .map(|d| NewEmbedding {
+                digest: *d,
+                model: "test-model".into(),
+                vector: vec![0.5; dim],
+            })
+            .collect();
+        WriteRequest {
+            records,
+            embedding_digests: digests,
+            new_embeddings,
+            jobs: Vec::new(),
+            idempotency: None,
+        }
+    }
+}
+
 pub mod fixtures {
     use serde_json::{Value, json};
 

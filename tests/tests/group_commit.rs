@@ -6,16 +6,15 @@
 
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
-use ds_domain::digest::embedding_digest;
-use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, IdempotencyClaim, NewEmbedding, StoreError, WriteOutcome, WriteRequest,
+    AuditStore, IdempotencyClaim, StoreError, WriteOutcome, WriteRequest,
     WriteResult, WriteStatus,
 };
 use ds_domain::service::request_digest;
-use ds_domain::{ValidRecord, parse_record};
+use ds_domain::ValidRecord;
 use ds_store_pg::{GroupCommit, PgStore, PoolSettings};
-use ds_tests::{TestDb, fixtures};
+use ds_tests::writes::{record, request};
+use ds_tests::TestDb;
 
 fn store(db: &TestDb, slots: usize) -> PgStore {
     PgStore::new(
@@ -29,32 +28,6 @@ fn store(db: &TestDb, slots: usize) -> PgStore {
         },
     )
     .unwrap()
-}
-
-fn record(n: u32) -> ValidRecord {
-    parse_record(Kind::Remediation, fixtures::remediation(n)).unwrap()
-}
-
-fn request(records: Vec<ValidRecord>, dim: usize) -> WriteRequest {
-    let digests: Vec<_> = records
-        .iter()
-        .map(|r| embedding_digest("test-model", &r.embedding_text))
-        .collect();
-    let new_embeddings = digests
-        .iter()
-        .map(|d| NewEmbedding {
-            digest: *d,
-            model: "test-model".into(),
-            vector: vec![0.5; dim],
-        })
-        .collect();
-    WriteRequest {
-        records,
-        embedding_digests: digests,
-        new_embeddings,
-        jobs: Vec::new(),
-        idempotency: None,
-    }
 }
 
 fn keyed(records: Vec<ValidRecord>, caller: &str, key: &str) -> WriteRequest {

@@ -4,43 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use diesel_async::SimpleAsyncConnection;
-use ds_domain::digest::embedding_digest;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, NewEmbedding, StoreError, WriteRequest, WriteResult, WriteStatus,
+    AuditStore, StoreError, WriteResult, WriteStatus,
 };
-use ds_domain::{ValidRecord, parse_record};
+use ds_domain::parse_record;
 use ds_store_pg::{PgStore, PoolSettings};
+use ds_tests::writes::{record, request};
 use ds_tests::{TestDb, fixtures};
 
 async fn store(db: &TestDb) -> PgStore {
     PgStore::new(&db.url, &PoolSettings::default()).unwrap()
-}
-
-fn record(n: u32) -> ValidRecord {
-    parse_record(Kind::Remediation, fixtures::remediation(n)).unwrap()
-}
-
-fn request(records: Vec<ValidRecord>, dim: usize) -> WriteRequest {
-    let digests: Vec<_> = records
-        .iter()
-        .map(|r| embedding_digest("test-model", &r.embedding_text))
-        .collect();
-    let new_embeddings = digests
-        .iter()
-        .map(|d| NewEmbedding {
-            digest: *d,
-            model: "test-model".into(),
-            vector: vec![0.5; dim],
-        })
-        .collect();
-    WriteRequest {
-        records,
-        embedding_digests: digests,
-        new_embeddings,
-        jobs: Vec::new(),
-        idempotency: None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,4 +145,27 @@ async fn readiness_reports_migrations_and_the_vector_dimension() {
         unreachable.health().await,
         Err(StoreError::Unavailable(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_batch_larger_than_one_statement_stores_every_vector() {
+    // The worker's vector INSERT is split every 1,000 rows (PostgreSQL takes at most 65,535
+    // parameters per statement, 3 per row: unsplit, a batch above ~21,800 failed); a batch across
+    // the boundary stores every vector and still commits as one.
+    let db = TestDb::new().await.unwrap();
+    let mut c = db.conn().await.unwrap();
+    let embedder = ds_embed_local::LocalEmbedder::load(&ds_tests::model_dir(), None).unwrap();
+    let model = ds_domain::ports::Embedder::model_id(&embedder).to_owned();
+    let jobs: usize = 1_001;
+    c.batch_execute(&format!(
+        "INSERT INTO embedding_jobs (digest, model, text)
+         SELECT sha256(convert_to('job ' || i, 'UTF8')), '{model}', 'pod ' || i
+         FROM generate_series(1, {jobs}) AS i"
+    ))
+    .await
+    .unwrap();
+    let s = store(&db).await;
+    assert_eq!(s.run_embedding_jobs(5_000, &embedder).await.unwrap(), jobs);
+    assert_eq!(db.count("embeddings").await.unwrap(), jobs as i64);
+    assert_eq!(db.count("embedding_jobs").await.unwrap(), 0);
 }

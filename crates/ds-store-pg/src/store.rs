@@ -3,7 +3,7 @@
 use crate::error::PgStoreError;
 use crate::group::{self, GroupCommit, Queued, pool_error};
 use crate::pgv::Embedding;
-use crate::rows::{NewEmbeddingRow, RecordRow, SearchRow};
+use crate::rows::{RecordRow, SearchRow};
 use crate::schema::{audit_records, embedding_jobs, embeddings, idempotency_keys};
 use crate::write::status_of;
 use async_trait::async_trait;
@@ -414,20 +414,11 @@ impl AuditStore for PgStore {
                 // of the write path too).
                 let mut order: Vec<usize> = (0..jobs.len()).collect();
                 order.sort_by(|&a, &b| jobs[a].0.cmp(&jobs[b].0));
-                let rows: Vec<NewEmbeddingRow> = order
+                let rows: Vec<(&[u8], &str, &[f32])> = order
                     .iter()
-                    .map(|&i| NewEmbeddingRow {
-                        digest: &jobs[i].0,
-                        model: &model,
-                        embedding: Embedding(vectors[i].clone()),
-                    })
+                    .map(|&i| (jobs[i].0.as_slice(), model.as_str(), vectors[i].as_slice()))
                     .collect();
-                diesel::insert_into(embeddings::table)
-                    .values(&rows)
-                    .on_conflict(embeddings::digest)
-                    .do_nothing()
-                    .execute(c)
-                    .await?;
+                crate::write::insert_embeddings(c, &rows).await?;
                 let digests: Vec<&[u8]> = order.iter().map(|&i| jobs[i].0.as_slice()).collect();
                 diesel::sql_query(LINK_RECORDS_SQL)
                     .bind::<diesel::sql_types::Array<diesel::sql_types::Bytea>, _>(&digests)

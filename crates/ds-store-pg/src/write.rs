@@ -125,22 +125,11 @@ pub(crate) async fn write_group(
             .collect();
         new.sort_by_key(|e| e.digest);
         new.dedup_by(|a, b| a.digest == b.digest);
-        for chunk in new.chunks(ROWS_PER_STATEMENT) {
-            let rows: Vec<NewEmbeddingRow> = chunk
-                .iter()
-                .map(|e| NewEmbeddingRow {
-                    digest: &e.digest,
-                    model: &e.model,
-                    embedding: Embedding(e.vector.clone()),
-                })
-                .collect();
-            diesel::insert_into(embeddings::table)
-                .values(&rows)
-                .on_conflict(embeddings::digest)
-                .do_nothing()
-                .execute(c)
-                .await?;
-        }
+        let rows: Vec<(&[u8], &str, &[f32])> = new
+            .iter()
+            .map(|e| (e.digest.as_slice(), e.model.as_str(), e.vector.as_slice()))
+            .collect();
+        insert_embeddings(c, &rows).await?;
 
         // 3. Jobs and records.
         let mut outcomes = write_records(c, requests, &active).await?;
@@ -168,6 +157,32 @@ pub(crate) async fn write_group(
             .collect()
     })
     .await
+}
+
+/// Inserts vectors `(digest, model, vector)` that are not stored yet, in the given order (callers
+/// sort by digest: the lock order), [`ROWS_PER_STATEMENT`] rows per statement. Shared by the write
+/// path (mode inline) and the embedding worker.
+pub(crate) async fn insert_embeddings(
+    c: &mut AsyncPgConnection,
+    vectors: &[(&[u8], &str, &[f32])],
+) -> Result<(), diesel::result::Error> {
+    for chunk in vectors.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<NewEmbeddingRow> = chunk
+            .iter()
+            .map(|&(digest, model, vector)| NewEmbeddingRow {
+                digest,
+                model,
+                embedding: Embedding(vector.to_vec()),
+            })
+            .collect();
+        diesel::insert_into(embeddings::table)
+            .values(&rows)
+            .on_conflict(embeddings::digest)
+            .do_nothing()
+            .execute(c)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Jobs and records of the `active` requests in one statement (the lock order: jobs, then records
