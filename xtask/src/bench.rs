@@ -204,22 +204,16 @@ impl Bench {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// `psql` on database `db` of the bench cluster: no psqlrc, quiet, stop at the first error.
+    fn psql(&self, db: &str) -> Command {
+        let mut cmd = self.cluster.cmd("psql");
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-p", &BENCH_PORT.to_string(), "-U", "postgres", "-d", db]);
+        cmd
+    }
+
     fn psql_in(&self, db: &str, sql: &str) -> Result<String> {
-        let out = self
-            .cluster
-            .cmd("psql")
-            .args([
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-            ])
-            .args(["-p", &BENCH_PORT.to_string(), "-U", "postgres", "-d", db])
-            .args(["-c", sql])
-            .output()?;
+        let out = self.psql(db).args(["-At", "-c", sql]).output()?;
         if !out.status.success() {
             bail!(
                 "psql: {sql}: {}",
@@ -238,10 +232,7 @@ impl Bench {
             .spawn()?;
         let stdout = producer.stdout.take().context("prefill stdout")?;
         let status = self
-            .cluster
-            .cmd("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &BENCH_PORT.to_string(), "-U", "postgres", "-d", db])
+            .psql(db)
             .args([
                 "-c",
                 &format!("COPY {table} ({columns}) FROM STDIN (FORMAT csv)"),
@@ -470,10 +461,7 @@ impl Bench {
                 .output()?
                 .stdout;
             let mut child = self
-                .cluster
-                .cmd("psql")
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-                .args(["-p", &BENCH_PORT.to_string(), "-U", "postgres", "-d", &db])
+                .psql(&db)
                 .args(["-c", "COPY bench_centres FROM STDIN (FORMAT csv)"])
                 .stdin(Stdio::piped())
                 .spawn()?;
