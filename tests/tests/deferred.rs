@@ -146,3 +146,52 @@ struct Done {
     #[diesel(sql_type = diesel::sql_types::Bool)]
     done: bool,
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_writes_of_a_known_text_skip_the_lookup_and_still_never_lose_the_vector() {
+    // Mode inline. The replica remembers the vectors it stored and answers "stored" for them without
+    // asking the database. Vectors are never deleted; should one vanish all the same (a restore from
+    // an older backup under a running replica), the write's job safety net queues the text instead of
+    // leaving the record pending forever.
+    let app = spawn_app_with(&[("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0")])
+        .await
+        .unwrap();
+    let first = app
+        .post("/api/v1/audit/remediation", &fixtures::remediation(1))
+        .await
+        .unwrap();
+    assert_eq!(first.status, 201, "{:#}", first.body);
+    assert_eq!(first.body["embeddingStatus"], "stored");
+    // The vector vanishes behind the replica's back.
+    let mut c = app.db.conn().await.unwrap();
+    c.batch_execute("UPDATE audit_records SET embedding_id = NULL; DELETE FROM embeddings")
+        .await
+        .unwrap();
+
+    let mut twin = fixtures::remediation(1);
+    twin["name"] = json!("twin-of-1");
+    let second = app.post("/api/v1/audit/remediation", &twin).await.unwrap();
+    assert_eq!(second.status, 201, "{:#}", second.body);
+    // Had the replica asked the database, it would have embedded the text again inside the request
+    // (stored); it answered from memory, and the statement found no vector and queued a job.
+    assert_eq!(second.body["embeddingStatus"], "pending");
+    assert_eq!(app.db.count("embeddings").await.unwrap(), 0);
+    assert_eq!(app.db.count("embedding_jobs").await.unwrap(), 1);
+    assert_eq!(app.state.service.run_embedding_jobs(100).await.unwrap(), 1);
+    let got = app
+        .get(&format!(
+            "/api/v1/audit/remediation/{}",
+            second.body["id"].as_i64().unwrap()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(got.body["embeddingStatus"], "stored");
+
+    // A text this replica never saw is looked up (and embedded inline) as before.
+    let third = app
+        .post("/api/v1/audit/remediation", &fixtures::remediation(2))
+        .await
+        .unwrap();
+    assert_eq!(third.body["embeddingStatus"], "stored");
+    assert_eq!(app.db.count("embedding_jobs").await.unwrap(), 0);
+}

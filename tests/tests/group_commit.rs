@@ -6,15 +6,14 @@
 
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
+use ds_domain::ValidRecord;
 use ds_domain::ports::{
-    AuditStore, IdempotencyClaim, StoreError, WriteOutcome, WriteRequest,
-    WriteResult, WriteStatus,
+    AuditStore, IdempotencyClaim, StoreError, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::service::request_digest;
-use ds_domain::ValidRecord;
 use ds_store_pg::{GroupCommit, PgStore, PoolSettings};
-use ds_tests::writes::{record, request};
 use ds_tests::TestDb;
+use ds_tests::writes::{record, request};
 
 fn store(db: &TestDb, slots: usize) -> PgStore {
     PgStore::new(

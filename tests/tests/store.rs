@@ -5,10 +5,8 @@
 
 use diesel_async::SimpleAsyncConnection;
 use ds_domain::kind::Kind;
-use ds_domain::ports::{
-    AuditStore, StoreError, WriteResult, WriteStatus,
-};
 use ds_domain::parse_record;
+use ds_domain::ports::{AuditStore, StoreError, WriteResult, WriteStatus};
 use ds_store_pg::{PgStore, PoolSettings};
 use ds_tests::writes::{record, request};
 use ds_tests::{TestDb, fixtures};

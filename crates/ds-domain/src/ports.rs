@@ -177,7 +177,8 @@ pub trait AuditStore: Send + Sync {
     /// not written again: its outcome is the stored one with status `Duplicate`. Holds under concurrency.
     async fn write(&self, request: WriteRequest) -> Result<WriteResult, StoreError>;
 
-    /// Which of these embedding digests are already stored.
+    /// Which of these embedding digests are already stored (an answer may come from what the store
+    /// remembers having stored: vectors are never deleted).
     async fn existing_embeddings(
         &self,
         digests: &[Sha256Digest],

@@ -167,7 +167,13 @@ impl AuditService {
         } else {
             let missing = self.missing_texts(&records, &embedding_digests).await?;
             if missing.is_empty() {
-                (Vec::new(), Vec::new())
+                // Every vector is stored (the store may answer that from memory): no new vector and,
+                // as in mode deferred, a job the statement only queues for a text it finds without
+                // one, so a record can never be left pending without a job.
+                (
+                    Vec::new(),
+                    jobs_for(distinct_texts(&records, &embedding_digests), &model),
+                )
             } else {
                 match self.embed_missing(missing.clone(), &model).await {
                     Ok(new) => (new, Vec::new()),

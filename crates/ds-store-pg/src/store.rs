@@ -16,8 +16,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use ds_domain::digest::Sha256Digest;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, EmbedError, Embedder, JobError, Repoint, SearchHit, StoreError, StoreHealth,
-    StoredRecord, WriteOutcome, WriteRequest, WriteResult,
+    AuditStore, EmbedError, Embedder, EmbeddingStatus, JobError, Repoint, SearchHit, StoreError,
+    StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
@@ -68,7 +68,14 @@ pub struct PgStore {
     /// whichever caller writes first: actix gives each HTTP worker its own single-threaded runtime,
     /// and all database I/O would otherwise share one worker's thread.
     runtime: Option<tokio::runtime::Handle>,
+    /// Digests of vectors this process saw stored. Vectors are never deleted, so an entry cannot go
+    /// stale: [`AuditStore::existing_embeddings`] answers from it without a round trip (the inline
+    /// write of a recurring text), and the database only for digests it does not hold.
+    known_vectors: Arc<quick_cache::sync::Cache<Sha256Digest, ()>>,
 }
+
+/// How many vector digests [`PgStore`] remembers as stored (~3 MiB).
+pub const KNOWN_VECTORS: usize = 65_536;
 
 impl PgStore {
     /// Builds the pool. Connections are opened lazily: a database that is not up yet is not an error here.
@@ -112,6 +119,7 @@ impl PgStore {
             writer: Arc::new(OnceLock::new()),
             pending: Arc::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            known_vectors: Arc::new(quick_cache::sync::Cache::new(KNOWN_VECTORS)),
         })
     }
 
@@ -246,6 +254,10 @@ impl AuditStore for PgStore {
                 self.group_commit.clone(),
             )
         });
+        // What this write will prove stored once committed: the vectors it carries, and the vector
+        // of each record it creates linked (a duplicate's link may be another model's vector).
+        let carried: Vec<Sha256Digest> = request.new_embeddings.iter().map(|e| e.digest).collect();
+        let linked = request.embedding_digests.clone();
         let (reply, answer) = oneshot::channel();
         queue
             .send(Queued {
@@ -256,8 +268,21 @@ impl AuditStore for PgStore {
             .await
             .map_err(|_| PgStoreError::Pool("the write queue is closed".into()))?;
         let result = receive(answer).await;
-        if result.is_err() {
-            metrics::counter!("datastorage_database_write_errors_total").increment(1);
+        match &result {
+            Ok(WriteResult::Written(outcomes)) => {
+                for digest in carried {
+                    self.known_vectors.insert(digest, ());
+                }
+                for (outcome, digest) in outcomes.iter().zip(linked) {
+                    if outcome.status == WriteStatus::Created
+                        && outcome.embedding_status == EmbeddingStatus::Stored
+                    {
+                        self.known_vectors.insert(digest, ());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => metrics::counter!("datastorage_database_write_errors_total").increment(1),
         }
         result
     }
@@ -266,21 +291,28 @@ impl AuditStore for PgStore {
         &self,
         digests: &[Sha256Digest],
     ) -> Result<Vec<Sha256Digest>, StoreError> {
-        if digests.is_empty() {
-            return Ok(Vec::new());
+        let (mut known, unknown): (Vec<Sha256Digest>, Vec<Sha256Digest>) = digests
+            .iter()
+            .partition(|d| self.known_vectors.get(*d).is_some());
+        if unknown.is_empty() {
+            return Ok(known);
         }
         let mut conn = self.conn().await?;
-        let wanted: Vec<&[u8]> = digests.iter().map(|d| d.as_slice()).collect();
+        let wanted: Vec<&[u8]> = unknown.iter().map(|d| d.as_slice()).collect();
         let found: Vec<Vec<u8>> = embeddings::table
             .filter(embeddings::digest.eq_any(&wanted))
             .select(embeddings::digest)
             .load(&mut conn)
             .await
             .map_err(PgStoreError::from)?;
-        Ok(found
+        for digest in found
             .into_iter()
             .filter_map(|d| <Sha256Digest>::try_from(d.as_slice()).ok())
-            .collect())
+        {
+            self.known_vectors.insert(digest, ());
+            known.push(digest);
+        }
+        Ok(known)
     }
 
     async fn idempotent_result(
