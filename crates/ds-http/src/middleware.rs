@@ -10,7 +10,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse};
 use ds_domain::Timestamp;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -70,21 +70,21 @@ pub async fn envelope(
                 .insert(HeaderName::from_static(CORRELATION_HEADER), v);
         }
         tracing::info!(correlation_id = %correlation_id, %method, %path, status = 431, header_bytes, "request headers too large");
-        record_metrics(method, UNMATCHED.to_owned(), 431, started);
+        record_metrics(method, UNMATCHED.to_owned(), 431, started.elapsed());
         return Ok(res);
     }
 
     // The request must not be cloned before routing (actix needs it unshared to record path
     // parameters). Handlers' errors arrive as responses; an `Err` here comes from actix's own service
     // stack and is rendered by actix.
+    // The span carries what identifies the request (every line logged inside it has it); the outcome
+    // (status, latency, caller) is on the request's own line only: each field recorded into a span
+    // re-encodes the span's JSON, a measured ~5 % of the service's CPU under write load.
     let span = tracing::info_span!(
         "request",
         correlation_id = %correlation_id,
         %method,
         route = tracing::field::Empty,
-        status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-        caller = tracing::field::Empty,
     );
     let res = next
         .call(req)
@@ -141,31 +141,21 @@ pub async fn envelope(
         .get::<crate::guard::Caller>()
         .map(|c| c.username.clone());
     let status = res.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     let caller = caller.as_deref().unwrap_or("-");
-    span.record("status", status);
-    span.record("latency_ms", latency_ms);
-    span.record("caller", caller);
-    tracing::info!(
-        correlation_id = %correlation_id,
-        %method,
-        %path,
-        route = %route,
-        caller,
-        status,
-        latency_ms,
-        "request"
-    );
-    record_metrics(method, route, status, started);
+    // correlation_id, method and route are the span's.
+    tracing::info!(%path, caller, status, latency_ms, "request");
+    record_metrics(method, route, status, elapsed);
     Ok(res)
 }
 
 /// The `route` label of a request that matched no route (bounded cardinality: never the raw path).
 pub const UNMATCHED: &str = "unmatched";
 
-fn record_metrics(method: String, route: String, status: u16, started: Instant) {
+fn record_metrics(method: String, route: String, status: u16, elapsed: Duration) {
     metrics::histogram!("datastorage_http_request_duration_seconds", "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
     metrics::counter!("datastorage_http_requests_total", "method" => method, "route" => route, "status" => status.to_string())
         .increment(1);
 }
