@@ -27,12 +27,63 @@ pub struct SearchArgs {
     /// Queries whose exact answer is computed (each is a full scan).
     #[arg(long, default_value_t = 20)]
     exact: usize,
+    /// Where the exact answers are kept: read when the file exists (the same queries against the same
+    /// table: a sweep over `hnsw.ef_search` scans once), written otherwise.
+    #[arg(long)]
+    exact_file: Option<std::path::PathBuf>,
 }
 
-#[derive(QueryableByName)]
-struct Id {
+#[derive(QueryableByName, serde::Serialize, serde::Deserialize)]
+struct Exact {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     id: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    distance: f64,
+}
+
+/// Exact top-10 (id and cosine distance) of each query: index scans off (a sequential scan + top-N
+/// sort), the service's join and model filter.
+async fn exact_answers(args: &SearchArgs, queries: &[Vec<f32>]) -> Result<Vec<Vec<Exact>>> {
+    if let Some(path) = &args.exact_file
+        && let Ok(bytes) = std::fs::read(path)
+    {
+        return Ok(serde_json::from_slice(&bytes)?);
+    }
+    let mut conn = AsyncPgConnection::establish(&args.db_url).await?;
+    conn.batch_execute("SET enable_indexscan = off; SET max_parallel_workers_per_gather = 2")
+        .await?;
+    let mut all = Vec::new();
+    for q in queries.iter().take(args.exact) {
+        let sql = format!(
+            "SELECT r.id, (e.embedding <=> '{v}') AS distance \
+             FROM embeddings e JOIN audit_records r ON r.embedding_id = e.id \
+             WHERE e.model = '{}' ORDER BY e.embedding <=> '{v}', r.id LIMIT 10",
+            args.model.replace('\'', "''"),
+            v = vector_literal(q)
+        );
+        let exact: Vec<Exact> = diesel::sql_query(sql).load(&mut conn).await?;
+        if exact.is_empty() {
+            bail!("the exact scan found nothing: is the table filled?");
+        }
+        all.push(exact);
+    }
+    if let Some(path) = &args.exact_file {
+        std::fs::write(path, serde_json::to_vec(&all)?)?;
+    }
+    Ok(all)
+}
+
+/// recall@10 of one answer: a returned record counts when it is one of the exact ten, or as near to
+/// the query as the tenth (records sharing one vector tie; any of them is a right answer).
+fn recall(got: &[(i64, f64)], exact: &[Exact]) -> f64 {
+    let ids: HashSet<i64> = exact.iter().map(|e| e.id).collect();
+    let tenth = exact.last().map_or(0.0, |e| e.distance);
+    let hits = got
+        .iter()
+        .filter(|(id, distance)| ids.contains(id) || *distance <= tenth + 1e-6)
+        .count()
+        .min(exact.len());
+    hits as f64 / exact.len() as f64
 }
 
 pub async fn run(args: SearchArgs) -> Result<Value> {
@@ -52,30 +103,12 @@ pub async fn run(args: SearchArgs) -> Result<Value> {
         answers.push(ids);
     }
 
-    // Exact: the same query as the service's, with index scans off (a sequential scan + top-N sort).
-    let mut conn = AsyncPgConnection::establish(&args.db_url).await?;
-    conn.batch_execute("SET enable_indexscan = off; SET max_parallel_workers_per_gather = 2")
-        .await?;
-    let mut recalls = Vec::new();
-    for (q, got) in queries.iter().zip(&answers).take(args.exact) {
-        let sql = format!(
-            "SELECT r.id FROM embeddings e JOIN audit_records r ON r.embedding_id = e.id \
-             WHERE e.model = '{}' ORDER BY e.embedding <=> '{}' LIMIT 10",
-            args.model.replace('\'', "''"),
-            vector_literal(q)
-        );
-        let exact: HashSet<i64> = diesel::sql_query(sql)
-            .load::<Id>(&mut conn)
-            .await?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        if exact.is_empty() {
-            bail!("the exact scan found nothing: is the table filled?");
-        }
-        let hit = got.iter().filter(|id| exact.contains(id)).count();
-        recalls.push(hit as f64 / exact.len() as f64);
-    }
+    let exact = exact_answers(&args, &queries).await?;
+    let recalls: Vec<f64> = answers
+        .iter()
+        .zip(&exact)
+        .map(|(got, exact)| recall(got, exact))
+        .collect();
     let recall = recalls.iter().sum::<f64>() / recalls.len().max(1) as f64;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     Ok(json!({
@@ -130,7 +163,8 @@ impl Client {
         Client { addr, sender: None }
     }
 
-    async fn search(&mut self, vector: &[f32]) -> Result<Vec<i64>> {
+    /// The ids and cosine distances of the top 10.
+    async fn search(&mut self, vector: &[f32]) -> Result<Vec<(i64, f64)>> {
         let reusable = match self.sender.as_mut() {
             Some(s) => s.ready().await.is_ok(),
             None => false,
@@ -169,7 +203,13 @@ impl Client {
             .as_array()
             .context("no results array")?
             .iter()
-            .map(|r| r["id"].as_i64().context("a result without id"))
+            .map(|r| {
+                let id = r["id"].as_i64().context("a result without id")?;
+                let similarity = r["similarity"]
+                    .as_f64()
+                    .context("a result without similarity")?;
+                Ok((id, 1.0 - similarity))
+            })
             .collect()
     }
 }
@@ -197,4 +237,27 @@ pub fn cpu_seconds_of(pid: &str) -> f64 {
     };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exact(rows: &[(i64, f64)]) -> Vec<Exact> {
+        rows.iter()
+            .map(|&(id, distance)| Exact { id, distance })
+            .collect()
+    }
+
+    #[test]
+    fn recall_counts_the_exact_records_and_ties_with_the_tenth_only() {
+        let truth = exact(&[(1, 0.1), (2, 0.2), (3, 0.3)]);
+        assert_eq!(recall(&[(1, 0.1), (2, 0.2), (3, 0.3)], &truth), 1.0);
+        // Record 9 shares record 3's vector: as right an answer as 3.
+        assert_eq!(recall(&[(1, 0.1), (2, 0.2), (9, 0.3)], &truth), 1.0);
+        // Record 8 is farther than the third exact answer: a miss.
+        let r = recall(&[(1, 0.1), (2, 0.2), (8, 0.31)], &truth);
+        assert!((r - 2.0 / 3.0).abs() < 1e-9, "{r}");
+        assert_eq!(recall(&[], &truth), 0.0);
+    }
 }

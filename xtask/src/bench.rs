@@ -24,6 +24,8 @@ struct Options {
     seconds: f64,
     conns: Vec<usize>,
     worker_seconds: f64,
+    /// `hnsw.ef_search` values the search benchmark sweeps (one service start each).
+    ef: Vec<u32>,
 }
 
 impl Options {
@@ -33,6 +35,7 @@ impl Options {
             seconds: 10.0,
             conns: vec![1, 16, 64],
             worker_seconds: 30.0,
+            ef: vec![40, 100, 200, 400],
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -49,8 +52,14 @@ impl Options {
                         .map(|c| c.parse().map_err(anyhow::Error::from))
                         .collect::<Result<_>>()?
                 }
+                "--ef" => {
+                    o.ef = value()?
+                        .split(',')
+                        .map(|c| c.parse().map_err(anyhow::Error::from))
+                        .collect::<Result<_>>()?
+                }
                 other => bail!(
-                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30"
+                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400"
                 ),
             }
         }
@@ -246,9 +255,21 @@ impl Bench {
     }
 
     fn start_service(&self, db: &str, mode: &str, tag: &str) -> Result<(Service, String)> {
+        self.start_service_with(db, mode, tag, &[])
+    }
+
+    /// [`Bench::start_service`] with more `DATASTORAGE_*` settings.
+    fn start_service_with(
+        &self,
+        db: &str,
+        mode: &str,
+        tag: &str,
+        extra: &[(&str, String)],
+    ) -> Result<(Service, String)> {
         let log = std::fs::File::create(self.out.join(format!("service-{tag}.log")))?;
         let child = Command::new(self.bin.join("datastorage"))
             .arg("serve")
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .env("DATASTORAGE_DATABASE_URL", self.cluster.url(db))
             .env("DATASTORAGE_HTTP_ADDR", API)
             .env("DATASTORAGE_METRICS_ADDR", METRICS)
@@ -591,7 +612,7 @@ impl Bench {
         self.psql_in(&db, "DELETE FROM embedding_jobs")?;
 
         // The service, mode inline.
-        let (service, model) = self.start_service(&db, "inline", &format!("{size}-inline"))?;
+        let (service, _) = self.start_service(&db, "inline", &format!("{size}-inline"))?;
         for &c in &o.conns {
             scenarios.push(self.load(
                 &service,
@@ -617,28 +638,48 @@ impl Bench {
             },
         )?);
         report["scenarios"] = json!(scenarios);
-        if size > 0 {
-            step(&format!("{db}: search latency and recall@10"));
-            let search = self.ds_bench(&[
-                "search",
-                "--addr",
-                API,
-                "--db-url",
-                &self.cluster.url(&db),
-                "--model",
-                &model,
-            ])?;
-            step(&format!(
-                "search: p50 {:.1} ms, p99 {:.1} ms, recall@10 {:.3}",
-                search["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
-                search["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
-                search["recall_at_10"].as_f64().unwrap_or(0.0)
-            ));
-            report["search"] = search;
-        }
         let (_, rss) = process_usage(service.pid());
         report["inline_service_peak_rss_mib"] = json!(rss);
         service.stop()?;
+        if size > 0 {
+            // One service per ef_search (a per-connection setting); the exact answers are computed
+            // once per size and shared by the sweep.
+            let exact = self.out.join(format!("exact-{size}.json"));
+            let _ = std::fs::remove_file(&exact);
+            let mut sweep = Vec::new();
+            for &ef in &o.ef {
+                step(&format!(
+                    "{db}: search latency and recall@10, ef_search {ef}"
+                ));
+                let (service, model) = self.start_service_with(
+                    &db,
+                    "inline",
+                    &format!("{size}-search-ef{ef}"),
+                    &[("DATASTORAGE_SEARCH_EF_SEARCH", ef.to_string())],
+                )?;
+                let mut search = self.ds_bench(&[
+                    "search",
+                    "--addr",
+                    API,
+                    "--db-url",
+                    &self.cluster.url(&db),
+                    "--model",
+                    &model,
+                    "--exact-file",
+                    &exact.display().to_string(),
+                ])?;
+                service.stop()?;
+                search["ef_search"] = json!(ef);
+                step(&format!(
+                    "search ef {ef}: p50 {:.1} ms, p99 {:.1} ms, recall@10 {:.3}",
+                    search["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                    search["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                    search["recall_at_10"].as_f64().unwrap_or(0.0)
+                ));
+                sweep.push(search);
+            }
+            report["search"] = json!(sweep);
+        }
         Ok(report)
     }
 }
@@ -679,7 +720,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         let mut result = json!({
             "commit": commit,
             "machine": machine,
-            "options": {"sizes": o.sizes, "seconds": o.seconds, "conns": o.conns, "worker_seconds": o.worker_seconds},
+            "options": {"sizes": o.sizes, "seconds": o.seconds, "conns": o.conns, "worker_seconds": o.worker_seconds, "ef_search": o.ef},
             "bare_model": embed,
             "sizes": [],
         });
@@ -815,9 +856,10 @@ fn summarize(r: &Value) -> String {
             hnsw.unwrap_or(f64::NAN),
             f(&w["records_per_second"]) / slower
         ));
-        if let Some(q) = size.get("search") {
+        for q in size["search"].as_array().into_iter().flatten() {
             s.push_str(&format!(
-                "search top-10: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; recall@10 {:.3} (min {:.2}, {} queries)\n",
+                "search top-10, ef_search {:>3}: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; recall@10 {:.3} (min {:.2}, {} queries)\n",
+                q["ef_search"],
                 f(&q["latency_ms"]["p50"]),
                 f(&q["latency_ms"]["p95"]),
                 f(&q["latency_ms"]["p99"]),
