@@ -813,7 +813,7 @@ fn summarize(r: &Value) -> String {
             ));
         }
         s.push_str(&format!(
-            "{:<30} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>9}\n",
+            "{:<30} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9}\n",
             "scenario",
             "rec/s",
             "p50 ms",
@@ -822,6 +822,8 @@ fn summarize(r: &Value) -> String {
             "max ms",
             "errors",
             "svc cpu",
+            "pg cpu",
+            "gen cpu",
             "rss MiB",
             "vs raw"
         ));
