@@ -73,6 +73,19 @@ async fn exact_answers(args: &SearchArgs, queries: &[Vec<f32>]) -> Result<Vec<Ve
     Ok(all)
 }
 
+/// How similar the returned records are to the query against the exact ten: the mean cosine
+/// similarity of the answer over that of the exact answer (1.0: as similar; recall may still be lower
+/// when many records are about as near as the tenth).
+fn similarity_ratio(got: &[(i64, f64)], exact: &[Exact]) -> f64 {
+    let mean =
+        |d: &mut dyn Iterator<Item = f64>, n: usize| d.map(|d| 1.0 - d).sum::<f64>() / n as f64;
+    if got.is_empty() || exact.is_empty() {
+        return 0.0;
+    }
+    mean(&mut got.iter().map(|(_, d)| *d), got.len().max(exact.len()))
+        / mean(&mut exact.iter().map(|e| e.distance), exact.len())
+}
+
 /// recall@10 of one answer: a returned record counts when it is one of the exact ten, or as near to
 /// the query as the tenth (records sharing one vector tie; any of them is a right answer).
 fn recall(got: &[(i64, f64)], exact: &[Exact]) -> f64 {
@@ -110,13 +123,21 @@ pub async fn run(args: SearchArgs) -> Result<Value> {
         .map(|(got, exact)| recall(got, exact))
         .collect();
     let recall = recalls.iter().sum::<f64>() / recalls.len().max(1) as f64;
+    let quality: Vec<f64> = answers
+        .iter()
+        .zip(&exact)
+        .map(|(got, exact)| similarity_ratio(got, exact))
+        .collect();
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     Ok(json!({
         "queries": args.queries,
         "latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99), "max": latency.max() as f64 / 1000.0},
         "recall_at_10": recall,
+        "similarity_ratio": quality.iter().sum::<f64>() / quality.len().max(1) as f64,
+        "min_similarity_ratio": quality.iter().cloned().fold(1.0, f64::min),
         "recall_queries": recalls.len(),
         "min_recall": recalls.iter().cloned().fold(1.0, f64::min),
+        "recalls": recalls,
     }))
 }
 
@@ -259,5 +280,16 @@ mod tests {
         let r = recall(&[(1, 0.1), (2, 0.2), (8, 0.31)], &truth);
         assert!((r - 2.0 / 3.0).abs() < 1e-9, "{r}");
         assert_eq!(recall(&[], &truth), 0.0);
+    }
+
+    #[test]
+    fn similarity_ratio_compares_mean_similarities_and_counts_missing_results() {
+        let truth = exact(&[(1, 0.2), (2, 0.4)]); // similarities 0.8 and 0.6: mean 0.7
+        assert!((similarity_ratio(&[(1, 0.2), (2, 0.4)], &truth) - 1.0).abs() < 1e-9);
+        let r = similarity_ratio(&[(1, 0.2), (5, 0.5)], &truth); // (0.8 + 0.5) / 2 / 0.7
+        assert!((r - 0.65 / 0.7).abs() < 1e-9, "{r}");
+        let r = similarity_ratio(&[(1, 0.2)], &truth); // a missing result counts as 0
+        assert!((r - 0.4 / 0.7).abs() < 1e-9, "{r}");
+        assert_eq!(similarity_ratio(&[], &truth), 0.0);
     }
 }

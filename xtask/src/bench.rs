@@ -860,14 +860,16 @@ fn summarize(r: &Value) -> String {
         ));
         for q in size["search"].as_array().into_iter().flatten() {
             s.push_str(&format!(
-                "search top-10, ef_search {:>3}: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; recall@10 {:.3} (min {:.2}, {} queries)\n",
+                "search top-10, ef_search {:>3}: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; recall@10 {:.3} (min {:.2}, {} queries); similarity ratio {:.3} (min {:.2})\n",
                 q["ef_search"],
                 f(&q["latency_ms"]["p50"]),
                 f(&q["latency_ms"]["p95"]),
                 f(&q["latency_ms"]["p99"]),
                 f(&q["recall_at_10"]),
                 f(&q["min_recall"]),
-                q["recall_queries"]
+                q["recall_queries"],
+                f(&q["similarity_ratio"]),
+                f(&q["min_similarity_ratio"])
             ));
         }
     }
