@@ -15,35 +15,10 @@ pub type Sha256Digest = [u8; 32];
 
 /// Writes `v` in canonical form.
 pub fn canonical_json(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                if let Some(item) = m.get(k) {
-                    canonical_json(item, out);
-                }
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail, nor can serializing a `Value`; serde_json writes UTF-8.
+    let _ = write_canonical(v, &mut bytes);
+    out.push_str(&String::from_utf8_lossy(&bytes));
 }
 
 /// The content digest of a record (contract §2.9): SHA-256 of the canonical JSON of
@@ -82,7 +57,7 @@ fn write_record<W: Write>(
     out.write_all(b"}")
 }
 
-/// [`canonical_json`] into any writer.
+/// [`canonical_json`] into any writer: the one implementation of the canonical form.
 fn write_canonical<W: Write>(v: &Value, out: &mut W) -> io::Result<()> {
     match v {
         Value::Object(m) => write_object(m, out),

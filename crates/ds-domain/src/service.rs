@@ -165,15 +165,13 @@ impl AuditService {
                 jobs_for(distinct_texts(&records, &embedding_digests), &model),
             )
         } else {
-            let missing = self.missing_texts(&records, &embedding_digests).await?;
+            let wanted = distinct_texts(&records, &embedding_digests);
+            let missing = self.missing_texts(&wanted).await?;
             if missing.is_empty() {
                 // Every vector is stored (the store may answer that from memory): no new vector and,
                 // as in mode deferred, a job the statement only queues for a text it finds without
                 // one, so a record can never be left pending without a job.
-                (
-                    Vec::new(),
-                    jobs_for(distinct_texts(&records, &embedding_digests), &model),
-                )
+                (Vec::new(), jobs_for(wanted, &model))
             } else {
                 match self.embed_missing(missing.clone(), &model).await {
                     Ok(new) => (new, Vec::new()),
@@ -210,13 +208,11 @@ impl AuditService {
         }
     }
 
-    /// The distinct (digest, text) pairs whose vectors are not stored yet.
+    /// The (digest, text) pairs of `wanted` whose vectors are not stored yet.
     async fn missing_texts(
         &self,
-        records: &[ValidRecord],
-        digests: &[Sha256Digest],
+        wanted: &[(Sha256Digest, String)],
     ) -> Result<Vec<(Sha256Digest, String)>, AuditError> {
-        let wanted = distinct_texts(records, digests);
         let keys: Vec<Sha256Digest> = wanted.iter().map(|(d, _)| *d).collect();
         let stored: BTreeSet<Sha256Digest> = self
             .store
@@ -225,8 +221,9 @@ impl AuditService {
             .into_iter()
             .collect();
         Ok(wanted
-            .into_iter()
+            .iter()
             .filter(|(d, _)| !stored.contains(d))
+            .cloned()
             .collect())
     }
 
