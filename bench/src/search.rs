@@ -77,13 +77,13 @@ async fn exact_answers(args: &SearchArgs, queries: &[Vec<f32>]) -> Result<Vec<Ve
 /// similarity of the answer over that of the exact answer (1.0: as similar; recall may still be lower
 /// when many records are about as near as the tenth).
 fn similarity_ratio(got: &[(i64, f64)], exact: &[Exact]) -> f64 {
-    let mean =
-        |d: &mut dyn Iterator<Item = f64>, n: usize| d.map(|d| 1.0 - d).sum::<f64>() / n as f64;
     if got.is_empty() || exact.is_empty() {
         return 0.0;
     }
-    mean(&mut got.iter().map(|(_, d)| *d), got.len().max(exact.len()))
-        / mean(&mut exact.iter().map(|e| e.distance), exact.len())
+    let got_sum: f64 = got.iter().map(|(_, d)| 1.0 - d).sum();
+    let exact_sum: f64 = exact.iter().map(|e| 1.0 - e.distance).sum();
+    // A missing result counts as similarity 0.
+    (got_sum / got.len().max(exact.len()) as f64) / (exact_sum / exact.len() as f64)
 }
 
 /// recall@10 of one answer: a returned record counts when it is one of the exact ten, or as near to

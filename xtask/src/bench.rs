@@ -28,6 +28,17 @@ struct Options {
     ef: Vec<u32>,
 }
 
+/// `1,16,64` → `[1, 16, 64]`.
+fn comma_list<T>(s: &str) -> Result<Vec<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    s.split(',')
+        .map(|c| c.parse().map_err(anyhow::Error::from))
+        .collect()
+}
+
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
         let mut o = Options {
@@ -46,18 +57,8 @@ impl Options {
                 }
                 "--seconds" => o.seconds = value()?.parse()?,
                 "--worker-seconds" => o.worker_seconds = value()?.parse()?,
-                "--conns" => {
-                    o.conns = value()?
-                        .split(',')
-                        .map(|c| c.parse().map_err(anyhow::Error::from))
-                        .collect::<Result<_>>()?
-                }
-                "--ef" => {
-                    o.ef = value()?
-                        .split(',')
-                        .map(|c| c.parse().map_err(anyhow::Error::from))
-                        .collect::<Result<_>>()?
-                }
+                "--conns" => o.conns = comma_list(value()?)?,
+                "--ef" => o.ef = comma_list(value()?)?,
                 other => bail!(
                     "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400"
                 ),
