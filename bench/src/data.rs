@@ -10,7 +10,7 @@ pub const KINDS: [&str; 4] = ["remediation", "aianalysis", "workflow", "executio
 pub const DIM: usize = 384;
 
 /// The recurring messages: an alert storm repeats a handful of texts.
-const HOT: [&str; 16] = [
+pub const HOT: [&str; 16] = [
     "Pod restarted after OOMKill: container exceeded its memory limit",
     "Deployment rollout stalled: new replicas fail their readiness probe",
     "Node NotReady: kubelet stopped posting status",
@@ -79,45 +79,98 @@ pub fn record(kind: &str, run: &str, n: u64, hot: bool) -> String {
     }
 }
 
-/// Clustered unit vectors: 64 topic centres, each vector a centre plus Gaussian noise (cosine to
-/// its centre about 0.7), like embeddings of alerts about a limited set of problems.
+/// The shape of the generated vectors.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum Shape {
+    /// Like the model's embeddings of alert texts (the default): 64 topic centres; within a topic a
+    /// vector varies along 16 directions of its own (a low intrinsic dimension, as sentence
+    /// embeddings have), plus a little noise in every direction. `ds-bench structure` compares its
+    /// local intrinsic dimension with that of real embeddings.
+    Embedding,
+    /// The hard extreme: a topic centre plus Gaussian noise in all 384 directions (cosine to its
+    /// centre about 0.7). Within a topic every point is about as far from every other: thousands of
+    /// near-ties, the worst case for a graph index.
+    Isotropic,
+}
+
+/// Directions along which the vectors of one topic vary (`Shape::Embedding`).
+const TOPIC_DIRECTIONS: usize = 16;
+
+/// Clustered unit vectors: 64 topic centres, each vector a centre plus variation (see [`Shape`]),
+/// like embeddings of alerts about a limited set of problems.
 pub struct Vectors {
     centres: Vec<Vec<f32>>,
+    /// Per topic, `TOPIC_DIRECTIONS` unit directions (empty for `Shape::Isotropic`).
+    directions: Vec<Vec<Vec<f32>>>,
+    shape: Shape,
     rng: StdRng,
 }
 
 impl Vectors {
-    pub fn new(seed: u64) -> Self {
+    pub fn new(shape: Shape, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(0x5eed);
         let centres = (0..64).map(|_| unit(gaussian(&mut rng, 1.0))).collect();
+        let directions = match shape {
+            Shape::Embedding => (0..64)
+                .map(|_| {
+                    (0..TOPIC_DIRECTIONS)
+                        .map(|_| unit(gaussian(&mut rng, 1.0)))
+                        .collect()
+                })
+                .collect(),
+            Shape::Isotropic => Vec::new(),
+        };
         Vectors {
             centres,
+            directions,
+            shape,
             rng: StdRng::seed_from_u64(seed),
         }
     }
 
     pub fn next_vector(&mut self) -> Vec<f32> {
         let c = self.rng.random_range(0..self.centres.len());
-        let noise = gaussian(&mut self.rng, 0.05);
-        unit(
-            self.centres[c]
-                .iter()
-                .zip(noise)
-                .map(|(a, b)| a + b)
-                .collect(),
-        )
+        self.topic_vector(c)
     }
+
+    /// A vector of topic `c` (below 64).
+    pub fn topic_vector(&mut self, c: usize) -> Vec<f32> {
+        let mut v = self.centres[c].clone();
+        match self.shape {
+            Shape::Isotropic => {
+                for (x, n) in v.iter_mut().zip(gaussian(&mut self.rng, 0.05)) {
+                    *x += n;
+                }
+            }
+            Shape::Embedding => {
+                for d in &self.directions[c] {
+                    let a = SPREAD * gaussian1(&mut self.rng);
+                    for (x, y) in v.iter_mut().zip(d) {
+                        *x += a * y;
+                    }
+                }
+                for (x, n) in v.iter_mut().zip(gaussian(&mut self.rng, NOISE)) {
+                    *x += n;
+                }
+            }
+        }
+        unit(v)
+    }
+}
+
+/// `Shape::Embedding`: the spread along a topic's directions and the noise in every direction.
+const SPREAD: f32 = 0.25;
+const NOISE: f32 = 0.01;
+
+fn gaussian1(rng: &mut StdRng) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
 fn gaussian(rng: &mut StdRng, sigma: f32) -> Vec<f32> {
     // Box-Muller.
-    (0..DIM)
-        .map(|_| {
-            let u1: f32 = rng.random_range(f32::EPSILON..1.0);
-            let u2: f32 = rng.random();
-            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect()
+    (0..DIM).map(|_| sigma * gaussian1(rng)).collect()
 }
 
 fn unit(v: Vec<f32>) -> Vec<f32> {
@@ -158,12 +211,12 @@ fn hex_of(bytes: &[u8]) -> String {
 /// Columns: embeddings (id, digest, model, embedding); audit_records (id, kind, name, namespace,
 /// phase, correlation_id, message, created_at, content_digest, details, embedding_digest,
 /// embedding_id).
-pub fn prefill_csv(table: &str, rows: u64, model: &str) -> Result<()> {
+pub fn prefill_csv(table: &str, rows: u64, model: &str, shape: Shape) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     match table {
         "embeddings" => {
-            let mut vectors = Vectors::new(1);
+            let mut vectors = Vectors::new(shape, 1);
             for i in 1..=rows {
                 writeln!(
                     out,
@@ -221,7 +274,7 @@ pub fn baseline(what: &str) -> Result<String> {
              ON CONFLICT (digest) DO NOTHING;\n"
             .to_owned(),
         "centres" => {
-            let v = Vectors::new(0);
+            let v = Vectors::new(Shape::Isotropic, 0);
             v.centres
                 .iter()
                 .enumerate()
@@ -252,7 +305,7 @@ mod tests {
 
     #[test]
     fn generated_vectors_are_unit_length_and_clustered() {
-        let mut v = Vectors::new(3);
+        let mut v = Vectors::new(Shape::Isotropic, 3);
         let a = v.next_vector();
         assert_eq!(a.len(), DIM);
         let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();

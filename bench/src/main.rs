@@ -13,6 +13,7 @@
 mod data;
 mod load;
 mod search;
+mod structure;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
         /// The model id the service stores vectors under.
         #[arg(long)]
         model: String,
+        #[arg(long, value_enum, default_value_t = data::Shape::Embedding)]
+        vectors: data::Shape,
     },
     /// Vector search latency and recall@10.
     Search(search::SearchArgs),
@@ -60,6 +63,14 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
+    /// How hard the vectors are for a nearest-neighbour index: local intrinsic dimension and
+    /// relative contrast of the model's embeddings of varied alert texts and of each generated shape.
+    Structure {
+        #[arg(long)]
+        model_dir: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        texts: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -69,8 +80,13 @@ fn main() -> Result<()> {
         .build()?;
     let out = match cli.command {
         Command::Load(args) => runtime.block_on(load::run(args))?,
-        Command::Prefill { table, rows, model } => {
-            data::prefill_csv(&table, rows, &model)?;
+        Command::Prefill {
+            table,
+            rows,
+            model,
+            vectors,
+        } => {
+            data::prefill_csv(&table, rows, &model, vectors)?;
             return Ok(());
         }
         Command::Search(args) => runtime.block_on(search::run(args))?,
@@ -84,6 +100,9 @@ fn main() -> Result<()> {
             texts,
             batch,
         } => runtime.block_on(embed(model_dir, texts, batch))?,
+        Command::Structure { model_dir, texts } => {
+            runtime.block_on(structure::run(&model_dir, texts))?
+        }
     };
     println!("{out}");
     Ok(())

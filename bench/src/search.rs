@@ -1,6 +1,6 @@
 //! Search latency through the API and recall@10 against an exact scan.
 
-use crate::data::{Vectors, vector_literal};
+use crate::data::{Shape, Vectors, vector_literal};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use diesel::QueryableByName;
@@ -31,6 +31,9 @@ pub struct SearchArgs {
     /// table: a sweep over `hnsw.ef_search` scans once), written otherwise.
     #[arg(long)]
     exact_file: Option<std::path::PathBuf>,
+    /// The shape of the query vectors: that of the pre-filled ones.
+    #[arg(long, value_enum, default_value_t = Shape::Embedding)]
+    vectors: Shape,
 }
 
 #[derive(QueryableByName, serde::Serialize, serde::Deserialize)]
@@ -100,7 +103,7 @@ fn recall(got: &[(i64, f64)], exact: &[Exact]) -> f64 {
 }
 
 pub async fn run(args: SearchArgs) -> Result<Value> {
-    let mut vectors = Vectors::new(0xbeef);
+    let mut vectors = Vectors::new(args.vectors, 0xbeef);
     let queries: Vec<Vec<f32>> = (0..args.queries).map(|_| vectors.next_vector()).collect();
     let mut client = Client::new(args.addr);
     // Warm-up: the first queries load the index into memory.

@@ -26,6 +26,8 @@ struct Options {
     worker_seconds: f64,
     /// `hnsw.ef_search` values the search benchmark sweeps (one service start each).
     ef: Vec<u32>,
+    /// The shape of the pre-filled and query vectors (`ds-bench prefill --vectors`).
+    vectors: String,
 }
 
 /// `1,16,64` → `[1, 16, 64]`.
@@ -47,6 +49,7 @@ impl Options {
             conns: vec![1, 16, 64],
             worker_seconds: 30.0,
             ef: vec![40, 100, 200, 400],
+            vectors: "embedding".to_owned(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -59,8 +62,12 @@ impl Options {
                 "--worker-seconds" => o.worker_seconds = value()?.parse()?,
                 "--conns" => o.conns = comma_list(value()?)?,
                 "--ef" => o.ef = comma_list(value()?)?,
+                "--vectors" => match value()?.as_str() {
+                    v @ ("embedding" | "isotropic") => o.vectors = v.to_owned(),
+                    other => bail!("--vectors {other}: embedding or isotropic"),
+                },
                 other => bail!(
-                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400"
+                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400 --vectors embedding|isotropic"
                 ),
             }
         }
@@ -234,10 +241,18 @@ impl Bench {
     }
 
     /// `ds-bench prefill | psql COPY`.
-    fn copy(&self, db: &str, table: &str, columns: &str, rows: u64, model: &str) -> Result<()> {
+    fn copy(
+        &self,
+        db: &str,
+        table: &str,
+        columns: &str,
+        rows: u64,
+        model: &str,
+        vectors: &str,
+    ) -> Result<()> {
         let mut producer = Command::new(self.bin.join("ds-bench"))
             .args(["prefill", "--table", table, "--rows", &rows.to_string()])
-            .args(["--model", model])
+            .args(["--model", model, "--vectors", vectors])
             .stdout(Stdio::piped())
             .spawn()?;
         let stdout = producer.stdout.take().context("prefill stdout")?;
@@ -450,6 +465,7 @@ impl Bench {
                 "id, digest, model, embedding",
                 size,
                 &model,
+                &o.vectors,
             )?;
             self.copy(
                 &db,
@@ -457,6 +473,7 @@ impl Bench {
                 "id, kind, name, namespace, phase, correlation_id, message, created_at, content_digest, details, embedding_digest, embedding_id",
                 size,
                 &model,
+                &o.vectors,
             )?;
             self.psql_in(&db, "SELECT setval('embeddings_id_seq', (SELECT max(id) FROM embeddings)); SELECT setval('audit_records_id_seq', (SELECT max(id) FROM audit_records))")?;
             report["copy_seconds"] = json!(t.elapsed().as_secs_f64());
@@ -668,6 +685,8 @@ impl Bench {
                     &model,
                     "--exact-file",
                     &exact.display().to_string(),
+                    "--vectors",
+                    &o.vectors,
                 ])?;
                 service.stop()?;
                 search["ef_search"] = json!(ef);
@@ -712,6 +731,14 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         let machine = machine();
         step("the bare local model (batched, all cores)");
         let embed = b.ds_bench(&["embed", "--model-dir", &b.model_dir.display().to_string()])?;
+        step(
+            "how hard the vectors are for an index: the model's embeddings vs the generated shapes",
+        );
+        let structure = b.ds_bench(&[
+            "structure",
+            "--model-dir",
+            &b.model_dir.display().to_string(),
+        ])?;
         let commit = Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])
             .current_dir(&b.root)
@@ -721,8 +748,9 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         let mut result = json!({
             "commit": commit,
             "machine": machine,
-            "options": {"sizes": o.sizes, "seconds": o.seconds, "conns": o.conns, "worker_seconds": o.worker_seconds, "ef_search": o.ef},
+            "options": {"sizes": o.sizes, "seconds": o.seconds, "conns": o.conns, "worker_seconds": o.worker_seconds, "ef_search": o.ef, "vectors": o.vectors},
             "bare_model": embed,
+            "vector_structure": structure,
             "sizes": [],
         });
         for (i, &size) in o.sizes.iter().enumerate() {
@@ -776,6 +804,20 @@ fn summarize(r: &Value) -> String {
         "bare local model: {:.1} sentences/s\n",
         f(&r["bare_model"]["sentences_per_second"])
     ));
+    s.push_str(&format!(
+        "pre-filled vectors: {} (local intrinsic dimension / relative contrast, 2,000 vectors: ",
+        r["options"]["vectors"].as_str().unwrap_or("")
+    ));
+    let shapes = ["model", "embedding", "isotropic"].map(|k| {
+        let v = &r["vector_structure"][k];
+        format!(
+            "{k} {:.1} / {:.2}",
+            f(&v["local_intrinsic_dimension"]),
+            f(&v["relative_contrast"])
+        )
+    });
+    s.push_str(&shapes.join(", "));
+    s.push_str(")\n");
     for size in r["sizes"].as_array().into_iter().flatten() {
         s.push_str(&format!(
             "\n== {} records pre-filled{} ==\n",
