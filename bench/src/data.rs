@@ -82,10 +82,11 @@ pub fn record(kind: &str, run: &str, n: u64, hot: bool) -> String {
 /// The shape of the generated vectors.
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 pub enum Shape {
-    /// Like the model's embeddings of alert texts (the default): 64 topic centres; within a topic a
-    /// vector varies along 16 directions of its own (a low intrinsic dimension, as sentence
-    /// embeddings have), plus a little noise in every direction. `ds-bench structure` compares its
-    /// local intrinsic dimension with that of real embeddings.
+    /// Like the model's embeddings of alert texts (the default): a topic (64), three more facets of
+    /// an alert (workload 32, namespace 16, detail 16 values), each value a direction of its own,
+    /// a direction all alerts share (the model's embeddings of alert texts have a mean pairwise
+    /// cosine of 0.46), a little variation along 16 directions of the topic and noise in all.
+    /// `ds-bench structure` compares it with real embeddings: it is harder for an index than they are.
     Embedding,
     /// The hard extreme: a topic centre plus Gaussian noise in all 384 directions (cosine to its
     /// centre about 0.7). Within a topic every point is about as far from every other: thousands of
@@ -102,6 +103,10 @@ pub struct Vectors {
     centres: Vec<Vec<f32>>,
     /// Per topic, `TOPIC_DIRECTIONS` unit directions (empty for `Shape::Isotropic`).
     directions: Vec<Vec<Vec<f32>>>,
+    /// `Shape::Embedding`: the other facets of an alert (workload, namespace, detail), each a set of
+    /// values with a direction of their own, and the direction all alerts share.
+    facets: Vec<(f32, Vec<Vec<f32>>)>,
+    common: Vec<f32>,
     shape: Shape,
     rng: StdRng,
 }
@@ -120,9 +125,22 @@ impl Vectors {
                 .collect(),
             Shape::Isotropic => Vec::new(),
         };
+        let facets = match shape {
+            Shape::Embedding => FACETS
+                .iter()
+                .map(|&(weight, values)| {
+                    let dirs = (0..values).map(|_| unit(gaussian(&mut rng, 1.0))).collect();
+                    (weight, dirs)
+                })
+                .collect(),
+            Shape::Isotropic => Vec::new(),
+        };
+        let common = unit(gaussian(&mut rng, 1.0));
         Vectors {
             centres,
             directions,
+            facets,
+            common,
             shape,
             rng: StdRng::seed_from_u64(seed),
         }
@@ -143,6 +161,15 @@ impl Vectors {
                 }
             }
             Shape::Embedding => {
+                for (weight, values) in &self.facets {
+                    let d = &values[self.rng.random_range(0..values.len())];
+                    for (x, y) in v.iter_mut().zip(d) {
+                        *x += weight * y;
+                    }
+                }
+                for (x, y) in v.iter_mut().zip(&self.common) {
+                    *x += COMMON * y;
+                }
                 for d in &self.directions[c] {
                     let a = SPREAD * gaussian1(&mut self.rng);
                     for (x, y) in v.iter_mut().zip(d) {
@@ -158,8 +185,12 @@ impl Vectors {
     }
 }
 
-/// `Shape::Embedding`: the spread along a topic's directions and the noise in every direction.
-const SPREAD: f32 = 0.25;
+/// `Shape::Embedding`: the facets besides the topic (weight against the topic's 1.0, number of
+/// values), the weight of the shared direction, the spread along a topic's own directions and the
+/// noise in every direction.
+const FACETS: [(f32, usize); 3] = [(0.6, 32), (0.5, 16), (0.5, 16)];
+const COMMON: f32 = 1.3;
+const SPREAD: f32 = 0.1;
 const NOISE: f32 = 0.01;
 
 fn gaussian1(rng: &mut StdRng) -> f32 {
@@ -183,14 +214,25 @@ fn unit(v: Vec<f32>) -> Vec<f32> {
     v.into_iter().map(|x| x / norm).collect()
 }
 
+/// pgvector's text form, six decimals (compact, for the pre-fill: what is stored is what is searched).
 pub fn vector_literal(v: &[f32]) -> String {
-    let mut s = String::with_capacity(v.len() * 10);
+    literal(v, |x| format!("{x:.6}"))
+}
+
+/// pgvector's text form of exactly these `f32`s (shortest round-trip form), as the API receives a
+/// query: the exact answer must rank for the same query vector, not a rounded one.
+pub fn exact_vector_literal(v: &[f32]) -> String {
+    literal(v, |x| format!("{x}"))
+}
+
+fn literal(v: &[f32], number: impl Fn(f32) -> String) -> String {
+    let mut s = String::with_capacity(v.len() * 12);
     s.push('[');
     for (i, x) in v.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&format!("{x:.6}"));
+        s.push_str(&number(*x));
     }
     s.push(']');
     s

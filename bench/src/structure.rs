@@ -74,6 +74,7 @@ pub fn hardness(vectors: &[Vec<f32>]) -> Result<Value> {
     let mut inverse_lid = 0.0f64;
     let mut contrast = 0.0f64;
     let mut nn_cosine = 0.0f64;
+    let mut mean_cosine = 0.0f64;
     let mut counted = 0usize;
     let mut dist = Vec::with_capacity(vectors.len());
     for (i, a) in vectors.iter().enumerate() {
@@ -85,6 +86,7 @@ pub fn hardness(vectors: &[Vec<f32>]) -> Result<Value> {
             }
         }
         let mean = dist.iter().sum::<f64>() / dist.len() as f64;
+        mean_cosine += dist.iter().map(|d| 1.0 - d * d / 2.0).sum::<f64>() / dist.len() as f64;
         dist.sort_by(f64::total_cmp);
         // Duplicates (distance 0) carry no information about the neighbourhood's dimension.
         let near: Vec<f64> = dist.iter().copied().filter(|&d| d > 1e-9).take(K).collect();
@@ -106,6 +108,7 @@ pub fn hardness(vectors: &[Vec<f32>]) -> Result<Value> {
         "local_intrinsic_dimension": n / inverse_lid,
         "relative_contrast": contrast / n,
         "nearest_neighbour_cosine": nn_cosine / n,
+        "mean_cosine": mean_cosine / n,
     }))
 }
 

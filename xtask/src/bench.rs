@@ -903,7 +903,7 @@ fn summarize(r: &Value) -> String {
         ));
         for q in size["search"].as_array().into_iter().flatten() {
             s.push_str(&format!(
-                "search top-10, ef_search {:>3}: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; recall@10 {:.3} (min {:.2}, {} queries); similarity ratio {:.3} (min {:.2})\n",
+                "search top-10, ef_search {:>3}: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; recall@10 {:.3} (min {:.2}, {} queries); similarity ratio {:.3} (min {:.2}); stored vectors found by their own search {:.3}\n",
                 q["ef_search"],
                 f(&q["latency_ms"]["p50"]),
                 f(&q["latency_ms"]["p95"]),
@@ -912,7 +912,8 @@ fn summarize(r: &Value) -> String {
                 f(&q["min_recall"]),
                 q["recall_queries"],
                 f(&q["similarity_ratio"]),
-                f(&q["min_similarity_ratio"])
+                f(&q["min_similarity_ratio"]),
+                f(&q["self_found"])
             ));
         }
     }
