@@ -87,6 +87,8 @@ pub struct KubeAuthenticator {
     timeout: Duration,
     audiences: Vec<String>,
     authorization: Authorization,
+    /// Reviews in flight at once: a flood of fresh tokens cannot become a flood of reviews.
+    reviews: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for KubeAuthenticator {
@@ -100,12 +102,14 @@ impl std::fmt::Debug for KubeAuthenticator {
 
 impl KubeAuthenticator {
     /// A client from `kubeconfig` when given, else inferred (in-cluster service account, then
-    /// `$KUBECONFIG`). `timeout` bounds each review (connect and read).
+    /// `$KUBECONFIG`). `timeout` bounds each review (waiting for one of the `max_concurrent` review
+    /// slots, connect and read).
     pub async fn connect(
         kubeconfig: Option<&Path>,
         timeout: Duration,
         audiences: Vec<String>,
         authorization: Authorization,
+        max_concurrent: usize,
     ) -> Result<Self, KubeAuthError> {
         let mut config = match kubeconfig {
             Some(path) => {
@@ -136,27 +140,36 @@ impl KubeAuthenticator {
             timeout,
             audiences,
             authorization,
+            reviews: std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent.max(1))),
         })
     }
-}
 
-/// Runs one review within the budget: kube retries 429/503 with backoff on its own, which must not
-/// hold a request for minutes.
-async fn bounded<T>(
-    review: &str,
-    budget: Duration,
-    call: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, AuthError> {
-    match tokio::time::timeout(budget, call).await {
-        Ok(r) => r.map_err(|e| unavailable(review, &e)),
-        Err(_) => {
-            tracing::warn!(
-                budget_ms = budget.as_millis() as u64,
-                "{review}: no answer in time"
-            );
-            Err(AuthError::Unavailable(format!(
-                "{review}: the API server did not answer in time"
-            )))
+    /// Runs one review within the budget, in one of the review slots: kube retries 429/503 with
+    /// backoff on its own, which must not hold a request for minutes, and waiting for a slot counts
+    /// against the same budget.
+    async fn bounded<T>(
+        &self,
+        review: &str,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, AuthError> {
+        let budget = self.timeout;
+        let run = async {
+            let _slot = self.reviews.acquire().await.map_err(|_| {
+                AuthError::Unavailable(format!("{review}: the authenticator is closed"))
+            })?;
+            call.await.map_err(|e| unavailable(review, &e))
+        };
+        match tokio::time::timeout(budget, run).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    budget_ms = budget.as_millis() as u64,
+                    "{review}: no answer in time"
+                );
+                Err(AuthError::Unavailable(format!(
+                    "{review}: the API server did not answer in time"
+                )))
+            }
         }
     }
 }
@@ -190,9 +203,8 @@ impl Authenticator for KubeAuthenticator {
             ..Default::default()
         };
         let api = Api::<TokenReview>::all(self.client.clone());
-        let answer = bounded(
+        let answer = self.bounded(
             "TokenReview",
-            self.timeout,
             api.create(&PostParams::default(), &review),
         )
         .await?;
@@ -262,9 +274,8 @@ impl Authenticator for KubeAuthenticator {
                     ..Default::default()
                 };
                 let api = Api::<SubjectAccessReview>::all(self.client.clone());
-                let answer = bounded(
-                    "SubjectAccessReview",
-                    self.timeout,
+                let answer = self.bounded(
+            "SubjectAccessReview",
                     api.create(&PostParams::default(), &review),
                 )
                 .await?;

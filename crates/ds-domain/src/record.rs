@@ -743,6 +743,23 @@ fn parse_kind<T: KindInput>(map: Map<String, Value>) -> Result<ValidRecord, Vec<
     })
 }
 
+/// The name `name` as a field of `kind` (common, kind-specific or reserved), or `None` for a name the
+/// kind does not define (a client's own). Gives metrics a closed set of field labels.
+pub fn defined_field(kind: Kind, name: &str) -> Option<&'static str> {
+    let kind_names = match kind {
+        Kind::Remediation => lenient::field_names::<RemediationInput>(),
+        Kind::AiAnalysis => lenient::field_names::<AiAnalysisInput>(),
+        Kind::Workflow => lenient::field_names::<WorkflowInput>(),
+        Kind::Execution => lenient::field_names::<ExecutionInput>(),
+    };
+    lenient::field_names::<CommonInput>()
+        .iter()
+        .chain(kind_names)
+        .chain(RESERVED_FIELDS.iter())
+        .find(|f| **f == name)
+        .copied()
+}
+
 fn top_field(path: &str) -> &str {
     let end = path.find(['.', '[']).unwrap_or(path.len());
     &path[..end]

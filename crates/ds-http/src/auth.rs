@@ -1,46 +1,288 @@
-//! Authentication and authorization of requests (contract §6): `Authorization: Bearer <token>` →
-//! the [`Authenticator`] port (TokenReview) → an identity, put in the request extensions as
-//! [`Caller`] → the authorization question for the route (write, read, metrics).
+//! Authentication and authorization (contract §6), attached to handlers by construction.
 //!
-//! Public: `/healthz`, `/readyz` (probes). Everything under `/api/v1/` needs a token: `POST` is a write
-//! except `POST /api/v1/audit/search`, which reads; `GET` reads. On the metrics listener every path is
-//! a metrics scrape. Without an authenticator (auth mode `none`) nothing is checked.
+//! Every API handler takes an [`Authorized<A>`] as its first argument, where `A` is [`Write`] or
+//! [`Read`]. The extractor runs after routing, for the handler actix chose, whatever spelling of the
+//! path led there (percent-encoded, absolute-form, ...): it checks that the service is started, reads
+//! `Authorization: Bearer <token>`, asks the [`Authenticator`] port (TokenReview) who it is and whether
+//! that identity has access `A`, and only then lets actix call the handler. API routes can only be
+//! registered through [`crate::routes::Api`], whose `route` accepts only handlers whose first argument
+//! is an `Authorized<_>` (the [`Guarded`] bound): a handler without it does not compile into the
+//! router, and the access a route requires is read off its handler's type.
+//!
+//! The gate fails closed: an app without a [`Gate`] refuses every API request (500), it never lets one
+//! through. Without an authenticator (auth mode `none`, loopback only) every caller is allowed.
+//!
+//! Token reviews are bounded before they are made: a credential that cannot be a bearer token (RFC 6750
+//! `b64token` characters, at most 8 KiB) is refused without a review, and a peer whose authentications
+//! keep failing is answered 429 for a while (per-peer limit on failed authentications, [`FailureLimit`]).
 //!
 //! The token never leaves this module except to the authenticator: not logged, not in errors.
 
-use crate::AppState;
 use crate::error::ApiError;
-use crate::guard::Caller;
+use crate::guard::{Caller, client_ip};
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, web};
-use ds_domain::ports::{Access, AuthError};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use ds_domain::ports::{Access, AuthError, Authenticator};
+use futures_util::future::LocalBoxFuture;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use std::marker::PhantomData;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The longest bearer token accepted (service account tokens are ~1 KB).
-const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Why a request was refused, as counted in `datastorage_auth_failures_total{reason}`.
 fn count_failure(reason: &'static str) {
     metrics::counter!("datastorage_auth_failures_total", "reason" => reason).increment(1);
 }
 
-/// What an API request wants, or `None` for public routes.
-fn api_access(method: &Method, path: &str) -> Option<Access> {
-    if !path.starts_with("/api/v1/") {
-        return None;
+/// An access level a handler requires, as a type.
+pub trait AccessLevel: 'static {
+    const ACCESS: Access;
+}
+
+/// Write audit records (verb `create`).
+#[derive(Debug)]
+pub struct Write;
+/// Read audit records, trails, search, the API document (verb `get`).
+#[derive(Debug)]
+pub struct Read;
+
+impl AccessLevel for Write {
+    const ACCESS: Access = Access::Write;
+}
+impl AccessLevel for Read {
+    const ACCESS: Access = Access::Read;
+}
+
+/// Proof that the caller was allowed access `A`: only the extractor makes one.
+#[derive(Debug)]
+pub struct Authorized<A> {
+    caller: Option<Caller>,
+    _access: PhantomData<A>,
+}
+
+impl<A> Authorized<A> {
+    /// The authenticated caller (`None` in auth mode `none`).
+    pub fn caller(&self) -> Option<&Caller> {
+        self.caller.as_ref()
     }
-    Some(match *method {
-        Method::GET | Method::HEAD => Access::Read,
-        Method::POST if path == "/api/v1/audit/search" => Access::Read,
-        _ => Access::Write,
-    })
+}
+
+/// Handler argument lists whose first element is an [`Authorized`]: the only handlers
+/// [`crate::routes::Api`] registers. `ACCESS` is the access that first argument demands.
+pub trait Guarded {
+    const ACCESS: Access;
+}
+
+macro_rules! guarded {
+    ($($t:ident),*) => {
+        impl<A: AccessLevel, $($t),*> Guarded for (Authorized<A>, $($t,)*) {
+            const ACCESS: Access = A::ACCESS;
+        }
+    };
+}
+guarded!();
+guarded!(B);
+guarded!(B, C);
+guarded!(B, C, D);
+guarded!(B, C, D, E);
+guarded!(B, C, D, E, F);
+
+/// Per-peer limit on failed authentications: each failure costs the peer one unit; a peer out of units
+/// is answered 429 without a review until it has one again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureLimit {
+    /// Failures per minute a peer regains; 0 turns the limit off.
+    pub per_minute: u32,
+    /// Failures a peer may have in a row.
+    pub burst: u32,
+}
+
+impl Default for FailureLimit {
+    fn default() -> Self {
+        FailureLimit {
+            per_minute: 60,
+            burst: 50,
+        }
+    }
+}
+
+type PeerLimiter =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+
+/// Everything the extractor needs, registered as app data by [`crate::app`]; shared by all workers.
+#[derive(Clone)]
+pub struct Gate {
+    /// Who may call (`None`: auth mode `none`, nothing checked).
+    auth: Option<Arc<dyn Authenticator>>,
+    startup: Arc<crate::Startup>,
+    trusted_proxies: Arc<Vec<IpAddr>>,
+    failures: Option<Arc<PeerLimiter>>,
+    /// Peers out of failure units, and until when.
+    blocked: Arc<quick_cache::sync::Cache<IpAddr, Instant>>,
+}
+
+impl Gate {
+    /// A gate that lets every caller in (auth mode `none`).
+    pub fn open(startup: Arc<crate::Startup>) -> Self {
+        Gate {
+            auth: None,
+            startup,
+            trusted_proxies: Arc::new(Vec::new()),
+            failures: None,
+            blocked: Arc::new(quick_cache::sync::Cache::new(16)),
+        }
+    }
+
+    /// A gate that asks `auth` about every caller.
+    pub fn checking(
+        auth: Arc<dyn Authenticator>,
+        startup: Arc<crate::Startup>,
+        trusted_proxies: Vec<IpAddr>,
+        failures: FailureLimit,
+    ) -> Self {
+        let limiter = NonZeroU32::new(failures.per_minute).map(|per_minute| {
+            let burst = NonZeroU32::new(failures.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+            Arc::new(
+                RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
+                    .with_middleware::<StateInformationMiddleware>(),
+            )
+        });
+        Gate {
+            auth: Some(auth),
+            startup,
+            trusted_proxies: Arc::new(trusted_proxies),
+            failures: limiter,
+            blocked: Arc::new(quick_cache::sync::Cache::new(65_536)),
+        }
+    }
+
+    /// The same gate, waiting for `startup`.
+    pub fn with_startup(mut self, startup: Arc<crate::Startup>) -> Self {
+        self.startup = startup;
+        self
+    }
+
+    pub fn is_checking(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// 429 when `peer` used up its failed authentications.
+    fn check_peer(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
+        let Some(peer) = peer else { return Ok(()) };
+        if let Some(until) = self.blocked.get(&peer) {
+            let now = Instant::now();
+            if until > now {
+                count_failure("too_many_failures");
+                return Err(ApiError::TooManyAuthFailures {
+                    retry_after_secs: ceil_secs(until - now),
+                });
+            }
+            self.blocked.remove_if(&peer, |u| *u <= now);
+        }
+        Ok(())
+    }
+
+    /// Charges one failed authentication to `peer`; the failure that uses its last unit blocks it until
+    /// it regains one, so that no review is made for it meanwhile.
+    fn charge_failure(&self, peer: Option<IpAddr>) {
+        let (Some(peer), Some(limiter)) = (peer, &self.failures) else {
+            return;
+        };
+        let wait = match limiter.check_key(&peer) {
+            Ok(snapshot) if snapshot.remaining_burst_capacity() > 0 => None,
+            Ok(snapshot) => Some(snapshot.quota().replenish_interval()),
+            Err(not_until) => Some(not_until.wait_time_from(DefaultClock::default().now())),
+        };
+        if let Some(wait) = wait {
+            self.blocked.insert(peer, Instant::now() + wait);
+        }
+        if limiter.len() > 65_536 {
+            limiter.retain_recent();
+        }
+    }
+
+    /// The whole check: started, token, authentication, authorization. `Ok(None)` in auth mode `none`.
+    pub async fn authorize(
+        &self,
+        req: &HttpRequest,
+        access: Access,
+    ) -> Result<Option<Caller>, ApiError> {
+        if access != Access::Metrics && !self.startup.is_started() {
+            return Err(ApiError::Starting);
+        }
+        let Some(auth) = self.auth.clone() else {
+            return Ok(None);
+        };
+        let peer = client_ip(req, &self.trusted_proxies);
+        self.check_peer(peer)?;
+        let token = bearer(req)?;
+        let who = match auth.authenticate(&token).await {
+            Ok(who) => who,
+            Err(AuthError::Unauthenticated(_)) => {
+                count_failure("invalid_token");
+                self.charge_failure(peer);
+                return Err(ApiError::Unauthorized(
+                    "the bearer token is not valid for this service",
+                ));
+            }
+            Err(AuthError::Unavailable(e)) => {
+                count_failure("unavailable");
+                tracing::warn!(error = %e, "authentication unavailable: the Kubernetes API could not review the token");
+                return Err(ApiError::AuthUnavailable);
+            }
+        };
+        let allowed = auth.authorize(&who, access).await.map_err(|e| {
+            count_failure("unavailable");
+            tracing::warn!(error = %e, caller = %who.username, "authorization unavailable: the Kubernetes API could not answer the access review");
+            ApiError::AuthUnavailable
+        })?;
+        if !allowed {
+            count_failure("forbidden");
+            tracing::info!(caller = %who.username, ?access, "access denied");
+            return Err(ApiError::Forbidden(access));
+        }
+        let caller = Caller {
+            username: who.username,
+            groups: who.groups,
+        };
+        req.extensions_mut().insert(caller.clone());
+        Ok(Some(caller))
+    }
+}
+
+/// Whole seconds to wait, rounded up, at least 1: a client told `Retry-After: 0` retries into the
+/// same limit.
+pub fn ceil_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// Whether `token` can be a bearer token at all: RFC 6750's `b64token` (letters, digits,
+/// `-._~+/`, then `=` padding), at most [`MAX_TOKEN_BYTES`].
+pub fn plausible_token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && token.len() <= MAX_TOKEN_BYTES
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 /// The bearer token of the request, or why there is none usable.
-fn bearer(req: &ServiceRequest) -> Result<String, ApiError> {
-    let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
+fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+    let mut values = req
+        .headers()
+        .get_all(actix_web::http::header::AUTHORIZATION);
+    let Some(value) = values.next() else {
         count_failure("missing");
         return Err(ApiError::Unauthorized(
             "an Authorization: Bearer token is required",
@@ -50,81 +292,56 @@ fn bearer(req: &ServiceRequest) -> Result<String, ApiError> {
         count_failure("malformed");
         ApiError::Unauthorized("the Authorization header must be `Bearer <token>`")
     };
+    if values.next().is_some() {
+        return Err(malformed());
+    }
     let value = value.to_str().map_err(|_| malformed())?;
     let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
     let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer")
-        || token.is_empty()
-        || token.len() > MAX_TOKEN_BYTES
-        || !token.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if !scheme.eq_ignore_ascii_case("bearer") || !plausible_token(token) {
         return Err(malformed());
     }
     Ok(token.to_owned())
 }
 
-async fn check(req: &ServiceRequest, access: Access) -> Result<(), ApiError> {
-    let Some(state) = req.app_data::<web::Data<AppState>>() else {
-        return Ok(());
-    };
-    let Some(auth) = state.auth.clone() else {
-        return Ok(());
-    };
-    let token = bearer(req)?;
-    let who = auth.authenticate(&token).await.map_err(|e| match e {
-        AuthError::Unauthenticated(_) => {
-            count_failure("invalid_token");
-            ApiError::Unauthorized("the bearer token is not valid for this service")
-        }
-        AuthError::Unavailable(e) => {
-            count_failure("unavailable");
-            tracing::warn!(error = %e, "authentication unavailable: the Kubernetes API could not review the token");
-            ApiError::AuthUnavailable
-        }
-    })?;
-    let allowed = auth.authorize(&who, access).await.map_err(|e| {
-        count_failure("unavailable");
-        tracing::warn!(error = %e, caller = %who.username, "authorization unavailable: the Kubernetes API could not answer the access review");
-        ApiError::AuthUnavailable
-    })?;
-    if !allowed {
-        count_failure("forbidden");
-        tracing::info!(caller = %who.username, ?access, "access denied");
-        return Err(ApiError::Forbidden(access));
-    }
-    req.extensions_mut().insert(Caller {
-        username: who.username,
-        groups: who.groups,
-    });
-    Ok(())
+fn gate(req: &HttpRequest) -> Result<Gate, ApiError> {
+    req.app_data::<web::Data<Gate>>()
+        .map(|g| g.get_ref().clone())
+        .ok_or(ApiError::NoGate)
 }
 
-/// The API listener's middleware.
-pub async fn api(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    if let Some(access) = api_access(req.method(), req.path()) {
-        let starting = req
-            .app_data::<web::Data<AppState>>()
-            .is_some_and(|s| !s.startup.is_started());
-        if starting {
-            return Ok(req.error_response(ApiError::Starting));
-        }
-        if let Err(e) = check(&req, access).await {
-            return Ok(req.error_response(e));
-        }
+impl<A: AccessLevel> FromRequest for Authorized<A> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let caller = gate(&req)?.authorize(&req, A::ACCESS).await?;
+            Ok(Authorized {
+                caller,
+                _access: PhantomData,
+            })
+        })
     }
-    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-/// The metrics listener's middleware: every request is a scrape.
+/// The metrics listener's middleware: every request is a scrape (access `Metrics`), whatever its path.
+/// Fails closed like the extractor: no [`Gate`], no scrape.
 pub async fn metrics(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    if let Err(e) = check(&req, Access::Metrics).await {
+    let checked = match gate(req.request()) {
+        Ok(g) => g.authorize(req.request(), Access::Metrics).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = checked {
         return Ok(req.error_response(e));
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod tests;

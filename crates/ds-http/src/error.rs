@@ -28,13 +28,27 @@ pub enum ApiError {
     /// Still starting (waiting for the database or its migrations).
     #[error("the service is starting")]
     Starting,
-    /// The caller is over its write rate.
+    /// The caller is over its write or search rate.
     #[error("rate limit exceeded")]
     RateLimited {
         retry_after_secs: u64,
         rate: f64,
         burst: u32,
+        /// `write` or `search`.
+        what: &'static str,
     },
+    /// The peer's authentications failed too often: refused without a review for a while.
+    #[error("too many failed authentications")]
+    TooManyAuthFailures { retry_after_secs: u64 },
+    /// The body is larger than the route's limit.
+    #[error("payload too large")]
+    PayloadTooLarge(usize),
+    /// The bodies held at once would pass the body budget: shed at once.
+    #[error("body budget exhausted")]
+    BodyBudget,
+    /// The app has no authorization gate: a wiring error, refused rather than let through.
+    #[error("no authorization gate is configured")]
+    NoGate,
     /// Every database slot is taken: shed at once instead of queueing.
     #[error("overloaded")]
     Overloaded,
@@ -146,17 +160,52 @@ impl ApiError {
                 retry_after_secs,
                 rate,
                 burst,
+                what,
             } => Parts {
-                retry_after: Some(*retry_after_secs),
+                retry_after: Some((*retry_after_secs).max(1)),
                 rate_limit: Some(*burst),
                 ..p(
                     StatusCode::TOO_MANY_REQUESTS,
                     "RATE_LIMIT_EXCEEDED",
-                    &format!(
-                        "over this caller's write rate ({rate} records/s, burst {burst}); nothing was written, retry after {retry_after_secs} s"
-                    ),
+                    &if *what == "search" {
+                        format!(
+                            "over this caller's search rate ({rate} searches/s, burst {burst}); retry after {} s",
+                            (*retry_after_secs).max(1)
+                        )
+                    } else {
+                        format!(
+                            "over this caller's write rate ({rate} records/s, burst {burst}); nothing was written, retry after {} s",
+                            (*retry_after_secs).max(1)
+                        )
+                    },
                 )
             },
+            ApiError::TooManyAuthFailures { retry_after_secs } => Parts {
+                retry_after: Some((*retry_after_secs).max(1)),
+                ..p(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMIT_EXCEEDED",
+                    "too many failed authentications from this address; retry later with a valid token",
+                )
+            },
+            ApiError::PayloadTooLarge(limit) => p(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                &format!("the request body is larger than {limit} bytes"),
+            ),
+            ApiError::BodyBudget => Parts {
+                retry_after: Some(1),
+                ..p(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    "the service holds as many request bodies as it may; nothing was written, retry shortly",
+                )
+            },
+            ApiError::NoGate => p(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "internal error",
+            ),
             ApiError::Overloaded => Parts {
                 retry_after: Some(1),
                 ..p(

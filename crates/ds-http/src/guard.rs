@@ -23,6 +23,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address of
+/// `X-Forwarded-For` (every line of it, in order) that is not itself a trusted proxy.
+pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip())?;
+    let trusted = |ip: &IpAddr| trusted_proxies.contains(ip);
+    if !trusted(&peer) {
+        return Some(peer);
+    }
+    let lines: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let client = lines
+        .iter()
+        .rev()
+        .flat_map(|line| line.rsplit(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .find(|a| !trusted(a));
+    Some(client.unwrap_or(peer))
+}
+
 /// The authenticated caller, put in the request extensions by authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -38,8 +60,14 @@ pub struct AdmissionSettings {
     pub writes_per_second: f64,
     /// Records a caller may write at once after being idle.
     pub burst: u32,
+    /// Sustained searches per second per caller (fractions allowed); 0 disables the search limit.
+    pub searches_per_second: f64,
+    /// Searches a caller may make at once after being idle.
+    pub search_burst: u32,
     /// Requests in the database at once.
     pub db_concurrency: usize,
+    /// Bytes of request bodies held at once across all requests (503 past it).
+    pub body_budget_bytes: usize,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
 }
@@ -49,7 +77,10 @@ impl Default for AdmissionSettings {
         AdmissionSettings {
             writes_per_second: 500.0,
             burst: 750,
+            searches_per_second: 20.0,
+            search_burst: 40,
             db_concurrency: 128,
+            body_budget_bytes: 64 * 1024 * 1024,
             trusted_proxies: Vec::new(),
         }
     }
@@ -58,14 +89,78 @@ impl Default for AdmissionSettings {
 type Limiter =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
+/// One per-caller rate (GCRA, governor): `per_second` sustained, `burst` at once.
+#[derive(Clone)]
+struct Rate {
+    limiter: Arc<Limiter>,
+    per_second: f64,
+    burst: u32,
+    checks: Arc<AtomicU64>,
+}
+
+impl Rate {
+    /// `None` when `per_second` is 0 (no limit).
+    fn new(per_second: f64, burst: u32) -> Option<Rate> {
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return None;
+        }
+        let period = std::time::Duration::from_secs_f64((1.0 / per_second).min(1e9));
+        let burst = burst.max(1);
+        let quota = Quota::with_period(period)?
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Some(Rate {
+            limiter: Arc::new(
+                RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            ),
+            per_second,
+            burst,
+            checks: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Charges `units` (clamped to 1..=burst) to `key`.
+    fn charge(&self, key: &str, units: usize, what: &'static str) -> Result<RateInfo, ApiError> {
+        let cost = u32::try_from(units).unwrap_or(u32::MAX).clamp(1, self.burst);
+        // Forget idle callers now and then, so the table stays as small as the set of active callers.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        let n = NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN);
+        match self.limiter.check_key_n(&key.to_owned(), n) {
+            Ok(Ok(snapshot)) => Ok(RateInfo {
+                limit: self.burst,
+                remaining: snapshot.remaining_burst_capacity(),
+            }),
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                metrics::counter!("datastorage_rate_limit_exceeded_total").increment(1);
+                Err(ApiError::RateLimited {
+                    retry_after_secs: crate::auth::ceil_secs(wait),
+                    rate: self.per_second,
+                    burst: self.burst,
+                    what,
+                })
+            }
+            // Cannot happen: the cost is clamped to the burst.
+            Err(_) => Err(ApiError::RateLimited {
+                retry_after_secs: 1,
+                rate: self.per_second,
+                burst: self.burst,
+                what,
+            }),
+        }
+    }
+}
+
 /// The state of admission control, shared by all workers.
 #[derive(Clone)]
 pub struct Admission {
     settings: Arc<AdmissionSettings>,
-    limiter: Option<Arc<Limiter>>,
-    clock: DefaultClock,
+    writes: Option<Rate>,
+    searches: Option<Rate>,
     db: Arc<Semaphore>,
-    checks: Arc<AtomicU64>,
+    bodies: Arc<Semaphore>,
 }
 
 /// What a write's response says about the caller's rate: `X-RateLimit-Limit` is the bucket (the burst),
@@ -77,6 +172,11 @@ pub struct RateInfo {
 }
 
 impl RateInfo {
+    const NONE: RateInfo = RateInfo {
+        limit: 0,
+        remaining: 0,
+    };
+
     pub fn headers(&self) -> [(HeaderName, HeaderValue); 2] {
         [
             (
@@ -91,94 +191,127 @@ impl RateInfo {
     }
 }
 
+/// A request body, read within its limit and the body budget; the bytes it holds stay counted against
+/// the budget until this is dropped (at the end of the request).
+#[derive(Debug)]
+pub struct Body {
+    pub bytes: actix_web::web::Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
 impl Admission {
     pub fn new(settings: AdmissionSettings) -> Self {
-        let rate = settings.writes_per_second;
-        let limiter = if rate.is_finite() && rate > 0.0 {
-            let period = std::time::Duration::from_secs_f64((1.0 / rate).min(1e9));
-            let burst = NonZeroU32::new(settings.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-            Quota::with_period(period).map(|q| {
-                Arc::new(
-                    RateLimiter::keyed(q.allow_burst(burst))
-                        .with_middleware::<StateInformationMiddleware>(),
-                )
-            })
-        } else {
-            None
-        };
+        let writes = Rate::new(settings.writes_per_second, settings.burst);
+        let searches = Rate::new(settings.searches_per_second, settings.search_burst);
         let db = Arc::new(Semaphore::new(settings.db_concurrency.max(1)));
+        let budget = settings
+            .body_budget_bytes
+            .clamp(1, Semaphore::MAX_PERMITS);
         Admission {
             settings: Arc::new(settings),
-            limiter,
-            clock: DefaultClock::default(),
+            writes,
+            searches,
             db,
-            checks: Arc::new(AtomicU64::new(0)),
+            bodies: Arc::new(Semaphore::new(budget)),
         }
     }
 
-    /// The key a caller's rate is counted under.
+    /// The key a caller's rate is counted under: the authenticated user, else the client address.
     pub fn caller_key(&self, req: &HttpRequest) -> String {
         if let Some(c) = req.extensions().get::<Caller>() {
             return format!("user:{}", c.username);
         }
-        let peer = req.peer_addr().map(|a| a.ip());
-        let trusted = |ip: &IpAddr| self.settings.trusted_proxies.contains(ip);
-        if let Some(p) = peer
-            && trusted(&p)
-            && let Some(xff) = req
-                .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-        {
-            let client = xff
-                .rsplit(',')
-                .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-                .find(|a| !trusted(a));
-            if let Some(c) = client {
-                return format!("ip:{c}");
-            }
-        }
-        peer.map_or_else(|| "ip:unknown".into(), |p| format!("ip:{p}"))
+        client_ip(req, &self.settings.trusted_proxies)
+            .map_or_else(|| "ip:unknown".into(), |p| format!("ip:{p}"))
     }
 
     /// Charges `records` writes to the caller; 429 when over its rate.
     pub fn admit_writes(&self, req: &HttpRequest, records: usize) -> Result<RateInfo, ApiError> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(RateInfo {
-                limit: 0,
-                remaining: 0,
-            });
-        };
-        let burst = self.settings.burst.max(1);
-        let cost = u32::try_from(records).unwrap_or(u32::MAX).clamp(1, burst);
-        let key = self.caller_key(req);
-        // Forget idle callers now and then, so the table stays as small as the set of active callers.
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+        match &self.writes {
+            None => Ok(RateInfo::NONE),
+            Some(rate) => rate.charge(&self.caller_key(req), records, "write"),
         }
-        let n = NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN);
-        match limiter.check_key_n(&key, n) {
-            Ok(Ok(snapshot)) => Ok(RateInfo {
-                limit: burst,
-                remaining: snapshot.remaining_burst_capacity(),
-            }),
-            Ok(Err(not_until)) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                metrics::counter!("datastorage_rate_limit_exceeded_total").increment(1);
-                Err(ApiError::RateLimited {
-                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                    rate: self.settings.writes_per_second,
-                    burst,
-                })
+    }
+
+    /// The most records one write charges (the write burst; unlimited without a write rate).
+    pub fn burst(&self) -> usize {
+        self.writes
+            .as_ref()
+            .map_or(usize::MAX, |r| r.burst as usize)
+    }
+
+    /// Charges one search to the caller; 429 when over its search rate.
+    pub fn admit_search(&self, req: &HttpRequest) -> Result<RateInfo, ApiError> {
+        match &self.searches {
+            None => Ok(RateInfo::NONE),
+            Some(rate) => rate.charge(&self.caller_key(req), 1, "search"),
+        }
+    }
+
+    /// 503 at once when every database slot is taken: checked before a body is read, so that a
+    /// request that would be shed costs no memory.
+    pub fn check_capacity(&self) -> Result<(), ApiError> {
+        if self.db.available_permits() == 0 {
+            metrics::counter!("datastorage_load_shed_total").increment(1);
+            return Err(ApiError::Overloaded);
+        }
+        Ok(())
+    }
+
+    /// Reads the request body: 413 past `limit` (at once when `Content-Length` says so), 503 +
+    /// `Retry-After` when the bytes of bodies held at once would pass the body budget. A declared length
+    /// is reserved before the first byte is read; a chunked body reserves as it arrives.
+    pub async fn read_body(
+        &self,
+        req: &HttpRequest,
+        mut payload: actix_web::web::Payload,
+        limit: usize,
+    ) -> Result<Body, ApiError> {
+        use futures_util::StreamExt;
+        let declared = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        let reserve = |held: &mut Option<OwnedSemaphorePermit>, n: usize| -> Result<(), ApiError> {
+            if n == 0 {
+                return Ok(());
             }
-            // Cannot happen: the cost is clamped to the burst.
-            Err(_) => Err(ApiError::RateLimited {
-                retry_after_secs: 1,
-                rate: self.settings.writes_per_second,
-                burst,
-            }),
+            let n = u32::try_from(n).map_err(|_| ApiError::PayloadTooLarge(limit))?;
+            let permit = self.bodies.clone().try_acquire_many_owned(n).map_err(|_| {
+                metrics::counter!("datastorage_load_shed_total").increment(1);
+                ApiError::BodyBudget
+            })?;
+            match held {
+                Some(h) => h.merge(permit),
+                None => *held = Some(permit),
+            }
+            Ok(())
+        };
+        let reserved = declared.unwrap_or(0);
+        reserve(&mut held, reserved)?;
+        let mut buf = actix_web::web::BytesMut::with_capacity(reserved);
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::Audit(ds_domain::AuditError::InvalidJson(format!(
+                    "the body could not be read: {e}"
+                )))
+            })?;
+            if buf.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            let beyond = (buf.len() + chunk.len()).saturating_sub(reserved.max(buf.len()));
+            reserve(&mut held, beyond)?;
+            buf.extend_from_slice(&chunk);
         }
+        Ok(Body {
+            bytes: buf.freeze(),
+            _budget: held,
+        })
     }
 
     /// A slot in the database, or 503 at once when every slot is taken.
@@ -192,5 +325,68 @@ impl Admission {
     /// Requests in the database now.
     pub fn db_in_use(&self) -> usize {
         self.settings.db_concurrency.max(1) - self.db.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn proxy() -> IpAddr {
+        "10.0.0.1".parse().unwrap()
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_read_and_the_right_most_untrusted_address_wins() {
+        let req = TestRequest::default()
+            .peer_addr("10.0.0.1:5000".parse().unwrap())
+            .append_header(("x-forwarded-for", "203.0.113.9, 198.51.100.7"))
+            .append_header(("x-forwarded-for", "192.0.2.44, 10.0.0.1"))
+            .to_http_request();
+        assert_eq!(
+            client_ip(&req, &[proxy()]),
+            Some("192.0.2.44".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+        let req = TestRequest::default()
+            .peer_addr("192.0.2.1:5000".parse().unwrap())
+            .append_header(("x-forwarded-for", "203.0.113.9"))
+            .to_http_request();
+        assert_eq!(
+            client_ip(&req, &[proxy()]),
+            Some("192.0.2.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_search_limit_of_its_own_refuses_with_retry_after_of_at_least_one_second() {
+        let admission = Admission::new(AdmissionSettings {
+            searches_per_second: 0.5,
+            search_burst: 2,
+            ..AdmissionSettings::default()
+        });
+        let req = TestRequest::default()
+            .peer_addr("192.0.2.1:5000".parse().unwrap())
+            .to_http_request();
+        assert!(admission.admit_search(&req).is_ok());
+        assert!(admission.admit_search(&req).is_ok());
+        match admission.admit_search(&req) {
+            Err(ApiError::RateLimited {
+                retry_after_secs,
+                what,
+                ..
+            }) => {
+                assert!(retry_after_secs >= 1);
+                assert_eq!(what, "search");
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        // Writes are counted apart.
+        assert!(admission.admit_writes(&req, 1).is_ok());
     }
 }

@@ -6,7 +6,8 @@ use crate::dto::{
 };
 use crate::error::ApiError;
 use crate::middleware::RequestContext;
-use crate::{AppState, Limits};
+use crate::AppState;
+use crate::auth::{Authorized, Read, Write};
 use actix_web::http::header;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use ds_domain::error::AuditError;
@@ -21,35 +22,7 @@ use std::time::Instant;
 /// `none`); otherwise the authenticated username.
 const ANONYMOUS: &str = "system:anonymous";
 
-pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
-    let single = web::PayloadConfig::new(limits.body_bytes);
-    let batch = web::PayloadConfig::new(limits.batch_body_bytes);
-    for kind in Kind::ALL {
-        cfg.service(
-            web::resource(format!("/api/v1/audit/{}", kind.as_str()))
-                .app_data(single.clone())
-                .route(web::post().to(move |s, r, b| write_one(kind, s, r, b))),
-        );
-    }
-    cfg.service(
-        web::resource("/api/v1/audit/batch")
-            .app_data(batch)
-            .route(web::post().to(write_batch)),
-    )
-    .service(
-        web::resource("/api/v1/audit/search")
-            .app_data(web::PayloadConfig::new(limits.body_bytes))
-            .route(web::post().to(search)),
-    )
-    .service(web::resource("/api/v1/audit/trail/{correlation_id}").route(web::get().to(trail)))
-    .service(web::resource("/api/v1/audit/{kind}/{id}").route(web::get().to(get_record)))
-    .service(web::resource("/api/v1/openapi.json").route(web::get().to(crate::openapi::serve)))
-    .service(web::resource("/healthz").route(web::get().to(healthz)))
-    .service(web::resource("/readyz").route(web::get().to(readyz)))
-    .default_service(web::to(not_found));
-}
-
-async fn not_found() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
@@ -135,7 +108,10 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The `Idempotency-Key` header: ≤ 255 visible ASCII characters, scoped to the caller.
-fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+fn idempotency_key<A>(
+    req: &HttpRequest,
+    auth: &Authorized<A>,
+) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(v) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
@@ -150,9 +126,8 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
     if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad());
     }
-    let caller = req
-        .extensions()
-        .get::<crate::guard::Caller>()
+    let caller = auth
+        .caller()
         .map_or_else(|| ANONYMOUS.to_owned(), |c| c.username.clone());
     Ok(Some(IdempotencyKey {
         caller,
@@ -160,19 +135,22 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
     }))
 }
 
-fn count_validation_failures(kind: &str, err: &AuditError) {
+/// Counts each violation under its top-level field; a field the kind does not define (a client's own
+/// name) is counted as `unknown`, so the label's values stay a closed set.
+fn count_validation_failures(kind: Kind, err: &AuditError) {
     if let AuditError::Validation(violations) = err {
         for v in violations {
-            let field = v
-                .field
-                .split(['.', '['])
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            metrics::counter!("datastorage_validation_failures_total", "kind" => kind.to_owned(), "field" => field)
+            metrics::counter!("datastorage_validation_failures_total", "kind" => kind.as_str(), "field" => metric_field(kind, &v.field))
                 .increment(1);
         }
     }
+}
+
+/// The `field` label of a violation of `path`: its top-level field when `kind` defines it, else
+/// `unknown`.
+pub(crate) fn metric_field(kind: Kind, path: &str) -> &'static str {
+    let top = path.split(['.', '[']).next().unwrap_or_default();
+    ds_domain::record::defined_field(kind, top).unwrap_or("unknown")
 }
 
 fn count_written(kind: Kind, r: &ValidRecord, status: &str) {
@@ -184,19 +162,27 @@ fn count_written(kind: Kind, r: &ValidRecord, status: &str) {
     }
 }
 
-async fn write_one(
+/// Admission before the body: the caller is authorized (the extractor), within its rate, and the
+/// service has a database slot free; only then is the body read, within its limit and the body budget.
+pub(crate) async fn write_one(
     kind: Kind,
+    auth: Authorized<Write>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     require_json(&req)?;
-    let key = idempotency_key(&req)?;
+    let key = idempotency_key(&req, &auth)?;
     let rate = state.admission.admit_writes(&req, 1)?;
-    let record = parse_json_within(&body, state.limits.json_depth).and_then(|v| {
+    state.admission.check_capacity()?;
+    let body = state
+        .admission
+        .read_body(&req, payload, state.limits.body_bytes)
+        .await?;
+    let record = parse_json_within(&body.bytes, state.limits.json_depth).and_then(|v| {
         parse_record(kind, v).map_err(|e| {
-            count_validation_failures(kind.as_str(), &e);
+            count_validation_failures(kind, &e);
             ApiError::from(e)
         })
     })?;
@@ -322,7 +308,7 @@ fn parse_batch(value: Value, max_items: usize) -> Result<Vec<ValidRecord>, Audit
         match parse_record(kind, record) {
             Ok(r) => records.push(r),
             Err(AuditError::Validation(v)) => {
-                count_validation_failures(kind.as_str(), &AuditError::Validation(v.clone()));
+                count_validation_failures(kind, &AuditError::Validation(v.clone()));
                 violations.extend(v.into_iter().map(|v| v.prefixed(&format!("{at}.record"))));
             }
             Err(AuditError::InvalidJson(m)) => {
@@ -338,24 +324,42 @@ fn parse_batch(value: Value, max_items: usize) -> Result<Vec<ValidRecord>, Audit
     }
 }
 
-async fn write_batch(
+/// Admission as for one record: one record of the caller's rate is charged before the body is read,
+/// the rest of the batch (up to the burst in all) once it is parsed.
+pub(crate) async fn write_batch(
+    auth: Authorized<Write>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     require_json(&req)?;
-    let key = idempotency_key(&req)?;
+    let key = idempotency_key(&req, &auth)?;
+    let first = state.admission.admit_writes(&req, 1)?;
+    state.admission.check_capacity()?;
+    let body = state
+        .admission
+        .read_body(&req, payload, state.limits.batch_body_bytes)
+        .await?;
     let max = state.limits.batch_items;
     let depth = state.limits.json_depth;
-    // Parsing and validating up to 16 MiB is CPU work: off the async executor.
-    let parsed = web::block(move || {
-        parse_json_within(&body, depth).and_then(|v| parse_batch(v, max).map_err(ApiError::from))
+    // Parsing and validating up to 16 MiB is CPU work: off the async executor. The body's bytes stay
+    // counted against the budget until the answer.
+    let (parsed, body) = web::block(move || {
+        let parsed = parse_json_within(&body.bytes, depth)
+            .and_then(|v| parse_batch(v, max).map_err(ApiError::from));
+        (parsed, body)
     })
     .await
-    .map_err(|_| ApiError::ShuttingDown)??;
+    .map_err(|_| ApiError::ShuttingDown)?;
+    let parsed = parsed?;
     let kinds: Vec<Kind> = parsed.iter().map(|r| r.kind).collect();
-    let rate = state.admission.admit_writes(&req, parsed.len())?;
+    let rest = parsed.len().min(state.admission.burst()).saturating_sub(1);
+    let rate = if rest > 0 {
+        state.admission.admit_writes(&req, rest)?
+    } else {
+        first
+    };
     let counted = parsed.clone();
     let report = guarded(&state, state.service.write(parsed, key)).await?;
     let results: Vec<WriteResponse> = kinds
@@ -366,6 +370,7 @@ async fn write_batch(
     for (r, o) in counted.iter().zip(&report.outcomes) {
         count_written(r.kind, r, status_label(o.status));
     }
+    drop(body);
     metrics::histogram!("datastorage_write_batch_size").record(results.len() as f64);
     metrics::histogram!("datastorage_audit_write_duration_seconds", "kind" => "batch")
         .record(started.elapsed().as_secs_f64());
@@ -385,7 +390,8 @@ fn record_response(r: StoredRecord) -> RecordResponse {
     }
 }
 
-async fn get_record(
+pub(crate) async fn get_record(
+    _auth: Authorized<Read>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -400,7 +406,8 @@ async fn get_record(
     Ok(HttpResponse::Ok().json(record_response(record)))
 }
 
-async fn trail(
+pub(crate) async fn trail(
+    _auth: Authorized<Read>,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -419,13 +426,22 @@ async fn trail(
     }))
 }
 
-async fn search(
+/// A search costs a model call and an index scan: it has its own per-caller rate, charged before the
+/// body is read.
+pub(crate) async fn search(
+    _auth: Authorized<Read>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_json(&req)?;
-    let request = parse_json_within(&body, state.limits.json_depth)
+    let rate = state.admission.admit_search(&req)?;
+    state.admission.check_capacity()?;
+    let body = state
+        .admission
+        .read_body(&req, payload, state.limits.body_bytes)
+        .await?;
+    let request = parse_json_within(&body.bytes, state.limits.json_depth)
         .and_then(|v| ds_domain::search::parse_search(v).map_err(ApiError::from))?;
     let hits = guarded(&state, state.service.search(request)).await?;
     let results = hits
@@ -458,17 +474,20 @@ async fn search(
             record: record_response(h.record),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(SearchResponse { results }))
+    Ok(with_rate(
+        HttpResponse::Ok().json(SearchResponse { results }),
+        rate,
+    ))
 }
 
-async fn healthz() -> HttpResponse {
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(HealthResponse {
         status: "healthy".into(),
         timestamp: Timestamp::now().to_rfc3339(),
     })
 }
 
-async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+pub(crate) async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let embedder = state.service.embedder();
     // A degraded provider does not make the replica unready: with policy `defer` writes still succeed.
     let (status, reason) = match embedder.health() {
@@ -563,5 +582,22 @@ fn public_reason(e: &AuditError) -> &'static str {
         AuditError::Store(ds_domain::ports::StoreError::Unavailable(_)) => "unreachable",
         AuditError::Store(_) => "query failed",
         _ => "unexpected error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_field;
+    use ds_domain::kind::Kind;
+
+    #[test]
+    fn validation_labels_name_only_fields_the_kind_defines() {
+        assert_eq!(metric_field(Kind::Remediation, "name"), "name");
+        assert_eq!(metric_field(Kind::Remediation, "labels.app"), "labels");
+        assert_eq!(metric_field(Kind::Workflow, "stepStatuses[3].name"), "stepStatuses");
+        assert_eq!(metric_field(Kind::Remediation, "id"), "id");
+        assert_eq!(metric_field(Kind::Remediation, "stepStatuses"), "unknown");
+        assert_eq!(metric_field(Kind::Execution, "x-client-42"), "unknown");
+        assert_eq!(metric_field(Kind::Execution, ""), "unknown");
     }
 }

@@ -10,6 +10,7 @@ pub mod guard;
 mod handlers;
 pub mod middleware;
 pub mod openapi;
+pub mod routes;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -61,8 +62,10 @@ pub struct AppState {
     pub limits: Limits,
     /// Rate limits and load shedding.
     pub admission: guard::Admission,
-    /// Who may call (`None`: auth mode `none`, nothing checked).
-    pub auth: Option<Arc<dyn ds_domain::ports::Authenticator>>,
+    /// Who may call: the authorization gate every API handler's `Authorized<_>` asks.
+    pub gate: auth::Gate,
+    /// Peers whose `X-Forwarded-For` is believed (for the gate's per-peer limit).
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Set when shutdown begins: readiness answers 503 from then on.
     pub shutting_down: Arc<AtomicBool>,
     /// Until start-up is complete (database reachable, migrations applied): why not yet. API requests
@@ -133,25 +136,38 @@ impl AppState {
         limits: Limits,
         admission: guard::AdmissionSettings,
     ) -> Self {
+        let startup = Arc::new(Startup::done());
         AppState {
             service,
             limits,
+            trusted_proxies: admission.trusted_proxies.clone(),
             admission: guard::Admission::new(admission),
-            auth: None,
+            gate: auth::Gate::open(startup.clone()),
             shutting_down: Arc::new(AtomicBool::new(false)),
-            startup: Arc::new(Startup::done()),
+            startup,
         }
     }
 
     /// Gates the API on `startup` (see [`Startup`]).
     pub fn with_startup(mut self, startup: Arc<Startup>) -> Self {
+        self.gate = self.gate.with_startup(startup.clone());
         self.startup = startup;
         self
     }
 
-    /// Requires a bearer token on `/api/v1/*` (and on the metrics listener), checked by `auth`.
-    pub fn with_auth(mut self, auth: Arc<dyn ds_domain::ports::Authenticator>) -> Self {
-        self.auth = Some(auth);
+    /// Requires a bearer token on every API route (and on the metrics listener), checked by `auth`;
+    /// a peer whose authentications fail more than `failures` allows is answered 429.
+    pub fn with_auth(
+        mut self,
+        auth: Arc<dyn ds_domain::ports::Authenticator>,
+        failures: auth::FailureLimit,
+    ) -> Self {
+        self.gate = auth::Gate::checking(
+            auth,
+            self.startup.clone(),
+            self.trusted_proxies.clone(),
+            failures,
+        );
         self
     }
 
@@ -160,8 +176,9 @@ impl AppState {
     }
 }
 
-/// The application: every route of the API, the probes, and the middleware that gives every response
-/// an `X-Correlation-ID` and every error the contract's JSON shape.
+/// The application: every route of the API (each guarded by its handler's `Authorized<_>`, see
+/// [`routes`]), the probes, and the middleware that gives every response an `X-Correlation-ID` and
+/// every error the contract's JSON shape.
 pub fn app(
     state: AppState,
 ) -> App<
@@ -173,10 +190,45 @@ pub fn app(
         InitError = (),
     >,
 > {
-    let limits = state.limits.clone();
+    let gate = state.gate.clone();
     App::new()
+        .app_data(web::Data::new(gate))
         .app_data(web::Data::new(state))
-        .wrap(actix_web::middleware::from_fn(auth::api))
         .wrap(actix_web::middleware::from_fn(middleware::envelope))
-        .configure(|cfg| handlers::routes(cfg, &limits))
+        .configure(routes::configure)
+}
+
+/// The metrics listener's application: `GET /metrics` answered by `scrape`, every request (whatever
+/// its path) checked for access `Metrics` by `gate` first.
+pub fn metrics_app<F, Fut>(
+    gate: auth::Gate,
+    scrape: F,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+>
+where
+    F: Fn() -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = String> + 'static,
+{
+    App::new()
+        .app_data(web::Data::new(gate))
+        .wrap(actix_web::middleware::from_fn(auth::metrics))
+        .wrap(actix_web::middleware::from_fn(middleware::envelope))
+        .route(
+            "/metrics",
+            web::get().to(move || {
+                let scrape = scrape.clone();
+                async move {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4")
+                        .body(scrape().await)
+                }
+            }),
+        )
 }

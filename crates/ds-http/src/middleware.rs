@@ -70,7 +70,7 @@ pub async fn envelope(
                 .insert(HeaderName::from_static(CORRELATION_HEADER), v);
         }
         tracing::info!(correlation_id = %correlation_id, %method, %path, status = 431, header_bytes, "request headers too large");
-        record_metrics(method, UNMATCHED.to_owned(), 431, started.elapsed());
+        record_metrics(&method, UNMATCHED.to_owned(), 431, started.elapsed());
         return Ok(res);
     }
 
@@ -146,18 +146,31 @@ pub async fn envelope(
     let caller = caller.as_deref().unwrap_or("-");
     // correlation_id, method and route are the span's.
     tracing::info!(%path, caller, status, latency_ms, "request");
-    record_metrics(method, route, status, elapsed);
+    record_metrics(&method, route, status, elapsed);
     Ok(res)
 }
 
 /// The `route` label of a request that matched no route (bounded cardinality: never the raw path).
 pub const UNMATCHED: &str = "unmatched";
 
-fn record_metrics(method: String, route: String, status: u16, elapsed: Duration) {
+fn record_metrics(method: &str, route: String, status: u16, elapsed: Duration) {
     metrics::histogram!("datastorage_http_request_duration_seconds", "route" => route.clone())
         .record(elapsed.as_secs_f64());
-    metrics::counter!("datastorage_http_requests_total", "method" => method, "route" => route, "status" => status.to_string())
+    metrics::counter!("datastorage_http_requests_total", "method" => method_label(method), "route" => route, "status" => status.to_string())
         .increment(1);
+}
+
+/// The `method` label: one of the methods of RFC 9110 (and PATCH), else `OTHER`, so that a client
+/// cannot create series with methods of its own.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("OTHER")
 }
 
 /// The contract's error body for `parts`, with `Retry-After` / `X-RateLimit-*` when they apply.
@@ -219,5 +232,20 @@ fn framework_parts(res: &ServiceResponse<BoxBody>) -> Parts {
         violations: Vec::new(),
         retry_after: (status.as_u16() == 503).then_some(5),
         rate_limit: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+
+    #[test]
+    fn method_labels_are_a_closed_set() {
+        for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"] {
+            assert_eq!(method_label(m), m);
+        }
+        for m in ["get", "BREW", "X-1234", "", "PROPFIND"] {
+            assert_eq!(method_label(m), "OTHER", "{m}");
+        }
     }
 }

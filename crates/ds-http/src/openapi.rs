@@ -15,51 +15,63 @@ mod paths {
         params(("Idempotency-Key" = Option<String>, Header, description = "≤ 255 visible ASCII characters, scoped to the caller"),
                ("X-Correlation-ID" = Option<String>, Header, description = "echoed back; generated when absent")),
         responses((status = 201, body = WriteResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-                  (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+                  (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)")))]
     pub fn remediation() {}
 
     #[utoipa::path(post, path = "/api/v1/audit/aianalysis", tag = "write",
         request_body(content = AiAnalysisRecord, content_type = "application/json"),
         params(("Idempotency-Key" = Option<String>, Header, description = "≤ 255 visible ASCII characters, scoped to the caller")),
         responses((status = 201, body = WriteResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-                  (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+                  (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)")))]
     pub fn aianalysis() {}
 
     #[utoipa::path(post, path = "/api/v1/audit/workflow", tag = "write",
         request_body(content = WorkflowRecord, content_type = "application/json"),
         params(("Idempotency-Key" = Option<String>, Header, description = "≤ 255 visible ASCII characters, scoped to the caller")),
         responses((status = 201, body = WriteResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-                  (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+                  (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)")))]
     pub fn workflow() {}
 
     #[utoipa::path(post, path = "/api/v1/audit/execution", tag = "write",
         request_body(content = ExecutionRecord, content_type = "application/json"),
         params(("Idempotency-Key" = Option<String>, Header, description = "≤ 255 visible ASCII characters, scoped to the caller")),
         responses((status = 201, body = WriteResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-                  (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+                  (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)")))]
     pub fn execution() {}
 
     #[utoipa::path(post, path = "/api/v1/audit/batch", tag = "write",
         request_body(content = BatchRequest, content_type = "application/json"),
         params(("Idempotency-Key" = Option<String>, Header, description = "≤ 255 visible ASCII characters, scoped to the caller")),
         responses((status = 201, body = BatchResponse), (status = 400, body = ErrorBody, description = "any invalid item: nothing is written"),
-                  (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+                  (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 415, body = ErrorBody, description = "Content-Type is not application/json")))]
     pub fn batch() {}
 
     #[utoipa::path(get, path = "/api/v1/audit/{kind}/{id}", tag = "read",
         params(("kind" = String, Path, description = "remediation | aianalysis | workflow | execution"), ("id" = i64, Path)),
-        responses((status = 200, body = RecordResponse), (status = 404, body = ErrorBody)))]
+        responses((status = 200, body = RecordResponse), (status = 404, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
     pub fn get_record() {}
 
     #[utoipa::path(get, path = "/api/v1/audit/trail/{correlationId}", tag = "read",
         params(("correlationId" = String, Path)),
-        responses((status = 200, body = TrailResponse), (status = 400, body = ErrorBody)))]
+        responses((status = 200, body = TrailResponse), (status = 400, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
     pub fn trail() {}
 
     #[utoipa::path(post, path = "/api/v1/audit/search", tag = "read",
         request_body(content = SearchBody, content_type = "application/json"),
-        responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 413, body = ErrorBody, description = "the body is larger than the route's limit"), (status = 415, body = ErrorBody, description = "Content-Type is not application/json")))]
     pub fn search() {}
+
+    #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "read",
+        responses((status = 200, description = "this document"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    pub fn openapi() {}
 
     #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthResponse)))]
     pub fn healthz() {}
@@ -84,6 +96,7 @@ mod paths {
         paths::get_record,
         paths::search,
         paths::trail,
+        paths::openapi,
         paths::healthz,
         paths::readyz
     ),
@@ -96,6 +109,47 @@ pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-pub async fn serve() -> HttpResponse {
+pub async fn serve(_auth: crate::auth::Authorized<crate::auth::Read>) -> HttpResponse {
     HttpResponse::Ok().json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{PUBLIC_ROUTES, api_routes};
+    use std::collections::BTreeSet;
+
+    /// The document describes exactly the routes the router has: every registered route (from the same
+    /// declaration that builds the router) and the probes, no more; and every guarded operation lists
+    /// the gate's refusals.
+    #[test]
+    fn the_document_lists_exactly_the_registered_routes_and_their_refusals() {
+        let doc = serde_json::to_value(document()).unwrap_or_default();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                documented.insert((method.to_uppercase(), path.clone()));
+                if path.starts_with("/api/") {
+                    for status in ["401", "403", "429", "503"] {
+                        assert!(
+                            op["responses"].get(status).is_some(),
+                            "{method} {path} does not document {status}"
+                        );
+                    }
+                }
+            }
+        }
+        let mut registered: BTreeSet<(String, String)> = api_routes()
+            .into_iter()
+            .map(|r| {
+                // actix's `{correlation_id}` is the document's `{correlationId}`.
+                let pattern = r.pattern.replace("{correlation_id}", "{correlationId}");
+                (r.method.to_string(), pattern)
+            })
+            .collect();
+        for p in PUBLIC_ROUTES {
+            registered.insert(("GET".to_owned(), p.to_owned()));
+        }
+        assert_eq!(documented, registered);
+    }
 }

@@ -55,6 +55,11 @@ pub struct KubernetesAuth {
     pub cache_capacity: usize,
     /// `DATASTORAGE_METRICS_AUTH`: protect `/metrics` too (default `true`).
     pub protect_metrics: bool,
+    /// `DATASTORAGE_AUTH_MAX_CONCURRENT_REVIEWS`: reviews in flight at once (default 16).
+    pub max_concurrent_reviews: usize,
+    /// `DATASTORAGE_AUTH_FAILURES_PER_MINUTE` (60; 0: no limit) and `DATASTORAGE_AUTH_FAILURE_BURST`
+    /// (50): failed authentications a peer may have before it is answered 429.
+    pub failures: ds_http::auth::FailureLimit,
 }
 
 fn list(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Vec<String> {
@@ -109,6 +114,19 @@ fn kubernetes_auth(get: &dyn Fn(&str) -> Option<String>) -> Result<KubernetesAut
         )?),
         cache_capacity: parse(get, "DATASTORAGE_AUTH_CACHE_CAPACITY", 10_000)?,
         protect_metrics: parse(get, "DATASTORAGE_METRICS_AUTH", true)?,
+        max_concurrent_reviews: match parse(get, "DATASTORAGE_AUTH_MAX_CONCURRENT_REVIEWS", 16)? {
+            0 => {
+                return Err(ConfigError {
+                    key: "DATASTORAGE_AUTH_MAX_CONCURRENT_REVIEWS",
+                    reason: "must be at least 1".into(),
+                });
+            }
+            n => n,
+        },
+        failures: ds_http::auth::FailureLimit {
+            per_minute: parse(get, "DATASTORAGE_AUTH_FAILURES_PER_MINUTE", 60)?,
+            burst: parse(get, "DATASTORAGE_AUTH_FAILURE_BURST", 50)?,
+        },
     })
 }
 
@@ -557,12 +575,31 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let d = ds_http::guard::AdmissionSettings::default();
         let a = ds_http::guard::AdmissionSettings {
-            writes_per_second: parse(get, "DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", 500.0)?,
-            burst: parse(get, "DATASTORAGE_RATE_LIMIT_BURST", 750)?,
+            writes_per_second: parse(
+                get,
+                "DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND",
+                d.writes_per_second,
+            )?,
+            burst: parse(get, "DATASTORAGE_RATE_LIMIT_BURST", d.burst)?,
+            searches_per_second: parse(
+                get,
+                "DATASTORAGE_RATE_LIMIT_SEARCHES_PER_SECOND",
+                d.searches_per_second,
+            )?,
+            search_burst: parse(get, "DATASTORAGE_RATE_LIMIT_SEARCH_BURST", d.search_burst)?,
             db_concurrency: parse(get, "DATASTORAGE_DB_CONCURRENCY", pool * 8)?,
+            body_budget_bytes: parse(get, "DATASTORAGE_MAX_BODY_BUDGET_BYTES", d.body_budget_bytes)?,
             trusted_proxies,
         };
+        if !(a.searches_per_second.is_finite() && a.searches_per_second >= 0.0) {
+            return Err(ConfigError {
+                key: "DATASTORAGE_RATE_LIMIT_SEARCHES_PER_SECOND",
+                reason: "must be a number of searches per second, 0 to turn the search limit off"
+                    .into(),
+            });
+        }
         if a.db_concurrency == 0 {
             return Err(ConfigError {
                 key: "DATASTORAGE_DB_CONCURRENCY",
@@ -586,6 +623,16 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        let largest_body = self.limits.body_bytes.max(self.limits.batch_body_bytes);
+        if self.admission.body_budget_bytes < largest_body {
+            return Err(ConfigError {
+                key: "DATASTORAGE_MAX_BODY_BUDGET_BYTES",
+                reason: format!(
+                    "{} is below the largest body a request may have ({largest_body}): such a request could never be read",
+                    self.admission.body_budget_bytes
+                ),
+            });
+        }
         if self.auth_mode == AuthMode::None {
             for (key, addr) in [
                 ("DATASTORAGE_HTTP_ADDR", self.http_addr),

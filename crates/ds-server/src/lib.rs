@@ -499,6 +499,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.admission.clone(),
     )
     .with_startup(startup.clone());
+    let startup_for_metrics = startup.clone();
     let mut protect_metrics = false;
     if let AuthMode::Kubernetes(k) = &config.auth_mode {
         let authorization = match &k.allow_list {
@@ -514,6 +515,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             k.timeout,
             k.audiences.clone(),
             authorization,
+            k.max_concurrent_reviews,
         )
         .await
         .context("connecting to the Kubernetes API for authentication (DATASTORAGE_AUTH_MODE=kubernetes)")?;
@@ -525,7 +527,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 capacity: k.cache_capacity,
             },
         );
-        state = state.with_auth(Arc::new(cached));
+        state = state.with_auth(Arc::new(cached), k.failures);
         protect_metrics = k.protect_metrics;
         tracing::info!(audiences = ?k.audiences, allow_list = k.allow_list.is_some(), protect_metrics, "authentication: Kubernetes TokenReview");
     }
@@ -557,33 +559,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             upkeep.run_upkeep();
         }
     });
-    let metrics_state = state.clone();
+    // Without protection the metrics listener's gate lets every scrape in; with it, every request to
+    // that listener needs access `Metrics`.
+    let metrics_gate = if protect_metrics {
+        state.gate.clone()
+    } else {
+        ds_http::auth::Gate::open(startup_for_metrics)
+    };
     let gauges = (pg.clone(), service_for_metrics);
     let metrics = actix_web::HttpServer::new(move || {
         let handle = handle.clone();
         let gauges = gauges.clone();
-        // Without protection the metrics app has no state, so the auth middleware lets every scrape in.
-        let mut app = actix_web::App::new();
-        if protect_metrics {
-            app = app.app_data(actix_web::web::Data::new(metrics_state.clone()));
-        }
-        app.wrap(actix_web::middleware::from_fn(ds_http::auth::metrics))
-            .wrap(actix_web::middleware::from_fn(
-                ds_http::middleware::envelope,
-            ))
-            .route(
-                "/metrics",
-                actix_web::web::get().to(move || {
-                    let handle = handle.clone();
-                    let (store, service) = gauges.clone();
-                    async move {
-                        telemetry::refresh_gauges(&store, &service).await;
-                        actix_web::HttpResponse::Ok()
-                            .content_type("text/plain; version=0.0.4")
-                            .body(handle.render())
-                    }
-                }),
-            )
+        ds_http::metrics_app(metrics_gate.clone(), move || {
+            let handle = handle.clone();
+            let (store, service) = gauges.clone();
+            async move {
+                telemetry::refresh_gauges(&store, &service).await;
+                handle.render()
+            }
+        })
     })
     .workers(1)
     .disable_signals()

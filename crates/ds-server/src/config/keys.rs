@@ -366,6 +366,24 @@ pub const KEYS: &[Key] = &[
         "Most cached decisions.",
     ),
     key(
+        "DATASTORAGE_AUTH_MAX_CONCURRENT_REVIEWS",
+        "auth.max_concurrent_reviews",
+        Value("16"),
+        "TokenReviews and SubjectAccessReviews in flight at once; a request that finds none free within the review budget is answered 503.",
+    ),
+    key(
+        "DATASTORAGE_AUTH_FAILURES_PER_MINUTE",
+        "auth.failures_per_minute",
+        Value("60"),
+        "Failed authentications a client address regains per minute; past its burst it is answered 429 without a review. 0 turns the limit off.",
+    ),
+    key(
+        "DATASTORAGE_AUTH_FAILURE_BURST",
+        "auth.failure_burst",
+        Value("50"),
+        "Failed authentications a client address may have in a row.",
+    ),
+    key(
         "DATASTORAGE_METRICS_AUTH",
         "auth.protect_metrics",
         Value("true"),
@@ -407,6 +425,24 @@ pub const KEYS: &[Key] = &[
         "limits.rate_limit_burst",
         Value("750"),
         "Records a caller may write at once; a batch costs one per record (at most the burst).",
+    ),
+    key(
+        "DATASTORAGE_RATE_LIMIT_SEARCHES_PER_SECOND",
+        "limits.rate_limit_searches_per_second",
+        Value("20"),
+        "Sustained searches per second per caller (a search costs a model call and an index scan); 0 turns the search limit off.",
+    ),
+    key(
+        "DATASTORAGE_RATE_LIMIT_SEARCH_BURST",
+        "limits.rate_limit_search_burst",
+        Value("40"),
+        "Searches a caller may make at once.",
+    ),
+    key(
+        "DATASTORAGE_MAX_BODY_BUDGET_BYTES",
+        "limits.max_body_budget_bytes",
+        Value("67108864"),
+        "Bytes of request bodies held at once across all requests (503 + `Retry-After` past it); at least the largest body limit.",
     ),
     key(
         "DATASTORAGE_TRUSTED_PROXIES",
