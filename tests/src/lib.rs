@@ -10,6 +10,7 @@
 
 pub mod kube_server;
 pub mod openai_server;
+pub mod raw_http;
 
 use anyhow::{Context, Result};
 use diesel::QueryableByName;

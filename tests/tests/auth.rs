@@ -440,3 +440,240 @@ async fn tokens_never_reach_logs_errors_or_metrics() {
         assert!(!bodies.contains(secret), "{secret} in a response");
     }
 }
+
+/// Spellings of `path` that a router might take for it: percent-encoded letters (each in turn, upper-
+/// and lower-case hex, and all at once), doubled slashes, dot segments (plain and encoded), other
+/// letter cases, a trailing slash, and absolute-form request targets of several of them.
+fn spellings(path: &str, authority: &str) -> Vec<String> {
+    let encode_at = |i: usize, lower: bool| -> String {
+        path.char_indices()
+            .map(|(j, c)| match (j == i, lower) {
+                (true, false) => format!("%{:02X}", c as u32),
+                (true, true) => format!("%{:02x}", c as u32),
+                _ => c.to_string(),
+            })
+            .collect()
+    };
+    let letters: Vec<usize> = path
+        .char_indices()
+        .filter(|(_, c)| c.is_ascii_alphanumeric())
+        .map(|(i, _)| i)
+        .collect();
+    let mut out = vec![path.to_owned()];
+    out.extend(letters.iter().map(|&i| encode_at(i, false)));
+    out.push(encode_at(1, true));
+    out.push(
+        path.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    format!("%{:02X}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    );
+    let slashes: Vec<usize> = path.match_indices('/').map(|(i, _)| i).collect();
+    for &i in &slashes {
+        out.push(format!("{}/{}", &path[..i], &path[i..]));
+        out.push(format!("{}/.{}", &path[..i], &path[i..]));
+        out.push(format!("{}/%2e{}", &path[..i], &path[i..]));
+    }
+    if let Some(&second) = slashes.get(1) {
+        out.push(format!("{}/x/..{}", &path[..second], &path[second..]));
+        out.push(format!("{}/x/%2e%2e{}", &path[..second], &path[second..]));
+    }
+    out.push(path.to_uppercase());
+    out.push(path.replacen("/api/", "/API/", 1));
+    out.push(path.replacen("/v1/", "/V1/", 1));
+    out.push(format!("{path}/"));
+    out.push(format!("{path}%2F"));
+    for target in [
+        path.to_owned(),
+        encode_at(1, false),
+        format!("/{path}"),
+        path.replacen("/v1/", "/v%31/", 1),
+    ] {
+        out.push(format!("http://{authority}{target}"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_registered_route_in_every_spelling_refuses_anonymous_and_wrong_callers() {
+    let (kube, app) = setup(&[("DATASTORAGE_RATE_LIMIT_SEARCHES_PER_SECOND", "0")]).await;
+    // Write-only and metrics-only identities: the wrong caller of read routes.
+    for (token, user, verb) in [
+        (
+            "writeonly-token",
+            "system:serviceaccount:kubernaut:writeonly",
+            "create",
+        ),
+        (
+            "metricsonly-token",
+            "system:serviceaccount:monitoring:other",
+            "metrics",
+        ),
+    ] {
+        kube.add_token(
+            token,
+            TokenInfo {
+                username: user.into(),
+                groups: vec![],
+                audiences: vec!["datastorage".into()],
+                expired: false,
+            },
+        );
+        kube.allow(user, verb);
+    }
+    // A record to read, so that a read that got through would answer 200 with data.
+    let written = call(
+        &app,
+        "POST",
+        "/api/v1/audit/remediation",
+        Some(&fixtures::remediation(1)),
+        Some("Bearer writer-token"),
+    )
+    .await;
+    assert_eq!(written.status, 201);
+    let id = written.body["id"].as_i64().unwrap().to_string();
+    let authority = app.addr.to_string();
+    let methods = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "BREW",
+    ];
+    let routes = ds_http::routes::api_routes();
+    let (mut routed, mut checked) = (0, 0);
+    for route in &routes {
+        let path = route
+            .pattern
+            .replace("{correlation_id}", fixtures::CORRELATION)
+            .replace("{kind}", "remediation")
+            .replace("{id}", &id);
+        assert!(
+            !path.contains('{'),
+            "a parameter this test cannot fill: {path}"
+        );
+        let kind = route.pattern.rsplit('/').next().unwrap_or_default();
+        let body = match route.method.as_str() {
+            "POST" if route.pattern.ends_with("/batch") => {
+                json!({"records": [{"kind": "workflow", "record": fixtures::workflow(2)}]})
+            }
+            "POST" if route.pattern.ends_with("/search") => json!({"query": "OOMKilled"}),
+            "POST" => fixtures::of(kind, 2),
+            _ => Value::Null,
+        };
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&body).unwrap()
+        };
+        let (right, wrong) = match route.access {
+            ds_domain::ports::Access::Write => ("Bearer writer-token", "Bearer reader-token"),
+            _ => ("Bearer reader-token", "Bearer writeonly-token"),
+        };
+        for target in spellings(&path, &authority) {
+            let send = |method: &'static str, auth: Option<&'static str>| {
+                let target = target.clone();
+                let body = body.clone();
+                async move {
+                    let mut headers = vec![("Content-Type", "application/json")];
+                    if let Some(a) = auth {
+                        headers.push(("Authorization", a));
+                    }
+                    ds_tests::raw_http::request(app.addr, method, &target, &headers, &body)
+                        .await
+                        .unwrap()
+                }
+            };
+            let method: &'static str = methods
+                .iter()
+                .find(|m| **m == route.method.as_str())
+                .unwrap();
+            let allowed = send(method, Some(right)).await;
+            assert_ne!(allowed.status, 401, "{method} {target}: {}", allowed.body);
+            assert_ne!(allowed.status, 403, "{method} {target}: {}", allowed.body);
+            let routes_here = allowed.status != 404;
+            routed += usize::from(routes_here);
+            for m in methods {
+                for auth in [None, Some(wrong), Some("Bearer metricsonly-token")] {
+                    let r = send(m, auth).await;
+                    checked += 1;
+                    assert!(
+                        !(200..300).contains(&r.status) && r.status < 500,
+                        "{m} {target} as {auth:?}: {} {}",
+                        r.status,
+                        r.body
+                    );
+                    if m == method && routes_here {
+                        let expected = if auth.is_none() { 401 } else { 403 };
+                        assert_eq!(r.status, expected, "{m} {target} as {auth:?}: {}", r.body);
+                    }
+                    if m == method && !routes_here {
+                        assert_eq!(r.status, 404, "{m} {target} as {auth:?}: {}", r.body);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        routed > routes.len() * 3,
+        "encoded spellings route: {routed}"
+    );
+    assert!(checked > 1000);
+    // Only the right callers' writes were stored: one of each write route's record, at most.
+    let stored = app.db.count("audit_records").await.unwrap();
+    assert!(stored <= 7, "{stored} records: a refused write got through");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_random_tokens_cost_a_bounded_number_of_reviews() {
+    let (kube, app) = setup(&[
+        ("DATASTORAGE_AUTH_FAILURE_BURST", "20"),
+        ("DATASTORAGE_AUTH_FAILURES_PER_MINUTE", "1"),
+        ("DATASTORAGE_AUTH_MAX_CONCURRENT_REVIEWS", "4"),
+    ])
+    .await;
+    let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || async {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= 10_000 {
+                break;
+            }
+            let token = format!("Bearer random.{}.{i}", uuid::Uuid::new_v4().simple());
+            let r = call(
+                &app,
+                "GET",
+                "/api/v1/audit/remediation/1",
+                None,
+                Some(&token),
+            )
+            .await;
+            if r.status == 429 {
+                assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+            }
+            *statuses.lock().unwrap().entry(r.status).or_default() += 1;
+        }
+    };
+    futures_util::future::join_all((0..16).map(|_| worker())).await;
+    let statuses = statuses.into_inner().unwrap();
+    let reviews = kube.token_reviews();
+    assert!(
+        (20..=24).contains(&reviews),
+        "{reviews} TokenReviews for 10,000 random tokens (burst 20 + 4 in flight at most): {statuses:?}"
+    );
+    assert_eq!(statuses.get(&401).copied().unwrap_or(0), reviews);
+    assert_eq!(statuses.get(&429).copied().unwrap_or(0), 10_000 - reviews);
+    // The limit is the address's: a valid token from it is refused too until it regains a unit, and
+    // the decision cache still serves known callers elsewhere (another address is not limited).
+    let r = call(
+        &app,
+        "GET",
+        "/api/v1/audit/remediation/1",
+        None,
+        Some("Bearer writer-token"),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+}

@@ -309,3 +309,96 @@ async fn until_waiting_on_a_lock(app: &TestApp) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_at_once_stay_within_the_body_budget() {
+    const MIB: usize = 1024 * 1024;
+    let app = spawn_app_with(&[
+        ("DATASTORAGE_MAX_BODY_BYTES", "1048576"),
+        ("DATASTORAGE_MAX_BATCH_BODY_BYTES", "1048576"),
+        ("DATASTORAGE_MAX_BODY_BUDGET_BYTES", "2097152"),
+    ])
+    .await
+    .unwrap();
+    let target = "/api/v1/audit/remediation";
+    let json = [("Content-Type", "application/json")];
+    // A valid record padded with whitespace to exactly 1 MiB.
+    let body = |n: u32| {
+        let mut b = serde_json::to_vec(&fixtures::remediation(n)).unwrap();
+        b.resize(MIB, b' ');
+        b
+    };
+    // Two requests declare 1 MiB each and send half: together they hold the whole budget.
+    let mut held = Vec::new();
+    for n in [1, 2] {
+        let mut conn = ds_tests::raw_http::start(app.addr, "POST", target, &json, MIB)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut conn, &body(n)[..MIB / 2])
+            .await
+            .unwrap();
+        held.push((n, conn));
+    }
+    // Both are admitted and hold their declared bytes (reached on the server's time: asked until then).
+    let mut polls = 0;
+    while app.state.admission.body_bytes_held() < 2 * MIB {
+        polls += 1;
+        assert!(
+            polls < 100_000,
+            "the half-sent bodies never held the budget"
+        );
+        tokio::task::yield_now().await;
+    }
+    // A third is refused at once, before its body is read: 503 with Retry-After.
+    let conn = ds_tests::raw_http::start(app.addr, "POST", target, &json, MIB)
+        .await
+        .unwrap();
+    let refused = Some(ds_tests::raw_http::finish(conn).await.unwrap());
+    assert_eq!(refused.as_ref().map(|r| r.status), Some(503));
+    let refused = refused.expect("the budget was never full");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(
+        refused.body.contains("SERVICE_UNAVAILABLE"),
+        "{}",
+        refused.body
+    );
+    // A body declared over the limit is 413 at once, whatever the budget.
+    let conn = ds_tests::raw_http::start(app.addr, "POST", target, &json, MIB + 1)
+        .await
+        .unwrap();
+    let r = ds_tests::raw_http::finish(conn).await.unwrap();
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("PAYLOAD_TOO_LARGE"));
+    // The held requests complete, and release the budget for the next.
+    for (n, mut conn) in held {
+        tokio::io::AsyncWriteExt::write_all(&mut conn, &body(n)[MIB / 2..])
+            .await
+            .unwrap();
+        let r = ds_tests::raw_http::finish(conn).await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let r = ds_tests::raw_http::request(app.addr, "POST", target, &json, &body(3))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(app.db.count("audit_records").await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_have_a_per_caller_limit_of_their_own() {
+    let app = spawn_app_with(&[
+        ("DATASTORAGE_RATE_LIMIT_SEARCHES_PER_SECOND", "0.001"),
+        ("DATASTORAGE_RATE_LIMIT_SEARCH_BURST", "2"),
+    ])
+    .await
+    .unwrap();
+    let query = json!({"query": "OOMKilled"});
+    let search = || app.post("/api/v1/audit/search", &query);
+    assert_eq!(search().await.unwrap().status, 200);
+    assert_eq!(search().await.unwrap().status, 200);
+    let r = search().await.unwrap();
+    assert_error(&r, 429, "RATE_LIMIT_EXCEEDED");
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    // Writes are another budget.
+    assert_eq!(write(&app, 1, None).await.status, 201);
+}

@@ -506,3 +506,70 @@ fn every_log_line_the_runbooks_quote_is_one_the_code_writes() {
         .count();
     assert!(scenarios >= 12, "{scenarios} scenarios");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_chosen_methods_and_field_names_create_no_series() {
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    // 10,000 methods of the client's own.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let methods = || async {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= 10_000 {
+                break;
+            }
+            let m = reqwest::Method::from_bytes(format!("M{i:05}").as_bytes()).unwrap();
+            let r = app
+                .send(app.client.request(m, app.url("/api/v1/audit/remediation")))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 405);
+        }
+    };
+    futures_util::future::join_all((0..8).map(|_| methods())).await;
+    // 10,000 field names of the client's own, each a violation (NUL in an unknown field).
+    for chunk in 0..10 {
+        let records: Vec<Value> = (0..1000)
+            .map(|i| {
+                let mut r = fixtures::remediation(chunk * 1000 + i);
+                r[format!("x-field-{chunk}-{i}")] = json!("nul\u{0}here");
+                json!({"kind": "remediation", "record": r})
+            })
+            .collect();
+        let r = app
+            .post("/api/v1/audit/batch", &json!({"records": records}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400);
+    }
+    let text = app
+        .client
+        .get(format!("http://{}/metrics", app.metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |family: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .collect::<Vec<_>>()
+    };
+    let requests = series("datastorage_http_requests_total");
+    let failures = series("datastorage_validation_failures_total");
+    assert!(requests.len() <= 10, "{requests:#?}");
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("method=\"OTHER\"") && l.ends_with(" 10000")),
+        "{requests:#?}"
+    );
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert!(
+        failures[0].contains("field=\"unknown\"") && failures[0].ends_with(" 10000"),
+        "{failures:#?}"
+    );
+}

@@ -203,11 +203,9 @@ impl Authenticator for KubeAuthenticator {
             ..Default::default()
         };
         let api = Api::<TokenReview>::all(self.client.clone());
-        let answer = self.bounded(
-            "TokenReview",
-            api.create(&PostParams::default(), &review),
-        )
-        .await?;
+        let answer = self
+            .bounded("TokenReview", api.create(&PostParams::default(), &review))
+            .await?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(AuthError::Unauthenticated(
@@ -274,11 +272,12 @@ impl Authenticator for KubeAuthenticator {
                     ..Default::default()
                 };
                 let api = Api::<SubjectAccessReview>::all(self.client.clone());
-                let answer = self.bounded(
-            "SubjectAccessReview",
-                    api.create(&PostParams::default(), &review),
-                )
-                .await?;
+                let answer = self
+                    .bounded(
+                        "SubjectAccessReview",
+                        api.create(&PostParams::default(), &review),
+                    )
+                    .await?;
                 Ok(answer
                     .status
                     .is_some_and(|s| s.allowed && s.denied != Some(true)))

@@ -48,19 +48,16 @@ fn directory() -> Arc<Directory> {
     let mut d = Directory::default();
     d.tokens
         .insert("writer", ("sa:writer", vec![Access::Write, Access::Read]));
-    d.tokens.insert("writeonly", ("sa:writeonly", vec![Access::Write]));
+    d.tokens
+        .insert("writeonly", ("sa:writeonly", vec![Access::Write]));
     d.tokens.insert("reader", ("sa:reader", vec![Access::Read]));
-    d.tokens.insert("scraper", ("sa:scraper", vec![Access::Metrics]));
+    d.tokens
+        .insert("scraper", ("sa:scraper", vec![Access::Metrics]));
     Arc::new(d)
 }
 
 fn gate(dir: Arc<Directory>, failures: FailureLimit) -> Gate {
-    Gate::checking(
-        dir,
-        Arc::new(crate::Startup::done()),
-        Vec::new(),
-        failures,
-    )
+    Gate::checking(dir, Arc::new(crate::Startup::done()), Vec::new(), failures)
 }
 
 /// A concrete path for a route pattern.
@@ -135,10 +132,7 @@ async fn every_registered_route_refuses_anonymous_and_wrong_callers_in_every_spe
             })
             .collect();
         spellings.push(format!("http://datastorage.local{path}"));
-        spellings.push(format!(
-            "http://datastorage.local{}",
-            encoded_at(&path, 1)
-        ));
+        spellings.push(format!("http://datastorage.local{}", encoded_at(&path, 1)));
         spellings.push(path.clone());
         let wrong = match route.access {
             Access::Write => "reader",
@@ -155,10 +149,25 @@ async fn every_registered_route_refuses_anonymous_and_wrong_callers_in_every_spe
                 route.method
             );
             if anonymous == StatusCode::UNAUTHORIZED {
-                assert_eq!(wrong_access, StatusCode::FORBIDDEN, "{} {uri}", route.method);
-                assert_eq!(bad_token, StatusCode::UNAUTHORIZED, "{} {uri}", route.method);
+                assert_eq!(
+                    wrong_access,
+                    StatusCode::FORBIDDEN,
+                    "{} {uri}",
+                    route.method
+                );
+                assert_eq!(
+                    bad_token,
+                    StatusCode::UNAUTHORIZED,
+                    "{} {uri}",
+                    route.method
+                );
             } else {
-                assert_eq!(wrong_access, StatusCode::NOT_FOUND, "{} {uri}", route.method);
+                assert_eq!(
+                    wrong_access,
+                    StatusCode::NOT_FOUND,
+                    "{} {uri}",
+                    route.method
+                );
             }
         }
         // The canonical spelling and its encoded forms do route: the gate, not the router, refused.
@@ -225,7 +234,13 @@ async fn a_service_still_starting_answers_503_before_any_review() {
         .with_startup(Arc::new(crate::Startup::pending("waiting")));
     let app = init_service(App::new().app_data(web::Data::new(g)).configure(configure)).await;
     for route in api_routes() {
-        let s = status_of(&app, &route.method, &concrete(&route.pattern), Some("writer")).await;
+        let s = status_of(
+            &app,
+            &route.method,
+            &concrete(&route.pattern),
+            Some("writer"),
+        )
+        .await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     }
     assert_eq!(dir.reviews.load(Ordering::SeqCst), 0);
@@ -249,7 +264,13 @@ async fn a_peer_that_keeps_failing_is_refused_without_reviews() {
     .await;
     let uri = "/api/v1/audit/remediation/1";
     for i in 0..3 {
-        let s = status_of(&app, &actix_web::http::Method::GET, uri, Some(&format!("random{i}"))).await;
+        let s = status_of(
+            &app,
+            &actix_web::http::Method::GET,
+            uri,
+            Some(&format!("random{i}")),
+        )
+        .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
     for i in 3..50 {
@@ -260,17 +281,31 @@ async fn a_peer_that_keeps_failing_is_refused_without_reviews() {
             .to_request();
         let res = call_service(&app, req).await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-        let retry: u64 = res.headers().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+        let retry: u64 = res
+            .headers()
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(retry >= 1, "Retry-After {retry}");
     }
-    assert_eq!(dir.reviews.load(Ordering::SeqCst), 3, "one review per allowed failure");
+    assert_eq!(
+        dir.reviews.load(Ordering::SeqCst),
+        3,
+        "one review per allowed failure"
+    );
     // Another peer is not affected, and neither is a valid token from it.
     let req = TestRequest::get()
         .uri(uri)
         .peer_addr("10.9.9.9:4000".parse().unwrap())
         .insert_header(("authorization", "Bearer random-other"))
         .to_request();
-    assert_eq!(call_service(&app, req).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call_service(&app, req).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[actix_web::test]
@@ -309,7 +344,10 @@ async fn credentials_that_cannot_be_tokens_are_refused_without_a_review() {
         .append_header(("authorization", "Bearer writer"))
         .append_header(("authorization", "Bearer reader"))
         .to_request();
-    assert_eq!(call_service(&app, req).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call_service(&app, req).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(dir.reviews.load(Ordering::SeqCst), 0);
 }
 

@@ -120,7 +120,9 @@ impl Rate {
 
     /// Charges `units` (clamped to 1..=burst) to `key`.
     fn charge(&self, key: &str, units: usize, what: &'static str) -> Result<RateInfo, ApiError> {
-        let cost = u32::try_from(units).unwrap_or(u32::MAX).clamp(1, self.burst);
+        let cost = u32::try_from(units)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.burst);
         // Forget idle callers now and then, so the table stays as small as the set of active callers.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             self.limiter.retain_recent();
@@ -204,9 +206,7 @@ impl Admission {
         let writes = Rate::new(settings.writes_per_second, settings.burst);
         let searches = Rate::new(settings.searches_per_second, settings.search_burst);
         let db = Arc::new(Semaphore::new(settings.db_concurrency.max(1)));
-        let budget = settings
-            .body_budget_bytes
-            .clamp(1, Semaphore::MAX_PERMITS);
+        let budget = settings.body_budget_bytes.clamp(1, Semaphore::MAX_PERMITS);
         Admission {
             settings: Arc::new(settings),
             writes,
@@ -320,6 +320,14 @@ impl Admission {
             metrics::counter!("datastorage_load_shed_total").increment(1);
             ApiError::Overloaded
         })
+    }
+
+    /// Bytes of request bodies held now (reserved against the body budget).
+    pub fn body_bytes_held(&self) -> usize {
+        self.settings
+            .body_budget_bytes
+            .clamp(1, Semaphore::MAX_PERMITS)
+            .saturating_sub(self.bodies.available_permits())
     }
 
     /// Requests in the database now.

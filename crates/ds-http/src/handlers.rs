@@ -1,13 +1,13 @@
 //! Route handlers.
 
+use crate::AppState;
+use crate::auth::{Authorized, Read, Write};
 use crate::dto::{
     BatchResponse, HealthResponse, ReadyResponse, RecordResponse, SearchResponse, SearchResult,
     TrailResponse, WriteResponse,
 };
 use crate::error::ApiError;
 use crate::middleware::RequestContext;
-use crate::AppState;
-use crate::auth::{Authorized, Read, Write};
 use actix_web::http::header;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use ds_domain::error::AuditError;
@@ -594,7 +594,10 @@ mod tests {
     fn validation_labels_name_only_fields_the_kind_defines() {
         assert_eq!(metric_field(Kind::Remediation, "name"), "name");
         assert_eq!(metric_field(Kind::Remediation, "labels.app"), "labels");
-        assert_eq!(metric_field(Kind::Workflow, "stepStatuses[3].name"), "stepStatuses");
+        assert_eq!(
+            metric_field(Kind::Workflow, "stepStatuses[3].name"),
+            "stepStatuses"
+        );
         assert_eq!(metric_field(Kind::Remediation, "id"), "id");
         assert_eq!(metric_field(Kind::Remediation, "stepStatuses"), "unknown");
         assert_eq!(metric_field(Kind::Execution, "x-client-42"), "unknown");

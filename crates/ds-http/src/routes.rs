@@ -44,9 +44,10 @@ impl Api {
         // One resource per pattern: actix answers 405 from the first resource whose pattern matches.
         match self.resources.iter_mut().find(|(p, _)| p == pattern) {
             Some((_, slot)) => *slot = slot.take().map(|r| r.route(route)),
-            None => self
-                .resources
-                .push((pattern.to_owned(), Some(web::resource(pattern).route(route)))),
+            None => self.resources.push((
+                pattern.to_owned(),
+                Some(web::resource(pattern).route(route)),
+            )),
         }
     }
 }
@@ -67,7 +68,11 @@ fn declare(api: &mut Api) {
         "/api/v1/audit/trail/{correlation_id}",
         handlers::trail,
     );
-    api.route(Method::GET, "/api/v1/audit/{kind}/{id}", handlers::get_record);
+    api.route(
+        Method::GET,
+        "/api/v1/audit/{kind}/{id}",
+        handlers::get_record,
+    );
     api.route(Method::GET, "/api/v1/openapi.json", crate::openapi::serve);
 }
 

@@ -590,7 +590,11 @@ impl Config {
             )?,
             search_burst: parse(get, "DATASTORAGE_RATE_LIMIT_SEARCH_BURST", d.search_burst)?,
             db_concurrency: parse(get, "DATASTORAGE_DB_CONCURRENCY", pool * 8)?,
-            body_budget_bytes: parse(get, "DATASTORAGE_MAX_BODY_BUDGET_BYTES", d.body_budget_bytes)?,
+            body_budget_bytes: parse(
+                get,
+                "DATASTORAGE_MAX_BODY_BUDGET_BYTES",
+                d.body_budget_bytes,
+            )?,
             trusted_proxies,
         };
         if !(a.searches_per_second.is_finite() && a.searches_per_second >= 0.0) {
