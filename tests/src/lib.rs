@@ -11,6 +11,7 @@
 pub mod kube_server;
 pub mod openai_server;
 pub mod raw_http;
+pub mod tls_postgres;
 
 use anyhow::{Context, Result};
 use diesel::QueryableByName;

@@ -166,7 +166,7 @@ pub struct Config {
     /// database (default 10000).
     pub db_connect_retry_max: Duration,
     /// `DATASTORAGE_DATABASE_URL` (or `DATABASE_URL`): `postgres://user:pass@host:port/db`.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// `DATASTORAGE_HTTP_ADDR`: API and probes (default `127.0.0.1:8080`).
     pub http_addr: SocketAddr,
     /// `DATASTORAGE_METRICS_ADDR`: Prometheus metrics (default `127.0.0.1:9090`).
@@ -225,6 +225,49 @@ pub struct Config {
     /// once, default 8 × pool size), `DATASTORAGE_TRUSTED_PROXIES` (comma-separated IPs whose
     /// `X-Forwarded-For` is believed; default none).
     pub admission: ds_http::guard::AdmissionSettings,
+}
+
+/// The database URL: used as a `&str`, printed by `Debug` with its password as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact_password(&self.0))
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced by `***` (also in a `password=`
+/// query parameter).
+pub fn redact_password(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@').map(|i| rest + i)
+            && let Some(colon) = out[rest..at].find(':').map(|i| rest + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let query: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], query.join("&"));
+    }
+    out
 }
 
 /// A configuration error, naming the key.
@@ -448,7 +491,7 @@ impl Config {
             search_ef_search: parse(get, "DATASTORAGE_SEARCH_EF_SEARCH", 100)?,
             limits: Self::limits(get)?,
             admission: Self::admission(get, db_pool_size.max(1))?,
-            database_url,
+            database_url: DatabaseUrl(database_url),
             http_addr: parse(
                 get,
                 "DATASTORAGE_HTTP_ADDR",
@@ -924,7 +967,21 @@ mod tests {
         let c = Config::from_sources(&|k| env.get(k).map(|v| v.to_string()), &file).unwrap();
         assert_eq!(c.db_pool_size, 24);
         assert_eq!(c.http_workers, 3);
-        assert_eq!(c.database_url, "postgres://f@127.0.0.1/db");
+        assert_eq!(&*c.database_url, "postgres://f@127.0.0.1/db");
+        let secret = Config::from_lookup(&|k| {
+            (k == "DATASTORAGE_DATABASE_URL")
+                .then(|| "postgres://ds:s3cret-pw@db:5432/audit?password=other-secret".to_owned())
+        })
+        .unwrap();
+        let printed = format!("{secret:?}");
+        assert!(
+            !printed.contains("s3cret-pw") && !printed.contains("other-secret"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("postgres://ds:***@db:5432/audit?password=***"),
+            "{printed}"
+        );
 
         let bad = FileValues::parse(
             "[database]\nurl = \"postgres://x/db\"\npool_size = \"lots\"\n",

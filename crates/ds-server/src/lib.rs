@@ -598,7 +598,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let (outcome_tx, outcome) = watch::channel(Outcome::Pending);
     let plan = StartupPlan {
-        database_url: config.database_url.clone(),
+        database_url: config.database_url.0.clone(),
         migrate: config.migrate_on_start,
         dimension: config.embedding_dimension,
         retry_max: config.db_connect_retry_max,

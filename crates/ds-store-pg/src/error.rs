@@ -15,6 +15,9 @@ pub enum PgStoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The database URL or its TLS settings are not usable.
+    #[error("database connection settings: {0}")]
+    Config(String),
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -57,6 +60,7 @@ impl From<PgStoreError> for StoreError {
             }
             PgStoreError::Query(q) => StoreError::Query(q.to_string()),
             PgStoreError::Migration(m) => StoreError::Query(m),
+            PgStoreError::Config(m) => StoreError::Unavailable(m),
             PgStoreError::Corrupt(m) => StoreError::Corrupt(m),
         }
     }

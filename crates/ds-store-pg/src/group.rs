@@ -10,6 +10,7 @@
 //! run again alone, so that one bad write cannot fail its neighbours. A write whose caller stopped
 //! waiting (request timeout, client gone) before its group started is dropped, not committed.
 
+use crate::connect::Target;
 use crate::error::PgStoreError;
 use crate::write::write_group_retrying;
 use diesel_async::AsyncPgConnection;
@@ -95,18 +96,20 @@ const QUEUE: usize = 4096;
 pub(crate) fn start(
     runtime: Option<tokio::runtime::Handle>,
     pool: Pool<AsyncPgConnection>,
+    target: Arc<Target>,
     settings: GroupCommit,
 ) -> mpsc::Sender<Queued> {
     let (tx, rx) = mpsc::channel(QUEUE);
     match runtime {
-        Some(rt) => drop(rt.spawn(dispatch(pool, settings, rx))),
-        None => drop(tokio::spawn(dispatch(pool, settings, rx))),
+        Some(rt) => drop(rt.spawn(dispatch(pool, target, settings, rx))),
+        None => drop(tokio::spawn(dispatch(pool, target, settings, rx))),
     }
     tx
 }
 
 async fn dispatch(
     pool: Pool<AsyncPgConnection>,
+    target: Arc<Target>,
     settings: GroupCommit,
     mut rx: mpsc::Receiver<Queued>,
 ) {
@@ -146,14 +149,15 @@ async fn dispatch(
             group.push(next);
         }
         let pool = pool.clone();
+        let target = target.clone();
         tokio::spawn(async move {
-            commit(&pool, group).await;
+            commit(&pool, &target, group).await;
             drop(slot);
         });
     }
 }
 
-pub(crate) async fn commit(pool: &Pool<AsyncPgConnection>, group: Vec<Queued>) {
+pub(crate) async fn commit(pool: &Pool<AsyncPgConnection>, target: &Target, group: Vec<Queued>) {
     // Held until this function returns: the group's writes are pending until then.
     let mut _pending = Vec::with_capacity(group.len());
     // A caller that stopped waiting gets nothing committed in its name.
@@ -193,7 +197,7 @@ pub(crate) async fn commit(pool: &Pool<AsyncPgConnection>, group: Vec<Queued>) {
             () = every_caller_gone(&mut replies) => {
                 // Every caller timed out or left while the statement ran (e.g. waiting on a lock):
                 // cancel it, so that nothing is committed that no one was told about.
-                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                target.cancel(&cancel).await;
                 write.await
             }
         }

@@ -3,6 +3,7 @@
 //! Architecture invariant: this is the only crate that knows SQL. The schema lives in the workspace's
 //! `migrations/` folder, embedded in the binary by [`MIGRATIONS`].
 
+pub mod connect;
 mod error;
 mod group;
 mod pgv;
@@ -16,8 +17,8 @@ pub use group::GroupCommit;
 pub use pgv::Embedding;
 pub use store::{PgStore, PoolSettings};
 
+use diesel::RunQueryDsl;
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, RunQueryDsl};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -35,8 +36,9 @@ const MIGRATION_LOCK: i64 = 0x6461_7461_7374_6f72; // "datastor"
 pub async fn run_migrations(database_url: &str) -> Result<Vec<String>, PgStoreError> {
     let url = database_url.to_owned();
     tokio::task::spawn_blocking(move || -> Result<Vec<String>, PgStoreError> {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+        // Connected on this blocking thread's runtime handle, TLS as the URL says.
+        let conn = tokio::runtime::Handle::current().block_on(connect::establish(&url))?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)

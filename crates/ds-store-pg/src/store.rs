@@ -1,5 +1,6 @@
 //! [`PgStore`]: the [`AuditStore`] port on PostgreSQL.
 
+use crate::connect::Target;
 use crate::error::PgStoreError;
 use crate::group::{self, GroupCommit, Queued, pool_error};
 use crate::pgv::Embedding;
@@ -72,6 +73,8 @@ pub struct PgStore {
     /// stale: [`AuditStore::existing_embeddings`] answers from it without a round trip (the inline
     /// write of a recurring text), and the database only for digests it does not hold.
     known_vectors: Arc<quick_cache::sync::Cache<Sha256Digest, ()>>,
+    /// Where and how to connect (TLS as the URL's `sslmode` says).
+    target: Arc<Target>,
 }
 
 /// How many vector digests [`PgStore`] remembers as stored (~3 MiB).
@@ -82,13 +85,16 @@ impl PgStore {
     pub fn new(database_url: &str, settings: &PoolSettings) -> Result<Self, PgStoreError> {
         let statement_timeout_ms = settings.statement_timeout.as_millis();
         let ef_search = settings.ef_search.clamp(1, 1000);
+        let target = Arc::new(Target::parse(database_url)?);
+        let connect = target.clone();
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         // No `SELECT 1` on every checkout (the default): a broken connection fails its statement and
         // is dropped by the pool; the write path retries nothing that was not committed.
         config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
-        config.custom_setup = Box::new(move |url| {
+        config.custom_setup = Box::new(move |_url| {
+            let connect = connect.clone();
             Box::pin(async move {
-                let mut conn = AsyncPgConnection::establish(url).await?;
+                let mut conn = connect.connect().await?;
                 // pgvector 0.8 iterative index scans: the HNSW scan goes on until `limit` rows pass
                 // the filters instead of stopping after ef_search candidates, so filters drop no
                 // result. Set per connection (placeholders until pgvector loads in the session).
@@ -120,6 +126,7 @@ impl PgStore {
             pending: Arc::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             known_vectors: Arc::new(quick_cache::sync::Cache::new(KNOWN_VECTORS)),
+            target,
         })
     }
 
@@ -143,7 +150,7 @@ impl PgStore {
                 )
             })
             .unzip();
-        group::commit(&self.pool, queued).await;
+        group::commit(&self.pool, &self.target, queued).await;
         let mut results = Vec::with_capacity(answers.len());
         for answer in answers {
             results.push(receive(answer).await);
@@ -251,6 +258,7 @@ impl AuditStore for PgStore {
             group::start(
                 self.runtime.clone(),
                 self.pool.clone(),
+                self.target.clone(),
                 self.group_commit.clone(),
             )
         });
