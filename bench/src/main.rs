@@ -10,6 +10,7 @@
 //! - `embed`: the bare local model's throughput (batched, all cores): a baseline of the worker.
 #![allow(clippy::print_stdout)] // a command-line tool: its results go to stdout
 
+mod bodies;
 mod data;
 mod load;
 mod search;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Drive the API and report throughput and latency.
     Load(load::LoadArgs),
+    /// Many large bodies sent at once (the service's peak memory is read by xtask).
+    Bodies(bodies::BodiesArgs),
     /// Print CSV for COPY into `embeddings` or `audit_records`.
     Prefill {
         #[arg(long)]
@@ -80,6 +83,7 @@ fn main() -> Result<()> {
         .build()?;
     let out = match cli.command {
         Command::Load(args) => runtime.block_on(load::run(args))?,
+        Command::Bodies(args) => runtime.block_on(bodies::run(args))?,
         Command::Prefill {
             table,
             rows,

@@ -28,6 +28,8 @@ struct Options {
     ef: Vec<u32>,
     /// The shape of the pre-filled and query vectors (`ds-bench prefill --vectors`).
     vectors: String,
+    /// Only the memory-before-admission measurement.
+    bodies_only: bool,
 }
 
 /// `1,16,64` → `[1, 16, 64]`.
@@ -50,6 +52,7 @@ impl Options {
             worker_seconds: 30.0,
             ef: vec![40, 100, 200, 400],
             vectors: "embedding".to_owned(),
+            bodies_only: false,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -62,12 +65,13 @@ impl Options {
                 "--worker-seconds" => o.worker_seconds = value()?.parse()?,
                 "--conns" => o.conns = comma_list(value()?)?,
                 "--ef" => o.ef = comma_list(value()?)?,
+                "--bodies-only" => o.bodies_only = true,
                 "--vectors" => match value()?.as_str() {
                     v @ ("embedding" | "isotropic") => o.vectors = v.to_owned(),
                     other => bail!("--vectors {other}: embedding or isotropic"),
                 },
                 other => bail!(
-                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400 --vectors embedding|isotropic"
+                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400 --vectors embedding|isotropic --bodies-only"
                 ),
             }
         }
@@ -374,6 +378,49 @@ impl Bench {
             result["requests"].as_u64().unwrap_or(0) - result["ok"].as_u64().unwrap_or(0)
         ));
         Ok(result)
+    }
+
+    /// Peak RSS of the service while 200 requests with 2 MiB bodies arrive at once: with a body budget
+    /// that holds them all (1 GiB: what the service did before the budget, every body buffered) and
+    /// with the default budget (64 MiB), in the same run.
+    fn bodies(&self) -> Result<Value> {
+        let db = "bench_bodies";
+        self.psql_in("postgres", &format!("DROP DATABASE IF EXISTS {db}"))?;
+        self.psql_in("postgres", &format!("CREATE DATABASE {db}"))?;
+        run(Command::new(self.bin.join("datastorage"))
+            .arg("migrate")
+            .env("DATASTORAGE_DATABASE_URL", self.cluster.url(db))
+            .stdout(Stdio::null()))?;
+        let mut out = Vec::new();
+        for (label, budget) in [
+            (
+                "budget 1 GiB (every body held: as before the budget)",
+                1usize << 30,
+            ),
+            ("default budget 64 MiB", 64 << 20),
+        ] {
+            step(&format!("200 concurrent 2 MiB bodies, {label}"));
+            let (service, _) = self.start_service_with(
+                db,
+                "deferred",
+                &format!("bodies-{budget}"),
+                &[("DATASTORAGE_MAX_BODY_BUDGET_BYTES", budget.to_string())],
+            )?;
+            let (_, idle_peak) = process_usage(service.pid());
+            let mut r = self.ds_bench(&["bodies", "--addr", API, "--conns", "200"])?;
+            let (_, peak) = process_usage(service.pid());
+            service.stop()?;
+            r["label"] = json!(label);
+            r["budget_bytes"] = json!(budget);
+            r["peak_rss_before_mib"] = json!(idle_peak);
+            r["peak_rss_mib"] = json!(peak);
+            step(&format!(
+                "{label}: peak RSS {idle_peak:.0} → {peak:.0} MiB, statuses {}",
+                r["statuses"]
+            ));
+            out.push(r);
+        }
+        Ok(json!(out))
     }
 
     /// pgbench on `db` with a script of ds-bench's; transactions/s and mean latency.
@@ -729,6 +776,9 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     };
     let result = (|| -> Result<Value> {
         let machine = machine();
+        if o.bodies_only {
+            return Ok(json!({"machine": machine, "bodies": b.bodies()?, "sizes": []}));
+        }
         step("the bare local model (batched, all cores)");
         let embed = b.ds_bench(&["embed", "--model-dir", &b.model_dir.display().to_string()])?;
         step(
@@ -753,6 +803,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             "vector_structure": structure,
             "sizes": [],
         });
+        result["bodies"] = b.bodies()?;
         for (i, &size) in o.sizes.iter().enumerate() {
             let report = b.size(size, &o, i == 0)?;
             if let Some(sizes) = result["sizes"].as_array_mut() {
@@ -791,6 +842,15 @@ fn f(v: &Value) -> f64 {
 /// The human summary: each figure next to its baseline.
 fn summarize(r: &Value) -> String {
     let mut s = String::new();
+    for b in r["bodies"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "memory before admission, 200 concurrent 2 MiB bodies, {}: service peak RSS {:.0} MiB (idle {:.0}), statuses {}\n",
+            b["label"].as_str().unwrap_or(""),
+            f(&b["peak_rss_mib"]),
+            f(&b["peak_rss_before_mib"]),
+            b["statuses"]
+        ));
+    }
     let m = &r["machine"];
     s.push_str(&format!(
         "datastorage benchmark @ {} — {} × {}, {:.0} GiB, load at start {}\n",
