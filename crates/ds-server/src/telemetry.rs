@@ -190,7 +190,7 @@ pub const CATALOGUE: &[Metric] = &[
         "datastorage_auth_failures_total",
         Counter,
         &["reason"],
-        "Requests refused by authentication or authorization: missing, malformed, invalid_token, forbidden, unavailable.",
+        "Requests refused by authentication or authorization: missing, malformed, invalid_token, forbidden, unavailable, too_many_failures.",
     ),
     only(
         Emitted::Kubernetes,
@@ -317,6 +317,7 @@ const AUTH_FAILURE_REASONS: &[&str] = &[
     "invalid_token",
     "forbidden",
     "unavailable",
+    "too_many_failures",
 ];
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process): buckets and
