@@ -123,8 +123,13 @@ impl TlsPostgres {
             )?;
         }
         pg.run(Command::new("chmod").arg("600").arg(&key))?;
+        // `ssl = on` in the file, not on the command line, so that `ALTER SYSTEM` can turn it off.
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(&mut conf, b"\nssl = on\n")?;
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c ssl=on -c fsync=off",
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off",
             data.display()
         );
         pg.run(

@@ -14,7 +14,7 @@
 //!
 //! Token reviews are bounded before they are made: a credential that cannot be a bearer token (RFC 6750
 //! `b64token` characters, at most 8 KiB) is refused without a review, and a peer whose authentications
-//! keep failing is answered 429 for a while (per-peer limit on failed authentications, [`FailureLimit`]).
+//! keep failing is answered 429 for a while (per-peer limit on failed authentications, [`ReviewLimits`]).
 //!
 //! The token never leaves this module except to the authenticator: not logged, not in errors.
 
@@ -97,21 +97,28 @@ guarded!(B, C, D);
 guarded!(B, C, D, E);
 guarded!(B, C, D, E, F);
 
-/// Per-peer limit on failed authentications: each failure costs the peer one unit; a peer out of units
-/// is answered 429 without a review until it has one again.
+/// What bounds the reviews of tokens the authenticator does not know yet: a per-peer limit on failed
+/// authentications (each failure costs the peer one unit; a peer out of units is answered 429 without
+/// a review until it has one again), and a bound on such reviews in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailureLimit {
+pub struct ReviewLimits {
     /// Failures per minute a peer regains; 0 turns the limit off.
     pub per_minute: u32,
     /// Failures a peer may have in a row.
     pub burst: u32,
+    /// Reviews of unknown tokens in flight at once.
+    pub concurrent: usize,
+    /// Longest wait for one of those (then 503).
+    pub wait: Duration,
 }
 
-impl Default for FailureLimit {
+impl Default for ReviewLimits {
     fn default() -> Self {
-        FailureLimit {
+        ReviewLimits {
             per_minute: 60,
             burst: 50,
+            concurrent: 16,
+            wait: Duration::from_secs(5),
         }
     }
 }
@@ -129,6 +136,9 @@ pub struct Gate {
     failures: Option<Arc<PeerLimiter>>,
     /// Peers out of failure units, and until when.
     blocked: Arc<quick_cache::sync::Cache<IpAddr, Instant>>,
+    /// Reviews of tokens the authenticator does not know, in flight.
+    reviews: Arc<tokio::sync::Semaphore>,
+    review_wait: Duration,
 }
 
 impl Gate {
@@ -140,6 +150,8 @@ impl Gate {
             trusted_proxies: Arc::new(Vec::new()),
             failures: None,
             blocked: Arc::new(quick_cache::sync::Cache::new(16)),
+            reviews: Arc::new(tokio::sync::Semaphore::new(1)),
+            review_wait: Duration::ZERO,
         }
     }
 
@@ -148,10 +160,10 @@ impl Gate {
         auth: Arc<dyn Authenticator>,
         startup: Arc<crate::Startup>,
         trusted_proxies: Vec<IpAddr>,
-        failures: FailureLimit,
+        limits: ReviewLimits,
     ) -> Self {
-        let limiter = NonZeroU32::new(failures.per_minute).map(|per_minute| {
-            let burst = NonZeroU32::new(failures.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let limiter = NonZeroU32::new(limits.per_minute).map(|per_minute| {
+            let burst = NonZeroU32::new(limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
             Arc::new(
                 RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
                     .with_middleware::<StateInformationMiddleware>(),
@@ -163,6 +175,8 @@ impl Gate {
             trusted_proxies: Arc::new(trusted_proxies),
             failures: limiter,
             blocked: Arc::new(quick_cache::sync::Cache::new(65_536)),
+            reviews: Arc::new(tokio::sync::Semaphore::new(limits.concurrent.max(1))),
+            review_wait: limits.wait,
         }
     }
 
@@ -226,7 +240,24 @@ impl Gate {
         let peer = client_ip(req, &self.trusted_proxies);
         self.check_peer(peer)?;
         let token = bearer(req)?;
-        let who = match auth.authenticate(&token).await {
+        let known = auth.known(&token);
+        let answer = match known {
+            Some(answer) => answer,
+            None => {
+                // A review: wait for one of the review slots, then look at the peer again (failures
+                // of others may have used up its units meanwhile): at most `concurrent` reviews run
+                // past a peer's last unit.
+                let slot = tokio::time::timeout(self.review_wait, self.reviews.acquire()).await;
+                let Ok(Ok(_slot)) = slot else {
+                    count_failure("unavailable");
+                    tracing::warn!("authentication unavailable: every review slot stayed busy");
+                    return Err(ApiError::AuthUnavailable);
+                };
+                self.check_peer(peer)?;
+                auth.authenticate(&token).await
+            }
+        };
+        let who = match answer {
             Ok(who) => who,
             Err(AuthError::Unauthenticated(_)) => {
                 count_failure("invalid_token");

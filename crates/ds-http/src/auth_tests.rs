@@ -56,7 +56,7 @@ fn directory() -> Arc<Directory> {
     Arc::new(d)
 }
 
-fn gate(dir: Arc<Directory>, failures: FailureLimit) -> Gate {
+fn gate(dir: Arc<Directory>, failures: ReviewLimits) -> Gate {
     Gate::checking(dir, Arc::new(crate::Startup::done()), Vec::new(), failures)
 }
 
@@ -107,9 +107,9 @@ async fn status_of(
 async fn every_registered_route_refuses_anonymous_and_wrong_callers_in_every_spelling() {
     let dir = directory();
     // Thousands of bad tokens from one address: the per-peer limit is off here (tested below).
-    let no_limit = FailureLimit {
+    let no_limit = ReviewLimits {
         per_minute: 0,
-        burst: 0,
+        ..ReviewLimits::default()
     };
     let app = init_service(
         App::new()
@@ -190,7 +190,7 @@ async fn the_access_asked_is_the_one_the_handler_declares() {
     let dir = directory();
     let app = init_service(
         App::new()
-            .app_data(web::Data::new(gate(dir.clone(), FailureLimit::default())))
+            .app_data(web::Data::new(gate(dir.clone(), ReviewLimits::default())))
             .wrap(actix_web::middleware::from_fn(crate::middleware::envelope))
             .configure(configure),
     )
@@ -230,7 +230,7 @@ async fn an_app_without_a_gate_fails_closed() {
 #[actix_web::test]
 async fn a_service_still_starting_answers_503_before_any_review() {
     let dir = directory();
-    let g = gate(dir.clone(), FailureLimit::default())
+    let g = gate(dir.clone(), ReviewLimits::default())
         .with_startup(Arc::new(crate::Startup::pending("waiting")));
     let app = init_service(App::new().app_data(web::Data::new(g)).configure(configure)).await;
     for route in api_routes() {
@@ -253,9 +253,10 @@ async fn a_peer_that_keeps_failing_is_refused_without_reviews() {
         App::new()
             .app_data(web::Data::new(gate(
                 dir.clone(),
-                FailureLimit {
+                ReviewLimits {
                     per_minute: 1,
                     burst: 3,
+                    ..ReviewLimits::default()
                 },
             )))
             .wrap(actix_web::middleware::from_fn(crate::middleware::envelope))
@@ -313,7 +314,7 @@ async fn credentials_that_cannot_be_tokens_are_refused_without_a_review() {
     let dir = directory();
     let app = init_service(
         App::new()
-            .app_data(web::Data::new(gate(dir.clone(), FailureLimit::default())))
+            .app_data(web::Data::new(gate(dir.clone(), ReviewLimits::default())))
             .wrap(actix_web::middleware::from_fn(crate::middleware::envelope))
             .configure(configure),
     )

@@ -96,6 +96,8 @@ struct Rate {
     per_second: f64,
     burst: u32,
     checks: Arc<AtomicU64>,
+    /// Callers without a single unit left, and until when: refused before their body is read.
+    empty_until: Arc<quick_cache::sync::Cache<String, std::time::Instant>>,
 }
 
 impl Rate {
@@ -115,7 +117,32 @@ impl Rate {
             per_second,
             burst,
             checks: Arc::new(AtomicU64::new(0)),
+            empty_until: Arc::new(quick_cache::sync::Cache::new(65_536)),
         })
+    }
+
+    fn limited(&self, retry_after: std::time::Duration, what: &'static str) -> ApiError {
+        metrics::counter!("datastorage_rate_limit_exceeded_total").increment(1);
+        ApiError::RateLimited {
+            retry_after_secs: crate::auth::ceil_secs(retry_after),
+            rate: self.per_second,
+            burst: self.burst,
+            what,
+        }
+    }
+
+    /// 429 when `key` is known to have no unit left (a charge failed for it moments ago), without
+    /// charging anything: what a batch is asked before its body is read.
+    fn precheck(&self, key: &str, what: &'static str) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        match self.empty_until.get(key) {
+            Some(until) if until > now => Err(self.limited(until - now, what)),
+            Some(_) => {
+                self.empty_until.remove_if(key, |u| *u <= now);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Charges `units` (clamped to 1..=burst) to `key`.
@@ -136,13 +163,15 @@ impl Rate {
             }),
             Ok(Err(not_until)) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                metrics::counter!("datastorage_rate_limit_exceeded_total").increment(1);
-                Err(ApiError::RateLimited {
-                    retry_after_secs: crate::auth::ceil_secs(wait),
-                    rate: self.per_second,
-                    burst: self.burst,
-                    what,
-                })
+                // When even one unit is not there yet, remember until when: the next batch of this
+                // caller is refused before its body is read.
+                let period = std::time::Duration::from_secs_f64(1.0 / self.per_second);
+                let one = wait.saturating_sub(period.saturating_mul(cost - 1));
+                if !one.is_zero() {
+                    self.empty_until
+                        .insert(key.to_owned(), std::time::Instant::now() + one);
+                }
+                Err(self.limited(wait, what))
             }
             // Cannot happen: the cost is clamped to the burst.
             Err(_) => Err(ApiError::RateLimited {
@@ -233,11 +262,13 @@ impl Admission {
         }
     }
 
-    /// The most records one write charges (the write burst; unlimited without a write rate).
-    pub fn burst(&self) -> usize {
-        self.writes
-            .as_ref()
-            .map_or(usize::MAX, |r| r.burst as usize)
+    /// 429 before a batch's body is read when the caller has no unit left (known from a refusal moments
+    /// ago); the batch is charged once parsed, so a refused batch costs nothing.
+    pub fn precheck_writes(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        match &self.writes {
+            None => Ok(()),
+            Some(rate) => rate.precheck(&self.caller_key(req), "write"),
+        }
     }
 
     /// Charges one search to the caller; 429 when over its search rate.

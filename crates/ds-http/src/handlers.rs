@@ -324,8 +324,9 @@ fn parse_batch(value: Value, max_items: usize) -> Result<Vec<ValidRecord>, Audit
     }
 }
 
-/// Admission as for one record: one record of the caller's rate is charged before the body is read,
-/// the rest of the batch (up to the burst in all) once it is parsed.
+/// Admission as for one record, except the rate: a caller known to have no unit left is refused before
+/// the body is read; the batch is charged (one unit per record, at most the burst) once parsed, so a
+/// refused batch costs nothing.
 pub(crate) async fn write_batch(
     auth: Authorized<Write>,
     state: web::Data<AppState>,
@@ -335,7 +336,7 @@ pub(crate) async fn write_batch(
     let started = Instant::now();
     require_json(&req)?;
     let key = idempotency_key(&req, &auth)?;
-    let first = state.admission.admit_writes(&req, 1)?;
+    state.admission.precheck_writes(&req)?;
     state.admission.check_capacity()?;
     let body = state
         .admission
@@ -354,12 +355,7 @@ pub(crate) async fn write_batch(
     .map_err(|_| ApiError::ShuttingDown)?;
     let parsed = parsed?;
     let kinds: Vec<Kind> = parsed.iter().map(|r| r.kind).collect();
-    let rest = parsed.len().min(state.admission.burst()).saturating_sub(1);
-    let rate = if rest > 0 {
-        state.admission.admit_writes(&req, rest)?
-    } else {
-        first
-    };
+    let rate = state.admission.admit_writes(&req, parsed.len())?;
     let counted = parsed.clone();
     let report = guarded(&state, state.service.write(parsed, key)).await?;
     let results: Vec<WriteResponse> = kinds

@@ -160,7 +160,7 @@ impl AppState {
     pub fn with_auth(
         mut self,
         auth: Arc<dyn ds_domain::ports::Authenticator>,
-        failures: auth::FailureLimit,
+        failures: auth::ReviewLimits,
     ) -> Self {
         self.gate = auth::Gate::checking(
             auth,

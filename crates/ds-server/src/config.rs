@@ -31,7 +31,7 @@ pub enum AuthMode {
     /// No authentication: for local development only, refused unless every listener is on loopback.
     None,
     /// Kubernetes TokenReview, then SubjectAccessReview or an allow-list.
-    Kubernetes(KubernetesAuth),
+    Kubernetes(Box<KubernetesAuth>),
 }
 
 /// `DATASTORAGE_AUTH_MODE=kubernetes` settings.
@@ -59,7 +59,7 @@ pub struct KubernetesAuth {
     pub max_concurrent_reviews: usize,
     /// `DATASTORAGE_AUTH_FAILURES_PER_MINUTE` (60; 0: no limit) and `DATASTORAGE_AUTH_FAILURE_BURST`
     /// (50): failed authentications a peer may have before it is answered 429.
-    pub failures: ds_http::auth::FailureLimit,
+    pub failures: ds_http::auth::ReviewLimits,
 }
 
 fn list(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Vec<String> {
@@ -101,7 +101,7 @@ fn kubernetes_auth(get: &dyn Fn(&str) -> Option<String>) -> Result<KubernetesAut
             });
         }
     };
-    Ok(KubernetesAuth {
+    let mut k = KubernetesAuth {
         kubeconfig: get("DATASTORAGE_AUTH_KUBECONFIG").map(PathBuf::from),
         audiences: list(get, "DATASTORAGE_AUTH_AUDIENCES"),
         allow_list,
@@ -123,11 +123,17 @@ fn kubernetes_auth(get: &dyn Fn(&str) -> Option<String>) -> Result<KubernetesAut
             }
             n => n,
         },
-        failures: ds_http::auth::FailureLimit {
+        failures: ds_http::auth::ReviewLimits {
             per_minute: parse(get, "DATASTORAGE_AUTH_FAILURES_PER_MINUTE", 60)?,
             burst: parse(get, "DATASTORAGE_AUTH_FAILURE_BURST", 50)?,
+            concurrent: 0,
+            wait: Duration::ZERO,
         },
-    })
+    };
+    // Reviews of unknown tokens: as many in flight as reviews, waiting at most a review's budget.
+    k.failures.concurrent = k.max_concurrent_reviews;
+    k.failures.wait = k.timeout;
+    Ok(k)
 }
 
 pub use ds_domain::service::{EmbeddingMode, FailurePolicy};
@@ -417,7 +423,7 @@ impl Config {
             })?;
         let auth_mode = match get("DATASTORAGE_AUTH_MODE").as_deref().unwrap_or("none") {
             "none" => AuthMode::None,
-            "kubernetes" => AuthMode::Kubernetes(kubernetes_auth(get)?),
+            "kubernetes" => AuthMode::Kubernetes(Box::new(kubernetes_auth(get)?)),
             other => {
                 return Err(ConfigError {
                     key: "DATASTORAGE_AUTH_MODE",
