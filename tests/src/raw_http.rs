@@ -2,7 +2,7 @@
 //! slashes, dot segments, absolute-form), which an HTTP client library would normalise, and bodies
 //! sent in parts.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -46,22 +46,64 @@ pub async fn start(
     Ok(conn)
 }
 
-/// Reads the whole answer of a request started with [`start`].
-pub async fn finish(mut conn: TcpStream) -> Result<RawReply> {
+/// Reads the answer of a request started with [`start`].
+pub async fn finish(conn: TcpStream) -> Result<RawReply> {
+    read_answer(conn, false).await
+}
+
+/// Reads one answer: the head, then `Content-Length` bytes of body (none after a `HEAD`). Does not
+/// wait for the server to close: a server that answered before reading a body may take a while to.
+async fn read_answer(mut conn: TcpStream, head_request: bool) -> Result<RawReply> {
     let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut chunk = [0u8; 8192];
+    let (head, body_start) = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (String::from_utf8_lossy(&raw[..i]).into_owned(), i + 4);
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            bail!(
+                "the connection closed before the answer's head: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    };
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status line in {text:?}"))?;
-    Ok(RawReply {
+        .with_context(|| format!("no status line in {head:?}"))?;
+    let mut reply = RawReply {
         status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    })
+        head,
+        body: String::new(),
+    };
+    let length = if head_request {
+        Some(0)
+    } else {
+        reply
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let mut body = raw[body_start..].to_vec();
+    match length {
+        Some(len) => {
+            while body.len() < len {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(len);
+        }
+        None => {
+            conn.read_to_end(&mut body).await?;
+        }
+    }
+    reply.body = String::from_utf8_lossy(&body).into_owned();
+    Ok(reply)
 }
 
 /// One whole request.
@@ -73,6 +115,7 @@ pub async fn request(
     body: &[u8],
 ) -> Result<RawReply> {
     let mut conn = start(addr, method, target, headers, body.len()).await?;
-    conn.write_all(body).await?;
-    finish(conn).await
+    // A server may answer (and stop reading) before the body: that is not an error here.
+    let _ = conn.write_all(body).await;
+    read_answer(conn, method == "HEAD").await
 }
