@@ -341,14 +341,52 @@ fn gate(req: &HttpRequest) -> Result<Gate, ApiError> {
         .ok_or(ApiError::NoGate)
 }
 
+/// The outcome of the route's gatekeeper, for the handler's extractor.
+#[derive(Debug, Clone)]
+struct Checked {
+    access: Access,
+    caller: Option<Caller>,
+}
+
+/// The middleware [`crate::routes::Api::route`] puts on every API route: authorizes `access` before
+/// any of the handler's arguments is extracted (so no other argument can fail, or read anything,
+/// first), and leaves the outcome for the handler's [`Authorized`].
+pub(crate) async fn gatekeeper(
+    access: Access,
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let checked = match gate(req.request()) {
+        Ok(g) => g.authorize(req.request(), access).await,
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(caller) => {
+            req.extensions_mut().insert(Checked { access, caller });
+            Ok(next.call(req).await?.map_into_boxed_body())
+        }
+        Err(e) => Ok(req.error_response(e)),
+    }
+}
+
 impl<A: AccessLevel> FromRequest for Authorized<A> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
+    /// The gatekeeper's outcome for this access; without one (a handler registered some other way),
+    /// the whole check here.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let checked = req
+            .extensions()
+            .get::<Checked>()
+            .filter(|c| c.access == A::ACCESS)
+            .cloned();
         let req = req.clone();
         Box::pin(async move {
-            let caller = gate(&req)?.authorize(&req, A::ACCESS).await?;
+            let caller = match checked {
+                Some(c) => c.caller,
+                None => gate(&req)?.authorize(&req, A::ACCESS).await?,
+            };
             Ok(Authorized {
                 caller,
                 _access: PhantomData,

@@ -60,6 +60,19 @@ fn gate(dir: Arc<Directory>, failures: ReviewLimits) -> Gate {
     Gate::checking(dir, Arc::new(crate::Startup::done()), Vec::new(), failures)
 }
 
+/// The real router behind the envelope, with `gate` as its only app data.
+macro_rules! router {
+    ($gate:expr) => {
+        init_service(
+            App::new()
+                .app_data(web::Data::new($gate))
+                .wrap(actix_web::middleware::from_fn(crate::middleware::envelope))
+                .configure(configure),
+        )
+        .await
+    };
+}
+
 /// A concrete path for a route pattern.
 fn concrete(pattern: &str) -> String {
     pattern
@@ -111,13 +124,7 @@ async fn every_registered_route_refuses_anonymous_and_wrong_callers_in_every_spe
         per_minute: 0,
         ..ReviewLimits::default()
     };
-    let app = init_service(
-        App::new()
-            .app_data(web::Data::new(gate(dir.clone(), no_limit)))
-            .wrap(actix_web::middleware::from_fn(crate::middleware::envelope))
-            .configure(configure),
-    )
-    .await;
+    let app = router!(gate(dir.clone(), no_limit));
     let routes = api_routes();
     assert!(routes.len() >= 9, "the declaration registers the API");
     for route in &routes {
@@ -188,13 +195,7 @@ async fn every_registered_route_refuses_anonymous_and_wrong_callers_in_every_spe
 #[actix_web::test]
 async fn the_access_asked_is_the_one_the_handler_declares() {
     let dir = directory();
-    let app = init_service(
-        App::new()
-            .app_data(web::Data::new(gate(dir.clone(), ReviewLimits::default())))
-            .wrap(actix_web::middleware::from_fn(crate::middleware::envelope))
-            .configure(configure),
-    )
-    .await;
+    let app = router!(gate(dir.clone(), ReviewLimits::default()));
     for route in api_routes() {
         dir.asked.lock().unwrap().clear();
         let path = concrete(&route.pattern);
@@ -232,7 +233,7 @@ async fn a_service_still_starting_answers_503_before_any_review() {
     let dir = directory();
     let g = gate(dir.clone(), ReviewLimits::default())
         .with_startup(Arc::new(crate::Startup::pending("waiting")));
-    let app = init_service(App::new().app_data(web::Data::new(g)).configure(configure)).await;
+    let app = router!(g);
     for route in api_routes() {
         let s = status_of(
             &app,
@@ -249,20 +250,12 @@ async fn a_service_still_starting_answers_503_before_any_review() {
 #[actix_web::test]
 async fn a_peer_that_keeps_failing_is_refused_without_reviews() {
     let dir = directory();
-    let app = init_service(
-        App::new()
-            .app_data(web::Data::new(gate(
-                dir.clone(),
-                ReviewLimits {
-                    per_minute: 1,
-                    burst: 3,
-                    ..ReviewLimits::default()
-                },
-            )))
-            .wrap(actix_web::middleware::from_fn(crate::middleware::envelope))
-            .configure(configure),
-    )
-    .await;
+    let limits = ReviewLimits {
+        per_minute: 1,
+        burst: 3,
+        ..ReviewLimits::default()
+    };
+    let app = router!(gate(dir.clone(), limits));
     let uri = "/api/v1/audit/remediation/1";
     for i in 0..3 {
         let s = status_of(
@@ -312,13 +305,7 @@ async fn a_peer_that_keeps_failing_is_refused_without_reviews() {
 #[actix_web::test]
 async fn credentials_that_cannot_be_tokens_are_refused_without_a_review() {
     let dir = directory();
-    let app = init_service(
-        App::new()
-            .app_data(web::Data::new(gate(dir.clone(), ReviewLimits::default())))
-            .wrap(actix_web::middleware::from_fn(crate::middleware::envelope))
-            .configure(configure),
-    )
-    .await;
+    let app = router!(gate(dir.clone(), ReviewLimits::default()));
     let long = "a".repeat(MAX_TOKEN_BYTES + 1);
     for value in [
         "Bearer",

@@ -40,7 +40,12 @@ impl Api {
             pattern: pattern.to_owned(),
             access: Args::ACCESS,
         });
-        let route = web::method(method).to(handler);
+        let access = Args::ACCESS;
+        let route = web::method(method)
+            .to(handler)
+            .wrap(actix_web::middleware::from_fn(move |req, next| {
+                crate::auth::gatekeeper(access, req, next)
+            }));
         // One resource per pattern: actix answers 405 from the first resource whose pattern matches.
         match self.resources.iter_mut().find(|(p, _)| p == pattern) {
             Some((_, slot)) => *slot = slot.take().map(|r| r.route(route)),
