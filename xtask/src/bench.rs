@@ -860,6 +860,10 @@ fn summarize(r: &Value) -> String {
         f(&m["memory_gib"]),
         m["loadavg_at_start"].as_str().unwrap_or("")
     ));
+    if r["bare_model"].is_null() {
+        // `--bodies-only`: nothing else was measured.
+        return s;
+    }
     s.push_str(&format!(
         "bare local model: {:.1} sentences/s\n",
         f(&r["bare_model"]["sentences_per_second"])
