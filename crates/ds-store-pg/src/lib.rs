@@ -12,7 +12,7 @@ mod schema;
 mod store;
 mod write;
 
-pub use error::PgStoreError;
+pub use error::{PgStoreError, unavailable_reason};
 pub use group::GroupCommit;
 pub use pgv::Embedding;
 pub use store::{PgStore, PoolSettings};
