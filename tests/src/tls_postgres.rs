@@ -1,5 +1,6 @@
 //! A PostgreSQL cluster of one test's own with TLS on (`ssl = on`), its server certificate (for
-//! 127.0.0.1 only, not `localhost`) signed by a CA generated here, for the tests of `sslmode`.
+//! 127.0.0.1 only, not `localhost`) signed by a CA generated here: for the tests of `sslmode`, and for
+//! tests that restart or stop PostgreSQL under load (a cluster no other test shares).
 //!
 //! Started from the machine's PostgreSQL server binaries (the ones `cargo xtask` uses, pgvector
 //! included), as the `postgres` system user when the tests run as root (PostgreSQL refuses root).
@@ -171,6 +172,17 @@ impl TlsPostgres {
 
     fn data(&self) -> &Path {
         &self.dir
+    }
+
+    /// `pg_ctl restart -m <mode>` (`fast`: sessions terminated with 57P01; `immediate`: the server
+    /// killed, crash recovery at start), waiting until it accepts connections again.
+    pub fn restart(&self, mode: &str) -> Result<()> {
+        self.run(
+            self.cmd("pg_ctl")
+                .arg("-D")
+                .arg(self.data().join("data"))
+                .args(["-m", mode, "-w", "-t", "60", "restart"]),
+        )
     }
 }
 
