@@ -218,7 +218,18 @@ pub trait AuditStore: Send + Sync {
         embedder: &dyn Embedder,
     ) -> Result<usize, JobError>;
 
-    /// How many embedding jobs wait.
+    /// The sweep and the retirement of finished jobs: links up to `limit` pending records whose vector
+    /// is stored (whatever left them pending), then deletes the jobs finished more than `grace` ago,
+    /// linking their records once more first. Returns how many records it linked. `grace` must exceed
+    /// the longest a write transaction can last. Error contract: [`StoreError`], nothing changed on
+    /// error.
+    async fn heal_embeddings(
+        &self,
+        limit: usize,
+        grace: std::time::Duration,
+    ) -> Result<u64, StoreError>;
+
+    /// How many embedding jobs wait (finished ones excluded).
     async fn pending_jobs(&self) -> Result<i64, StoreError>;
 
     /// Records with `id > after_id`, ascending, at most `limit`, that have no vector of `model` and no

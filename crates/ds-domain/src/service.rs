@@ -19,6 +19,15 @@ use crate::search::{SearchBy, SearchRequest};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Records the sweep links in one call at most.
+pub const HEAL_BATCH: usize = 10_000;
+
+/// How long a finished embedding job is kept before it is retired: longer than any write transaction
+/// can last (request timeout 30 s, statement timeout 10 s by default), so that a writer that saw the
+/// job committed before its retirement links its record.
+pub const JOB_GRACE: Duration = Duration::from_secs(600);
 
 /// When records are embedded (contract §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +129,13 @@ impl AuditService {
         }
         let moved = self.store.repoint_embeddings(&model, &items).await?;
         Ok((moved, Some(last)))
+    }
+
+    /// The sweep and the retirement of finished jobs (see [`AuditStore::heal_embeddings`]): at most
+    /// [`HEAL_BATCH`] records a call; jobs retired [`JOB_GRACE`] after they finished. Returns how many
+    /// records it linked.
+    pub async fn heal_embeddings(&self) -> Result<u64, AuditError> {
+        Ok(self.store.heal_embeddings(HEAL_BATCH, JOB_GRACE).await?)
     }
 
     /// The embedding backlog.

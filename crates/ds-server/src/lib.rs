@@ -198,7 +198,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// The embedding worker: runs durable jobs while there are any, polls every `interval` when the queue
+/// How often each worker runs the sweep (pending records whose vector is stored are linked) and retires
+/// finished jobs.
+const HEAL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The embedding worker: runs the sweep every [`HEAL_INTERVAL`]; runs durable jobs while there are any, polls every `interval` when the queue
 /// is empty, backs off (up to 30 s) while the provider or the database fails. Safe on every replica:
 /// jobs are claimed with `FOR UPDATE SKIP LOCKED`. On `stop` it finishes the batch it is running and
 /// returns.
@@ -209,9 +213,24 @@ async fn embedding_worker(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = interval;
+    let mut last_heal: Option<std::time::Instant> = None;
     loop {
         if *stop.borrow() {
             return;
+        }
+        if last_heal.is_none_or(|t| t.elapsed() >= HEAL_INTERVAL) {
+            last_heal = Some(std::time::Instant::now());
+            match service.heal_embeddings().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("datastorage_embedding_records_healed_total").increment(n);
+                    tracing::info!(
+                        records = n,
+                        "sweep: linked pending records whose vector is stored"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "sweep of pending records failed"),
+            }
         }
         match service.run_embedding_jobs(batch).await {
             Ok(n) if n > 0 => {

@@ -168,6 +168,12 @@ pub const CATALOGUE: &[Metric] = &[
         "Records that carried fields the contract does not know (kept in unknownFields).",
     ),
     metric(
+        "datastorage_embedding_records_healed_total",
+        Counter,
+        &[],
+        "Pending records the sweep linked to their already stored vector (a few when a text is written while its job finishes; a steady rise means something leaves records pending).",
+    ),
+    metric(
         "datastorage_database_write_errors_total",
         Counter,
         &[],
@@ -346,6 +352,7 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     metrics::gauge!("datastorage_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for name in [
         "datastorage_database_write_errors_total",
+        "datastorage_embedding_records_healed_total",
         "datastorage_rate_limit_exceeded_total",
         "datastorage_load_shed_total",
         "datastorage_db_group_commit_fallbacks_total",

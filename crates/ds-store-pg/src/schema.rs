@@ -59,5 +59,6 @@ diesel::table! {
         text -> Text,
         attempts -> Int4,
         created_at -> Timestamptz,
+        done_at -> Nullable<Timestamptz>,
     }
 }

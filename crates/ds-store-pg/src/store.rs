@@ -428,6 +428,7 @@ impl AuditStore for PgStore {
                 // releases them with its connection.
                 let jobs: Vec<(Vec<u8>, String)> = embedding_jobs::table
                     .filter(embedding_jobs::model.eq(&model))
+                    .filter(embedding_jobs::done_at.is_null())
                     .order(embedding_jobs::created_at.asc())
                     .select((embedding_jobs::digest, embedding_jobs::text))
                     .limit(limit)
@@ -439,16 +440,23 @@ impl AuditStore for PgStore {
                     return Ok(0);
                 }
                 let texts: Vec<String> = jobs.iter().map(|(_, t)| t.clone()).collect();
-                let vectors = embedder.embed(texts).await.map_err(JobFailure::Embed)?;
+                let claimed = || jobs.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>();
+                let vectors = embedder
+                    .embed(texts)
+                    .await
+                    .map_err(|e| JobFailure::Embed(e, claimed()))?;
                 if vectors.len() != jobs.len()
                     || vectors
                         .iter()
                         .any(|v| v.len() != dim || v.iter().any(|x| !x.is_finite()))
                 {
-                    return Err(JobFailure::Embed(EmbedError::InvalidOutput(format!(
-                        "expected {} vectors of {dim} finite numbers",
-                        jobs.len()
-                    ))));
+                    return Err(JobFailure::Embed(
+                        EmbedError::InvalidOutput(format!(
+                            "expected {} vectors of {dim} finite numbers",
+                            jobs.len()
+                        )),
+                        claimed(),
+                    ));
                 }
                 // One statement per table for the whole batch, rows in digest order (the lock order
                 // of the write path too).
@@ -464,9 +472,15 @@ impl AuditStore for PgStore {
                     .bind::<diesel::sql_types::Array<diesel::sql_types::Bytea>, _>(&digests)
                     .execute(c)
                     .await?;
-                diesel::delete(
+                // Marked done, not deleted: a writer that saw the job and commits after the link above
+                // is linked by the sweep, or at the latest when the job is retired (migration
+                // 2026-11-30-000000).
+                diesel::update(
                     embedding_jobs::table.filter(embedding_jobs::digest.eq_any(&digests)),
                 )
+                .set(embedding_jobs::done_at.eq(diesel::dsl::sql::<
+                    diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+                >("now()")))
                 .execute(c)
                 .await?;
                 Ok(jobs.len())
@@ -474,22 +488,41 @@ impl AuditStore for PgStore {
             .await;
         match result {
             Ok(n) => Ok(n),
-            Err(JobFailure::Embed(e)) => {
-                // Count the failed attempt outside the rolled-back transaction (best effort).
-                let _ =
-                    diesel::update(embedding_jobs::table.filter(embedding_jobs::model.eq(&model)))
-                        .set(embedding_jobs::attempts.eq(embedding_jobs::attempts + 1))
-                        .execute(&mut conn)
-                        .await;
+            Err(JobFailure::Embed(e, claimed)) => {
+                // Count the failed attempt of the claimed jobs only, outside the rolled-back
+                // transaction (best effort).
+                let _ = diesel::update(
+                    embedding_jobs::table.filter(embedding_jobs::digest.eq_any(&claimed)),
+                )
+                .set(embedding_jobs::attempts.eq(embedding_jobs::attempts + 1))
+                .execute(&mut conn)
+                .await;
                 Err(JobError::Embed(e))
             }
             Err(JobFailure::Db(e)) => Err(JobError::Store(PgStoreError::from(e).into())),
         }
     }
 
+    async fn heal_embeddings(&self, limit: usize, grace: Duration) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let healed = diesel::sql_query(HEAL_SQL)
+            .bind::<diesel::sql_types::BigInt, _>(limit)
+            .execute(&mut conn)
+            .await
+            .map_err(PgStoreError::from)?;
+        let retired = diesel::sql_query(RETIRE_SQL)
+            .bind::<diesel::sql_types::Double, _>(grace.as_secs_f64())
+            .execute(&mut conn)
+            .await
+            .map_err(PgStoreError::from)?;
+        Ok((healed + retired) as u64)
+    }
+
     async fn pending_jobs(&self) -> Result<i64, StoreError> {
         let mut conn = self.conn().await?;
         Ok(embedding_jobs::table
+            .filter(embedding_jobs::done_at.is_null())
             .count()
             .get_result(&mut conn)
             .await
@@ -641,6 +674,26 @@ DELETE FROM embedding_jobs j
 WHERE j.model <> $1
   AND NOT EXISTS (SELECT 1 FROM audit_records r WHERE r.embedding_digest = j.digest AND r.embedding_id IS NULL)";
 
+/// The sweep: links up to `$1` pending records whose vector is stored (whatever left them pending).
+const HEAL_SQL: &str = "\
+UPDATE audit_records r SET embedding_id = e.id
+FROM embeddings e
+WHERE r.id IN (
+        SELECT p.id FROM audit_records p JOIN embeddings v ON v.digest = p.embedding_digest
+        WHERE p.embedding_id IS NULL
+        LIMIT $1)
+  AND e.digest = r.embedding_digest AND r.embedding_id IS NULL";
+
+/// Retirement: deletes the jobs done more than `$1` seconds ago and links their records once more (a
+/// writer that saw such a job committed within the grace period, so this statement sees its record).
+const RETIRE_SQL: &str = "\
+WITH retired AS (
+    DELETE FROM embedding_jobs WHERE done_at < now() - make_interval(secs => $1) RETURNING digest
+)
+UPDATE audit_records r SET embedding_id = e.id
+FROM retired t JOIN embeddings e ON e.digest = t.digest
+WHERE r.embedding_digest = t.digest AND r.embedding_id IS NULL";
+
 const LINK_RECORDS_SQL: &str = "\
 UPDATE audit_records r SET embedding_id = e.id
 FROM embeddings e
@@ -655,7 +708,8 @@ struct Version {
 /// Why a job transaction rolled back.
 enum JobFailure {
     Db(diesel::result::Error),
-    Embed(EmbedError),
+    /// The provider failed; the digests of the claimed jobs.
+    Embed(EmbedError, Vec<Vec<u8>>),
 }
 
 impl From<diesel::result::Error> for JobFailure {
