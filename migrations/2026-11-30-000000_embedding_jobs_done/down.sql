@@ -1,3 +1,4 @@
+DROP INDEX audit_records_pending_age;
 DROP INDEX embedding_jobs_done;
 DROP INDEX embedding_jobs_claim;
 DELETE FROM embedding_jobs WHERE done_at IS NOT NULL;

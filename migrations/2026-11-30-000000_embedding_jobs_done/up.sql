@@ -8,3 +8,5 @@ ALTER TABLE embedding_jobs ADD COLUMN done_at timestamptz;
 CREATE INDEX embedding_jobs_claim ON embedding_jobs (model, created_at) WHERE done_at IS NULL;
 -- Retirement: done jobs by age.
 CREATE INDEX embedding_jobs_done ON embedding_jobs (done_at) WHERE done_at IS NOT NULL;
+-- The age of the oldest record still waiting for its vector (a gauge and an alert), in O(log n).
+CREATE INDEX audit_records_pending_age ON audit_records (received_at) WHERE embedding_id IS NULL;

@@ -232,6 +232,10 @@ pub trait AuditStore: Send + Sync {
     /// How many embedding jobs wait (finished ones excluded).
     async fn pending_jobs(&self) -> Result<i64, StoreError>;
 
+    /// Records stored without their vector (counted up to [`Backlog::COUNT_CAP`]) and how long the
+    /// oldest of them has waited.
+    async fn embedding_backlog(&self) -> Result<Backlog, StoreError>;
+
     /// Records with `id > after_id`, ascending, at most `limit`, that have no vector of `model` and no
     /// job for one (records of an earlier model, for re-embedding).
     async fn records_without_model(
@@ -298,6 +302,19 @@ pub enum Access {
     Read,
     /// Scrape `/metrics` (non-resource URL `/metrics`, verb `get`).
     Metrics,
+}
+
+/// The records waiting for their vector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    /// How many (at most [`Backlog::COUNT_CAP`]: counting further would cost a scrape too much).
+    pub records: i64,
+    /// Seconds since the oldest of them was stored (0 when there is none).
+    pub oldest_seconds: f64,
+}
+
+impl Backlog {
+    pub const COUNT_CAP: i64 = 1_000_000;
 }
 
 /// Errors of the [`Authenticator`] port.

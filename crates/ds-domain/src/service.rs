@@ -138,6 +138,11 @@ impl AuditService {
         Ok(self.store.heal_embeddings(HEAL_BATCH, JOB_GRACE).await?)
     }
 
+    /// The records waiting for their vector, and the age of the oldest.
+    pub async fn embedding_backlog(&self) -> Result<crate::ports::Backlog, AuditError> {
+        Ok(self.store.embedding_backlog().await?)
+    }
+
     /// The embedding backlog.
     pub async fn pending_jobs(&self) -> Result<i64, AuditError> {
         Ok(self.store.pending_jobs().await?)

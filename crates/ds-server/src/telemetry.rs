@@ -285,7 +285,13 @@ pub const CATALOGUE: &[Metric] = &[
         "datastorage_embedding_pending",
         Gauge,
         &[],
-        "Embedding jobs waiting (records stored without their vector yet), at scrape time.",
+        "Records stored without their vector yet (counted up to 1,000,000), at scrape time.",
+    ),
+    metric(
+        "datastorage_embedding_oldest_pending_seconds",
+        Gauge,
+        &[],
+        "How long the oldest record without its vector has waited (0 when none), at scrape time.",
     ),
     only(
         Emitted::OpenAi,
@@ -375,9 +381,13 @@ pub async fn refresh_gauges(store: &ds_store_pg::PgStore, service: &ds_domain::A
         .set(open.saturating_sub(idle) as f64);
     metrics::gauge!("datastorage_db_pool_max_connections").set(max as f64);
     // Bounded: a scrape never waits long for a database that is slow or down.
-    if let Ok(Ok(pending)) =
-        tokio::time::timeout(std::time::Duration::from_secs(2), service.pending_jobs()).await
+    if let Ok(Ok(backlog)) = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        service.embedding_backlog(),
+    )
+    .await
     {
-        metrics::gauge!("datastorage_embedding_pending").set(pending as f64);
+        metrics::gauge!("datastorage_embedding_pending").set(backlog.records as f64);
+        metrics::gauge!("datastorage_embedding_oldest_pending_seconds").set(backlog.oldest_seconds);
     }
 }

@@ -17,8 +17,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use ds_domain::digest::Sha256Digest;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, EmbedError, Embedder, EmbeddingStatus, JobError, Repoint, SearchHit, StoreError,
-    StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
+    AuditStore, Backlog, EmbedError, Embedder, EmbeddingStatus, JobError, Repoint, SearchHit,
+    StoreError, StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
@@ -519,6 +519,19 @@ impl AuditStore for PgStore {
         Ok((healed + retired) as u64)
     }
 
+    async fn embedding_backlog(&self) -> Result<Backlog, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: BacklogRow = diesel::sql_query(BACKLOG_SQL)
+            .bind::<diesel::sql_types::BigInt, _>(Backlog::COUNT_CAP)
+            .get_result(&mut conn)
+            .await
+            .map_err(PgStoreError::from)?;
+        Ok(Backlog {
+            records: row.records,
+            oldest_seconds: row.oldest_seconds.max(0.0),
+        })
+    }
+
     async fn pending_jobs(&self) -> Result<i64, StoreError> {
         let mut conn = self.conn().await?;
         Ok(embedding_jobs::table
@@ -673,6 +686,21 @@ const ORPHAN_JOBS_SQL: &str = "\
 DELETE FROM embedding_jobs j
 WHERE j.model <> $1
   AND NOT EXISTS (SELECT 1 FROM audit_records r WHERE r.embedding_digest = j.digest AND r.embedding_id IS NULL)";
+
+/// Records waiting for their vector (counted up to `$1`, through the partial index of pending records)
+/// and the age of the oldest (the partial index on `received_at`).
+const BACKLOG_SQL: &str = "\
+SELECT (SELECT count(*) FROM (SELECT 1 FROM audit_records WHERE embedding_id IS NULL LIMIT $1) p) AS records,
+       COALESCE(EXTRACT(EPOCH FROM now() - (SELECT min(received_at) FROM audit_records
+                                            WHERE embedding_id IS NULL)), 0)::float8 AS oldest_seconds";
+
+#[derive(QueryableByName)]
+struct BacklogRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    records: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    oldest_seconds: f64,
+}
 
 /// The sweep: links up to `$1` pending records whose vector is stored (whatever left them pending).
 const HEAL_SQL: &str = "\
