@@ -155,6 +155,10 @@ pub enum EmbedError {
     /// The provider answered with something unusable (wrong dimension, wrong count, NaN).
     #[error("embedding provider returned invalid output: {0}")]
     InvalidOutput(String),
+    /// The provider refused these inputs (too long, malformed: an HTTP 400/413/422). Other inputs may
+    /// pass; retrying the same ones will not help. Says nothing about the provider's health.
+    #[error("embedding provider refused the input: {0}")]
+    Rejected(String),
 }
 
 /// One record to re-embed: its id, and the digest and text of its embedding under the new model.

@@ -290,10 +290,12 @@ impl OpenAiEmbedder {
     }
 }
 
-/// A failed call, with the provider's `Retry-After` for the breaker.
+/// A failed call, with the provider's `Retry-After` for the breaker, and whether it says anything about
+/// the provider's health (a refusal of the request does not: it does not count toward the circuit).
 struct Failure {
     error: EmbedError,
     retry_after: Option<Duration>,
+    counts_for_circuit: bool,
 }
 
 impl From<EmbedError> for Failure {
@@ -301,16 +303,34 @@ impl From<EmbedError> for Failure {
         Failure {
             error,
             retry_after: None,
+            counts_for_circuit: true,
         }
     }
 }
 
+/// Statuses that refuse the inputs themselves (too long, malformed): another input may pass.
+const INPUT_REFUSALS: [u16; 3] = [400, 413, 422];
+
 fn classify(e: &OpenAIError) -> Failure {
     match e {
         OpenAIError::Boxed(b) => match b.downcast_ref::<TransportError>() {
+            // 400/413/422: these inputs are refused; others may pass. Other 4xx (a wrong key, an
+            // unknown model): the deployment is wrong, nothing is embedded until it is fixed. Neither
+            // counts toward the circuit: the provider answered.
+            Some(t) if t.status.is_some_and(|s| INPUT_REFUSALS.contains(&s)) => Failure {
+                error: EmbedError::Rejected(format!("embedding provider: {}", t.detail)),
+                retry_after: None,
+                counts_for_circuit: false,
+            },
+            Some(t) if t.status.is_some() => Failure {
+                error: EmbedError::Unavailable(format!("embedding provider: {}", t.detail)),
+                retry_after: None,
+                counts_for_circuit: false,
+            },
             Some(t) => Failure {
                 error: EmbedError::Unavailable(format!("embedding provider: {t}")),
                 retry_after: t.retry_after,
+                counts_for_circuit: true,
             },
             None => EmbedError::Unavailable(format!("embedding provider: {b}")).into(),
         },
@@ -392,6 +412,10 @@ impl Embedder for OpenAiEmbedder {
             };
             match result {
                 Ok(v) => out.extend(v),
+                Err(f) if !f.counts_for_circuit => {
+                    outcome.with(|b| b.on_success());
+                    return Err(f.error);
+                }
                 Err(f) => {
                     outcome.with(|b| b.on_failure(Instant::now(), f.retry_after));
                     return Err(f.error);

@@ -85,6 +85,8 @@ impl FailureKind {
 #[error("{detail} (after {attempts} attempt(s))")]
 pub struct TransportError {
     pub kind: FailureKind,
+    /// The HTTP status of a refusal (a 4xx other than 408/429), which is not retried.
+    pub status: Option<u16>,
     /// What the provider asked for with `Retry-After`, if it did.
     pub retry_after: Option<Duration>,
     pub attempts: u32,
@@ -146,26 +148,45 @@ impl RetryingTransport {
             Ok(Err(e)) => Attempt::Done(Err(OpenAIError::Reqwest(e))),
             Ok(Ok(response)) => {
                 let status = response.status();
-                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                if status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::REQUEST_TIMEOUT
+                    || status.is_server_error()
+                {
                     let retry_after = response
                         .headers()
                         .get(header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
-                        FailureKind::RateLimited
-                    } else {
-                        FailureKind::ServerError
+                    let kind = match status {
+                        StatusCode::TOO_MANY_REQUESTS => FailureKind::RateLimited,
+                        StatusCode::REQUEST_TIMEOUT => FailureKind::Timeout,
+                        _ => FailureKind::ServerError,
                     };
                     Attempt::Retry {
                         kind,
                         retry_after,
                         detail: format!("the provider answered {status}"),
                     }
+                } else if status.is_client_error() {
+                    // A refusal: not retried, and it says nothing about the provider's health. The
+                    // provider's own message (bounded) says why.
+                    count_failure(FailureKind::ClientError);
+                    let body = response.text().await.unwrap_or_default();
+                    let message: String = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                        .unwrap_or(body)
+                        .chars()
+                        .take(300)
+                        .collect();
+                    Attempt::Done(Err(OpenAIError::Boxed(Box::new(TransportError {
+                        kind: FailureKind::ClientError,
+                        status: Some(status.as_u16()),
+                        retry_after: None,
+                        attempts: 1,
+                        detail: format!("the provider refused the request ({status}): {message}"),
+                    }))))
                 } else {
-                    if status.is_client_error() {
-                        count_failure(FailureKind::ClientError);
-                    }
                     Attempt::Done(Ok(response))
                 }
             }
@@ -189,6 +210,7 @@ impl RetryingTransport {
             let give_up = |detail: String| {
                 Err(OpenAIError::Boxed(Box::new(TransportError {
                     kind,
+                    status: None,
                     retry_after,
                     attempts: retries + 1,
                     detail,

@@ -113,7 +113,7 @@ impl ApiError {
                 p(StatusCode::NOT_FOUND, "NOT_FOUND", "record not found")
             }
             ApiError::Audit(AuditError::Embedding(
-                EmbedError::Unavailable(_) | EmbedError::InvalidOutput(_),
+                EmbedError::Unavailable(_) | EmbedError::InvalidOutput(_) | EmbedError::Rejected(_),
             )) => p(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "EMBEDDING_ERROR",
