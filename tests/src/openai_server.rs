@@ -47,6 +47,9 @@ struct State {
     down: Mutex<Option<u16>>,
     seen: Mutex<Vec<Seen>>,
     arrivals: mpsc::UnboundedSender<usize>,
+    /// A request with an input containing this is refused with 400, as a real provider refuses an
+    /// input over its context length.
+    refuse: Mutex<Option<String>>,
 }
 
 /// The running server.
@@ -67,6 +70,7 @@ impl FakeOpenAi {
             down: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
             arrivals: tx,
+            refuse: Mutex::new(None),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -107,6 +111,12 @@ impl FakeOpenAi {
     /// `Some(status)`: every unscripted request fails with it; `None`: back to embedding.
     pub fn set_down(&self, status: Option<u16>) {
         *self.state.down.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// `Some(text)`: any request with an input containing `text` is answered 400 (the whole request,
+    /// as providers do); `None`: no input is refused.
+    pub fn refuse_inputs_containing(&self, text: Option<&str>) {
+        *self.state.refuse.lock().unwrap_or_else(|p| p.into_inner()) = text.map(str::to_owned);
     }
 
     /// The requests received so far.
@@ -175,6 +185,19 @@ async fn embeddings(
         .unwrap_or_else(|p| p.into_inner())
         .pop_front();
     let down = *state.down.lock().unwrap_or_else(|p| p.into_inner());
+    let refused = state
+        .refuse
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .is_some_and(|r| inputs.iter().any(|i| i.contains(&r)));
+    if refused {
+        return error(
+            400,
+            None,
+            "This model's maximum context length is 8192 tokens; your input is longer.",
+        );
+    }
     let step = match (step, down) {
         (Some(s), _) => s,
         (None, Some(status)) => Script::Status(status, None),

@@ -456,3 +456,98 @@ async fn search_embeds_its_query_through_the_openai_provider() {
     let last = server.seen().pop().unwrap();
     assert_eq!(last.inputs, ["restart the crashing deployment"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_the_provider_refuses_is_isolated_charged_and_parked_while_the_rest_drains() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let mut env = openai_env(&server);
+    env.extend([
+        ("DATASTORAGE_EMBEDDING_MODE", "deferred".to_owned()),
+        ("DATASTORAGE_EMBEDDING_JOB_MAX_ATTEMPTS", "2".to_owned()),
+        ("DATASTORAGE_EMBEDDING_JOB_BACKOFF_MS", "0".to_owned()),
+    ]);
+    let app = spawn(&env).await.unwrap();
+    server.refuse_inputs_containing(Some("POISON"));
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let mut r = fixtures::remediation(n);
+        r["message"] = json!(if n == 3 {
+            "a message the provider refuses: POISON".to_owned()
+        } else {
+            format!("pod {n} restarted after an OOMKill")
+        });
+        let w = app.post("/api/v1/audit/remediation", &r).await.unwrap();
+        assert_eq!(w.status, 201, "{:#}", w.body);
+        ids.push(w.body["id"].as_i64().unwrap());
+    }
+    let service = &app.state.service;
+    let before = server.seen().len();
+    // The batch fails, is split until the refused text is found; the five others are stored.
+    assert_eq!(service.run_embedding_jobs(100).await.unwrap(), 5);
+    assert!(
+        server.seen().len() > before + 1,
+        "the failed batch was split"
+    );
+    assert!(
+        matches!(
+            service.embedder().health(),
+            ds_domain::ports::ProviderHealth::Up
+        ),
+        "a refused input does not open the circuit"
+    );
+    let status = async |id: i64| {
+        app.get(&format!("/api/v1/audit/remediation/{id}"))
+            .await
+            .unwrap()
+            .body["embeddingStatus"]
+            .clone()
+    };
+    for (n, id) in ids.iter().enumerate() {
+        let expected = if n == 3 { "pending" } else { "stored" };
+        assert_eq!(status(*id).await, expected, "record {n}");
+    }
+    assert_eq!(service.pending_jobs().await.unwrap(), 1);
+    assert_eq!(
+        service.parked_jobs().await.unwrap(),
+        0,
+        "one attempt of two"
+    );
+    // The second attempt fails too: parked, and no longer claimed.
+    assert_eq!(service.run_embedding_jobs(100).await.unwrap(), 0);
+    assert_eq!(service.parked_jobs().await.unwrap(), 1);
+    assert_eq!(service.pending_jobs().await.unwrap(), 0);
+    let seen = server.seen().len();
+    assert_eq!(service.run_embedding_jobs(100).await.unwrap(), 0);
+    assert_eq!(server.seen().len(), seen, "a parked job is not tried again");
+
+    // `datastorage jobs list --parked` shows it with its error; `jobs retry` re-queues it.
+    let config = ds_tests::test_config(&app.db.url, &[]).unwrap();
+    let parked = ds_server::jobs_list(&config, true, 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].state, "parked");
+    assert_eq!(parked[0].attempts, 2);
+    assert!(parked[0].text.contains("POISON"), "{:?}", parked[0]);
+    let error = parked[0].last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("400") && error.contains("context length"),
+        "{error}"
+    );
+    let bad = vec!["not-hex".to_owned()];
+    assert!(ds_server::jobs_retry(&config, Some(&bad)).await.is_err());
+    let digest = vec![hex::encode(parked[0].digest)];
+    assert_eq!(
+        ds_server::jobs_retry(&config, Some(&digest)).await.unwrap(),
+        1
+    );
+    assert_eq!(service.parked_jobs().await.unwrap(), 0);
+    let open = ds_server::jobs_list(&config, false, 10).await.unwrap();
+    assert_eq!(
+        (open.len(), open[0].state, open[0].attempts),
+        (1, "open", 0)
+    );
+    // Once the provider takes it, the last record is stored too.
+    server.refuse_inputs_containing(None);
+    assert_eq!(service.run_embedding_jobs(100).await.unwrap(), 1);
+    assert_eq!(status(ids[3]).await, "stored");
+    assert_eq!(ds_server::jobs_retry(&config, None).await.unwrap(), 0);
+}

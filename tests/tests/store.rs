@@ -162,8 +162,11 @@ async fn a_worker_batch_larger_than_one_statement_stores_every_vector() {
     ))
     .await
     .unwrap();
-    let s = store(&db).await;
-    assert_eq!(s.run_embedding_jobs(5_000, &embedder).await.unwrap(), jobs);
+    let service = ds_domain::AuditService::new(
+        std::sync::Arc::new(store(&db).await),
+        std::sync::Arc::new(embedder),
+    );
+    assert_eq!(service.run_embedding_jobs(5_000).await.unwrap(), jobs);
     assert_eq!(db.count("embeddings").await.unwrap(), jobs as i64);
     assert_eq!(
         db.count("embedding_jobs WHERE done_at IS NULL")

@@ -9,6 +9,7 @@
 pub mod digest;
 pub mod embedding_text;
 pub mod error;
+pub mod jobs;
 pub mod kind;
 pub mod lenient;
 pub mod ports;

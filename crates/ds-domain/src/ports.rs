@@ -212,15 +212,47 @@ pub trait AuditStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<SearchHit>, StoreError>;
 
-    /// Runs up to `limit` embedding jobs: claims them (`FOR UPDATE SKIP LOCKED`, so replicas never take
-    /// the same job), embeds their texts with `embedder`, stores the vectors, links the waiting records
-    /// and deletes the jobs, all in one transaction. A worker that dies mid-way leaves its jobs for the
-    /// next one; nothing is embedded twice. Returns how many jobs were done.
-    async fn run_embedding_jobs(
+    /// Claims up to `limit` open jobs of `model` whose time has come, oldest first, for `lease`
+    /// (replicas never hold the same job; a lease that ends gives its jobs to the next claim). Error
+    /// contract: [`StoreError`]; nothing claimed on error.
+    async fn claim_jobs(
         &self,
+        model: &str,
         limit: usize,
-        embedder: &dyn Embedder,
-    ) -> Result<usize, JobError>;
+        lease: std::time::Duration,
+    ) -> Result<Vec<crate::jobs::ClaimedJob>, StoreError>;
+
+    /// Stores the vectors of finished jobs, links every record waiting for their texts and marks the
+    /// jobs done, in one transaction; returns how many jobs. Vectors already stored are kept.
+    async fn complete_jobs(
+        &self,
+        model: &str,
+        done: &[(crate::digest::Sha256Digest, Vec<f32>)],
+    ) -> Result<usize, StoreError>;
+
+    /// Charges failed attempts: each job's attempts + 1, its last error, and its verdict (the time of
+    /// its next attempt, or parked). Its lease ends.
+    async fn fail_jobs(&self, failed: &[crate::jobs::FailedJob]) -> Result<(), StoreError>;
+
+    /// Ends the leases of `digests` without charging them (the provider was unavailable).
+    async fn release_jobs(&self, digests: &[crate::digest::Sha256Digest])
+    -> Result<(), StoreError>;
+
+    /// Jobs, open and parked (or parked only), newest first, at most `limit`.
+    async fn list_jobs(
+        &self,
+        parked_only: bool,
+        limit: usize,
+    ) -> Result<Vec<crate::jobs::JobInfo>, StoreError>;
+
+    /// Re-queues parked jobs (all, or those of `digests`): attempts back to 0, due now. Returns how many.
+    async fn retry_parked(
+        &self,
+        digests: Option<&[crate::digest::Sha256Digest]>,
+    ) -> Result<u64, StoreError>;
+
+    /// How many jobs are parked.
+    async fn parked_jobs(&self) -> Result<i64, StoreError>;
 
     /// The sweep and the retirement of finished jobs: links up to `limit` pending records whose vector
     /// is stored (whatever left them pending), then deletes the jobs finished more than `grace` ago,

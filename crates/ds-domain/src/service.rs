@@ -9,6 +9,7 @@
 use crate::digest::{Sha256Digest, embedding_digest, sha256};
 use crate::error::AuditError;
 use crate::error::Violation;
+use crate::jobs::{ClaimedJob, FailedJob, JobInfo, JobPolicy};
 use crate::kind::Kind;
 use crate::ports::{
     AuditStore, EmbedError, Embedder, EmbeddingJob, IdempotencyClaim, JobError, NewEmbedding,
@@ -70,6 +71,7 @@ pub struct AuditService {
     embedder: Arc<dyn Embedder>,
     mode: EmbeddingMode,
     policy: FailurePolicy,
+    jobs: JobPolicy,
 }
 
 impl AuditService {
@@ -89,14 +91,122 @@ impl AuditService {
             embedder,
             mode,
             policy,
+            jobs: JobPolicy::default(),
         }
     }
 
-    /// Runs up to `limit` durable embedding jobs; the worker's unit of work.
+    /// The same service with another policy for failing embedding jobs.
+    pub fn with_job_policy(mut self, jobs: JobPolicy) -> Self {
+        self.jobs = jobs;
+        self
+    }
+
+    /// Runs up to `limit` durable embedding jobs; the worker's unit of work (see [`crate::jobs`]).
+    /// Returns how many jobs were done. An unavailable provider ends the run with
+    /// [`JobError::Embed`] after storing what was done; nothing is charged for it.
     pub async fn run_embedding_jobs(&self, limit: usize) -> Result<usize, JobError> {
-        self.store
-            .run_embedding_jobs(limit, self.embedder.as_ref())
-            .await
+        let model = self.embedder.model_id().to_owned();
+        let claimed = self
+            .store
+            .claim_jobs(&model, limit, self.jobs.lease)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let mut done: Vec<(Sha256Digest, Vec<f32>)> = Vec::with_capacity(claimed.len());
+        let mut failed: Vec<FailedJob> = Vec::new();
+        let mut unavailable: Option<EmbedError> = None;
+        // Batches still to embed; a batch that fails for some inputs is split in halves.
+        let mut todo: Vec<&[ClaimedJob]> = vec![&claimed];
+        while let Some(batch) = todo.pop() {
+            if unavailable.is_some() {
+                break;
+            }
+            let texts = batch.iter().map(|j| j.text.clone()).collect();
+            match self.checked_embed(texts, batch.len()).await {
+                Ok(vectors) => done.extend(batch.iter().map(|j| j.digest).zip(vectors)),
+                Err(e @ EmbedError::Unavailable(_)) => unavailable = Some(e),
+                Err(_) if batch.len() > 1 => {
+                    let (a, b) = crate::jobs::halves(batch);
+                    todo.push(b);
+                    todo.push(a);
+                }
+                Err(e) => {
+                    let job = &batch[0];
+                    let verdict = self.jobs.after_failure(job.attempts.saturating_add(1));
+                    failed.push(FailedJob {
+                        digest: job.digest,
+                        error: e.to_string(),
+                        verdict,
+                    });
+                }
+            }
+        }
+        let finished = if done.is_empty() {
+            0
+        } else {
+            self.store.complete_jobs(&model, &done).await?
+        };
+        if !failed.is_empty() {
+            self.store.fail_jobs(&failed).await?;
+        }
+        match unavailable {
+            None => Ok(finished),
+            Some(e) => {
+                let settled: BTreeSet<Sha256Digest> = done
+                    .iter()
+                    .map(|(d, _)| *d)
+                    .chain(failed.iter().map(|f| f.digest))
+                    .collect();
+                let rest: Vec<Sha256Digest> = claimed
+                    .iter()
+                    .map(|j| j.digest)
+                    .filter(|d| !settled.contains(d))
+                    .collect();
+                self.store.release_jobs(&rest).await?;
+                Err(JobError::Embed(e))
+            }
+        }
+    }
+
+    /// The provider's vectors for `texts`, checked: `count` of them, each of the model's dimension and
+    /// finite (else [`EmbedError::InvalidOutput`]).
+    async fn checked_embed(
+        &self,
+        texts: Vec<String>,
+        count: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let dim = self.embedder.dimension();
+        let vectors = self.embedder.embed(texts).await?;
+        if vectors.len() != count
+            || vectors
+                .iter()
+                .any(|v| v.len() != dim || v.iter().any(|x| !x.is_finite()))
+        {
+            return Err(EmbedError::InvalidOutput(format!(
+                "expected {count} vectors of {dim} finite numbers"
+            )));
+        }
+        Ok(vectors)
+    }
+
+    /// Jobs, open and parked (or parked only), newest first.
+    pub async fn list_jobs(
+        &self,
+        parked_only: bool,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>, AuditError> {
+        Ok(self.store.list_jobs(parked_only, limit).await?)
+    }
+
+    /// Re-queues parked jobs (all, or those of `digests`).
+    pub async fn retry_parked(&self, digests: Option<&[Sha256Digest]>) -> Result<u64, AuditError> {
+        Ok(self.store.retry_parked(digests).await?)
+    }
+
+    /// How many jobs are parked.
+    pub async fn parked_jobs(&self) -> Result<i64, AuditError> {
+        Ok(self.store.parked_jobs().await?)
     }
 
     /// Re-embedding after a model change: queues, for up to `limit` records with `id > after_id` that

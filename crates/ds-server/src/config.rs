@@ -197,6 +197,9 @@ pub struct Config {
     pub embedding_worker_interval: Duration,
     /// `DATASTORAGE_EMBEDDING_WORKER_BATCH`: jobs per worker transaction (default 32).
     pub embedding_worker_batch: usize,
+    /// Failing jobs: `DATASTORAGE_EMBEDDING_JOB_MAX_ATTEMPTS` (10), `…_JOB_BACKOFF_MS` (30000),
+    /// `…_JOB_BACKOFF_MAX_MS` (3600000), `…_JOB_LEASE_SECS` (300).
+    pub job_policy: ds_domain::jobs::JobPolicy,
     /// `DATASTORAGE_EMBEDDING_WORKERS`: worker loops of this replica (default 2): while one embeds,
     /// another writes its vectors into the index.
     pub embedding_workers: usize,
@@ -547,6 +550,24 @@ impl Config {
                 1000,
             )?),
             embedding_worker_batch: parse(get, "DATASTORAGE_EMBEDDING_WORKER_BATCH", 32)?,
+            job_policy: ds_domain::jobs::JobPolicy {
+                max_attempts: parse(get, "DATASTORAGE_EMBEDDING_JOB_MAX_ATTEMPTS", 10)?,
+                backoff_base: Duration::from_millis(parse(
+                    get,
+                    "DATASTORAGE_EMBEDDING_JOB_BACKOFF_MS",
+                    30_000,
+                )?),
+                backoff_max: Duration::from_millis(parse(
+                    get,
+                    "DATASTORAGE_EMBEDDING_JOB_BACKOFF_MAX_MS",
+                    3_600_000,
+                )?),
+                lease: Duration::from_secs(parse(
+                    get,
+                    "DATASTORAGE_EMBEDDING_JOB_LEASE_SECS",
+                    300,
+                )?),
+            },
             embedding_workers: parse(get, "DATASTORAGE_EMBEDDING_WORKERS", 2)?,
             embedding_cache_capacity: parse(get, "DATASTORAGE_EMBEDDING_CACHE_CAPACITY", 10_000)?,
             embedding_cache_ttl: Duration::from_secs(parse(
@@ -710,6 +731,18 @@ impl Config {
         if self.db_connect_retry_max.is_zero() {
             return Err(ConfigError {
                 key: "DATASTORAGE_DB_CONNECT_RETRY_MAX_MS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.job_policy.max_attempts == 0 {
+            return Err(ConfigError {
+                key: "DATASTORAGE_EMBEDDING_JOB_MAX_ATTEMPTS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.job_policy.lease.is_zero() {
+            return Err(ConfigError {
+                key: "DATASTORAGE_EMBEDDING_JOB_LEASE_SECS",
                 reason: "must be at least 1".into(),
             });
         }

@@ -406,8 +406,9 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
 /// the configured model for the embedding workers (a vector of that model already stored for the same
 /// text is linked at once). Returns how many records were queued or linked. Safe to run while the
 /// service serves, and to run again (records already done or queued are skipped).
-pub async fn reembed(config: Config, page: usize) -> anyhow::Result<u64> {
-    let store = PgStore::new(
+/// A small pool for a command that runs once (`jobs`, `reembed`).
+fn command_store(config: &Config) -> anyhow::Result<PgStore> {
+    PgStore::new(
         &config.database_url,
         &PoolSettings {
             max_size: 2,
@@ -416,7 +417,49 @@ pub async fn reembed(config: Config, page: usize) -> anyhow::Result<u64> {
             ..PoolSettings::default()
         },
     )
-    .context("creating the database pool")?;
+    .context("creating the database pool")
+}
+
+/// `datastorage jobs list`: open and parked embedding jobs (or parked only), newest first.
+pub async fn jobs_list(
+    config: &Config,
+    parked_only: bool,
+    limit: usize,
+) -> anyhow::Result<Vec<ds_domain::jobs::JobInfo>> {
+    let store = command_store(config)?;
+    let jobs = store
+        .list_jobs(parked_only, limit)
+        .await
+        .context("listing the embedding jobs")?;
+    store.close().await;
+    Ok(jobs)
+}
+
+/// `datastorage jobs retry`: re-queues parked jobs (all, or those whose digest, in hex, is given).
+pub async fn jobs_retry(config: &Config, digests: Option<&[String]>) -> anyhow::Result<u64> {
+    let parsed = digests
+        .map(|ds| {
+            ds.iter()
+                .map(|d| {
+                    let bytes = hex::decode(d.trim())
+                        .with_context(|| format!("{d:?} is not a job digest (64 hex digits)"))?;
+                    ds_domain::digest::Sha256Digest::try_from(bytes.as_slice())
+                        .map_err(|_| anyhow::anyhow!("{d:?} is not a job digest (64 hex digits)"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .transpose()?;
+    let store = command_store(config)?;
+    let n = store
+        .retry_parked(parsed.as_deref())
+        .await
+        .context("re-queueing parked jobs")?;
+    store.close().await;
+    Ok(n)
+}
+
+pub async fn reembed(config: Config, page: usize) -> anyhow::Result<u64> {
+    let store = command_store(&config)?;
     let health = store.health().await.context("checking the database")?;
     if health.migrations_pending > 0 {
         bail!(
@@ -509,7 +552,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         embedder,
         config.embedding_mode,
         config.embedding_failure_policy,
-    );
+    )
+    .with_job_policy(config.job_policy);
     let service_for_metrics = service.clone();
     let startup = Arc::new(Startup::pending("waiting for the database"));
     let mut state = AppState::with_admission(

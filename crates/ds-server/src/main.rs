@@ -47,6 +47,31 @@ enum Command {
     /// Work with the configuration without starting the service.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The embedding jobs: list them, re-queue parked ones.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Open and parked jobs, newest first: digest, state, attempts, next attempt, model, last error,
+    /// the text's beginning.
+    List {
+        /// Parked jobs only.
+        #[arg(long)]
+        parked: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Re-queue parked jobs: those given by digest, or all with `--all` (attempts back to 0, due now).
+    Retry {
+        /// Every parked job.
+        #[arg(long, conflicts_with = "digests")]
+        all: bool,
+        /// Digests (hex) as `jobs list` shows them.
+        digests: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +142,35 @@ async fn main() -> ExitCode {
         Command::Migrate => ds_server::migrate(&config.database_url)
             .await
             .map(|applied| tracing::info!(applied = ?applied, "migrations applied")),
+        Command::Jobs(JobsCommand::List { parked, limit }) => {
+            ds_server::jobs_list(&config, parked, limit)
+                .await
+                .map(|jobs| {
+                    for j in &jobs {
+                        println!(
+                            "{} {:<6} attempts={} next={} model={} error={:?} text={:?}",
+                            hex::encode(j.digest),
+                            j.state,
+                            j.attempts,
+                            j.next_attempt_at,
+                            j.model,
+                            j.last_error.as_deref().unwrap_or(""),
+                            j.text
+                        );
+                    }
+                    println!("{} job(s)", jobs.len());
+                })
+        }
+        Command::Jobs(JobsCommand::Retry { all, digests }) => {
+            if !all && digests.is_empty() {
+                eprintln!("datastorage jobs retry: give the digests to re-queue, or --all");
+                return ExitCode::from(2);
+            }
+            let chosen = (!all).then_some(digests.as_slice());
+            ds_server::jobs_retry(&config, chosen).await.map(|n| {
+                println!("{n} parked job(s) re-queued");
+            })
+        }
         Command::Reembed { page } => ds_server::reembed(config, page).await.map(|n| {
             tracing::info!(
                 records = n,

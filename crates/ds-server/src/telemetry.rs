@@ -288,6 +288,12 @@ pub const CATALOGUE: &[Metric] = &[
         "Records stored without their vector yet (counted up to 1,000,000), at scrape time.",
     ),
     metric(
+        "datastorage_embedding_jobs_parked",
+        Gauge,
+        &[],
+        "Embedding jobs parked after repeated failures (`datastorage jobs list --parked`), at scrape time.",
+    ),
+    metric(
         "datastorage_embedding_oldest_pending_seconds",
         Gauge,
         &[],

@@ -6,6 +6,7 @@
 pub mod connect;
 mod error;
 mod group;
+mod jobs;
 mod pgv;
 mod rows;
 mod schema;

@@ -59,6 +59,10 @@ diesel::table! {
         text -> Text,
         attempts -> Int4,
         created_at -> Timestamptz,
+        next_attempt_at -> Timestamptz,
+        leased_until -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        parked_at -> Nullable<Timestamptz>,
         done_at -> Nullable<Timestamptz>,
     }
 }

@@ -5,7 +5,7 @@ use crate::error::PgStoreError;
 use crate::group::{self, GroupCommit, Queued, pool_error};
 use crate::pgv::Embedding;
 use crate::rows::{RecordRow, SearchRow};
-use crate::schema::{audit_records, embedding_jobs, embeddings, idempotency_keys};
+use crate::schema::{audit_records, embeddings, idempotency_keys};
 use crate::write::status_of;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,10 +15,11 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use ds_domain::digest::Sha256Digest;
+use ds_domain::jobs::{ClaimedJob, FailedJob, JobInfo};
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, Backlog, EmbedError, Embedder, EmbeddingStatus, JobError, Repoint, SearchHit,
-    StoreError, StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
+    AuditStore, Backlog, EmbeddingStatus, Repoint, SearchHit, StoreError, StoreHealth,
+    StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
@@ -413,110 +414,57 @@ impl AuditStore for PgStore {
             .map_err(StoreError::from)
     }
 
-    async fn run_embedding_jobs(
+    async fn claim_jobs(
         &self,
+        model: &str,
         limit: usize,
-        embedder: &dyn Embedder,
-    ) -> Result<usize, JobError> {
-        let mut conn = self.conn().await.map_err(StoreError::from)?;
-        let limit = i64::try_from(limit).unwrap_or(100);
-        let model = embedder.model_id().to_owned();
-        let dim = embedder.dimension();
-        let result = conn
-            .transaction(async |c| -> Result<usize, JobFailure> {
-                // Claimed rows stay locked until commit: another worker skips them; a worker that dies
-                // releases them with its connection.
-                let jobs: Vec<(Vec<u8>, String)> = embedding_jobs::table
-                    .filter(embedding_jobs::model.eq(&model))
-                    .filter(embedding_jobs::done_at.is_null())
-                    .order(embedding_jobs::created_at.asc())
-                    .select((embedding_jobs::digest, embedding_jobs::text))
-                    .limit(limit)
-                    .for_update()
-                    .skip_locked()
-                    .load(c)
-                    .await?;
-                if jobs.is_empty() {
-                    return Ok(0);
-                }
-                let texts: Vec<String> = jobs.iter().map(|(_, t)| t.clone()).collect();
-                let claimed = || jobs.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>();
-                let vectors = embedder
-                    .embed(texts)
-                    .await
-                    .map_err(|e| JobFailure::Embed(e, claimed()))?;
-                if vectors.len() != jobs.len()
-                    || vectors
-                        .iter()
-                        .any(|v| v.len() != dim || v.iter().any(|x| !x.is_finite()))
-                {
-                    return Err(JobFailure::Embed(
-                        EmbedError::InvalidOutput(format!(
-                            "expected {} vectors of {dim} finite numbers",
-                            jobs.len()
-                        )),
-                        claimed(),
-                    ));
-                }
-                // One statement per table for the whole batch, rows in digest order (the lock order
-                // of the write path too).
-                let mut order: Vec<usize> = (0..jobs.len()).collect();
-                order.sort_by(|&a, &b| jobs[a].0.cmp(&jobs[b].0));
-                let rows: Vec<(&[u8], &str, &[f32])> = order
-                    .iter()
-                    .map(|&i| (jobs[i].0.as_slice(), model.as_str(), vectors[i].as_slice()))
-                    .collect();
-                crate::write::insert_embeddings(c, &rows).await?;
-                let digests: Vec<&[u8]> = order.iter().map(|&i| jobs[i].0.as_slice()).collect();
-                diesel::sql_query(LINK_RECORDS_SQL)
-                    .bind::<diesel::sql_types::Array<diesel::sql_types::Bytea>, _>(&digests)
-                    .execute(c)
-                    .await?;
-                // Marked done, not deleted: a writer that saw the job and commits after the link above
-                // is linked by the sweep, or at the latest when the job is retired (migration
-                // 2026-11-30-000000).
-                diesel::update(
-                    embedding_jobs::table.filter(embedding_jobs::digest.eq_any(&digests)),
-                )
-                .set(embedding_jobs::done_at.eq(diesel::dsl::sql::<
-                    diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
-                >("now()")))
-                .execute(c)
-                .await?;
-                Ok(jobs.len())
-            })
-            .await;
-        match result {
-            Ok(n) => Ok(n),
-            Err(JobFailure::Embed(e, claimed)) => {
-                // Count the failed attempt of the claimed jobs only, outside the rolled-back
-                // transaction (best effort).
-                let _ = diesel::update(
-                    embedding_jobs::table.filter(embedding_jobs::digest.eq_any(&claimed)),
-                )
-                .set(embedding_jobs::attempts.eq(embedding_jobs::attempts + 1))
-                .execute(&mut conn)
-                .await;
-                Err(JobError::Embed(e))
-            }
-            Err(JobFailure::Db(e)) => Err(JobError::Store(PgStoreError::from(e).into())),
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(crate::jobs::claim(&mut conn, model, limit, lease).await?)
+    }
+
+    async fn complete_jobs(
+        &self,
+        model: &str,
+        done: &[(Sha256Digest, Vec<f32>)],
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        let n = crate::jobs::complete(&mut conn, model, done).await?;
+        for (d, _) in done {
+            self.known_vectors.insert(*d, ());
         }
+        Ok(n)
+    }
+
+    async fn fail_jobs(&self, failed: &[FailedJob]) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(crate::jobs::fail(&mut conn, failed).await?)
+    }
+
+    async fn release_jobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(crate::jobs::release(&mut conn, digests).await?)
+    }
+
+    async fn list_jobs(&self, parked_only: bool, limit: usize) -> Result<Vec<JobInfo>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(crate::jobs::list(&mut conn, parked_only, limit).await?)
+    }
+
+    async fn retry_parked(&self, digests: Option<&[Sha256Digest]>) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(crate::jobs::retry_parked(&mut conn, digests).await?)
+    }
+
+    async fn parked_jobs(&self) -> Result<i64, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(crate::jobs::parked_count(&mut conn).await?)
     }
 
     async fn heal_embeddings(&self, limit: usize, grace: Duration) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let healed = diesel::sql_query(HEAL_SQL)
-            .bind::<diesel::sql_types::BigInt, _>(limit)
-            .execute(&mut conn)
-            .await
-            .map_err(PgStoreError::from)?;
-        let retired = diesel::sql_query(RETIRE_SQL)
-            .bind::<diesel::sql_types::Double, _>(grace.as_secs_f64())
-            .execute(&mut conn)
-            .await
-            .map_err(PgStoreError::from)?;
-        Ok((healed + retired) as u64)
+        Ok(crate::jobs::heal(&mut conn, limit, grace).await?)
     }
 
     async fn embedding_backlog(&self) -> Result<Backlog, StoreError> {
@@ -534,12 +482,7 @@ impl AuditStore for PgStore {
 
     async fn pending_jobs(&self) -> Result<i64, StoreError> {
         let mut conn = self.conn().await?;
-        Ok(embedding_jobs::table
-            .filter(embedding_jobs::done_at.is_null())
-            .count()
-            .get_result(&mut conn)
-            .await
-            .map_err(PgStoreError::from)?)
+        Ok(crate::jobs::open_count(&mut conn).await?)
     }
 
     async fn records_without_model(
@@ -702,46 +645,8 @@ struct BacklogRow {
     oldest_seconds: f64,
 }
 
-/// The sweep: links up to `$1` pending records whose vector is stored (whatever left them pending).
-const HEAL_SQL: &str = "\
-UPDATE audit_records r SET embedding_id = e.id
-FROM embeddings e
-WHERE r.id IN (
-        SELECT p.id FROM audit_records p JOIN embeddings v ON v.digest = p.embedding_digest
-        WHERE p.embedding_id IS NULL
-        LIMIT $1)
-  AND e.digest = r.embedding_digest AND r.embedding_id IS NULL";
-
-/// Retirement: deletes the jobs done more than `$1` seconds ago and links their records once more (a
-/// writer that saw such a job committed within the grace period, so this statement sees its record).
-const RETIRE_SQL: &str = "\
-WITH retired AS (
-    DELETE FROM embedding_jobs WHERE done_at < now() - make_interval(secs => $1) RETURNING digest
-)
-UPDATE audit_records r SET embedding_id = e.id
-FROM retired t JOIN embeddings e ON e.digest = t.digest
-WHERE r.embedding_digest = t.digest AND r.embedding_id IS NULL";
-
-const LINK_RECORDS_SQL: &str = "\
-UPDATE audit_records r SET embedding_id = e.id
-FROM embeddings e
-WHERE e.digest = ANY($1) AND r.embedding_digest = e.digest AND r.embedding_id IS NULL";
-
 #[derive(QueryableByName)]
 struct Version {
     #[diesel(sql_type = diesel::sql_types::Text)]
     version: String,
-}
-
-/// Why a job transaction rolled back.
-enum JobFailure {
-    Db(diesel::result::Error),
-    /// The provider failed; the digests of the claimed jobs.
-    Embed(EmbedError, Vec<Vec<u8>>),
-}
-
-impl From<diesel::result::Error> for JobFailure {
-    fn from(e: diesel::result::Error) -> Self {
-        JobFailure::Db(e)
-    }
 }

@@ -245,6 +245,30 @@ pub const KEYS: &[Key] = &[
         "Jobs per worker transaction.",
     ),
     key(
+        "DATASTORAGE_EMBEDDING_JOB_MAX_ATTEMPTS",
+        "embedding.job_max_attempts",
+        Value("10"),
+        "Failed attempts after which a job is parked (kept, listed and re-queued by `datastorage jobs`).",
+    ),
+    key(
+        "DATASTORAGE_EMBEDDING_JOB_BACKOFF_MS",
+        "embedding.job_backoff_ms",
+        Value("30000"),
+        "Wait after a job's first failed attempt; it doubles with each further one.",
+    ),
+    key(
+        "DATASTORAGE_EMBEDDING_JOB_BACKOFF_MAX_MS",
+        "embedding.job_backoff_max_ms",
+        Value("3600000"),
+        "Longest wait between a job's attempts.",
+    ),
+    key(
+        "DATASTORAGE_EMBEDDING_JOB_LEASE_SECS",
+        "embedding.job_lease_secs",
+        Value("300"),
+        "How long a worker's claim holds its jobs (a worker that dies leaves them to the next after it).",
+    ),
+    key(
         "DATASTORAGE_EMBEDDING_WORKERS",
         "embedding.workers",
         Value("2"),

@@ -1,5 +1,0 @@
-DROP INDEX audit_records_pending_age;
-DROP INDEX embedding_jobs_done;
-DROP INDEX embedding_jobs_claim;
-DELETE FROM embedding_jobs WHERE done_at IS NOT NULL;
-ALTER TABLE embedding_jobs DROP COLUMN done_at;
