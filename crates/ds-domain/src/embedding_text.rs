@@ -7,15 +7,32 @@
 //! fingerprints, labels), so that repeated alerts produce identical text and share one stored vector.
 //!
 //! Format: sentences joined by `". "`, each present only when its fields are; no trailing period.
+//! Bounded: at most [`MAX_CHARS`] characters (the structured sentences come first, so what is cut is the
+//! end of the free text); the stored record keeps every value whole. Providers refuse inputs over their
+//! context length, and a text that is always refused could never be embedded.
 
 use crate::record::{AiAnalysisInput, Common, ExecutionInput, RemediationInput, WorkflowInput};
 
+/// The longest embedding text, in characters (about 1,000 tokens of English: within the context of
+/// every embedding model this service is used with; the local model reads its first 256 tokens).
+pub const MAX_CHARS: usize = 4_000;
+
 fn join(parts: Vec<String>) -> String {
-    parts
-        .into_iter()
-        .filter(|p| !p.trim().is_empty())
-        .collect::<Vec<_>>()
-        .join(". ")
+    bounded(
+        parts
+            .into_iter()
+            .filter(|p| !p.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(". "),
+    )
+}
+
+/// `text` cut to its first [`MAX_CHARS`] characters.
+fn bounded(mut text: String) -> String {
+    if let Some((at, _)) = text.char_indices().nth(MAX_CHARS) {
+        text.truncate(at);
+    }
+    text
 }
 
 fn message(common: &Common) -> Option<String> {
@@ -113,4 +130,39 @@ pub fn execution(common: &Common, e: &ExecutionInput) -> String {
     }
     parts.extend(message(common));
     join(parts)
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_cut_to_the_bound_on_a_character_boundary_and_shorter_ones_kept() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(MAX_CHARS + 10);
+        let cut = bounded(long.clone());
+        assert_eq!(cut.chars().count(), MAX_CHARS);
+        assert!(long.starts_with(&cut));
+        assert_eq!(bounded(cut.clone()), cut, "deterministic and idempotent");
+    }
+
+    #[test]
+    fn a_record_with_the_longest_message_embeds_a_bounded_text_and_keeps_its_message_whole() {
+        let message = "x".repeat(10 * 1024);
+        let record = serde_json::json!({
+            "name": "rr-1", "namespace": "payments", "phase": "Failed",
+            "createdAt": "2025-10-06T10:00:46.123456Z", "correlationId": "rr-2025-10-06-abc123",
+            "signalType": "prometheus", "signalName": "KubePodOOMKilled", "signalNamespace": "monitoring",
+            "targetType": "deployment", "targetName": "checkout-api", "targetNamespace": "payments",
+            "message": message,
+        });
+        let r = crate::parse_record(crate::kind::Kind::Remediation, record)
+            .unwrap_or_else(|e| panic!("valid record: {e}"));
+        assert_eq!(r.embedding_text.chars().count(), MAX_CHARS);
+        assert!(
+            r.embedding_text
+                .starts_with("remediation Failed: prometheus signal KubePodOOMKilled")
+        );
+        assert_eq!(r.common.message.as_deref().map(str::len), Some(10 * 1024));
+    }
 }
