@@ -526,7 +526,11 @@ async fn a_text_the_provider_refuses_is_isolated_charged_and_parked_while_the_re
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].state, "parked");
     assert_eq!(parked[0].attempts, 2);
-    assert!(parked[0].text.contains("POISON"), "{:?}", parked[0]);
+    assert!(
+        parked[0].text.starts_with("remediation "),
+        "{:?}",
+        parked[0]
+    );
     let error = parked[0].last_error.clone().unwrap_or_default();
     assert!(
         error.contains("400") && error.contains("context length"),

@@ -33,7 +33,7 @@ impl Default for JobPolicy {
             max_attempts: 10,
             backoff_base: Duration::from_secs(30),
             backoff_max: Duration::from_secs(3600),
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
         }
     }
 }

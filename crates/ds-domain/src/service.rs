@@ -72,6 +72,9 @@ pub struct AuditService {
     mode: EmbeddingMode,
     policy: FailurePolicy,
     jobs: JobPolicy,
+    /// Jobs this service claimed and could not settle (the database failed meanwhile): their leases are
+    /// released first thing on the next run, instead of holding the jobs until the leases end.
+    unreleased: Arc<std::sync::Mutex<BTreeSet<Sha256Digest>>>,
 }
 
 impl AuditService {
@@ -92,6 +95,7 @@ impl AuditService {
             mode,
             policy,
             jobs: JobPolicy::default(),
+            unreleased: Arc::default(),
         }
     }
 
@@ -105,6 +109,7 @@ impl AuditService {
     /// Returns how many jobs were done. An unavailable provider ends the run with
     /// [`JobError::Embed`] after storing what was done; nothing is charged for it.
     pub async fn run_embedding_jobs(&self, limit: usize) -> Result<usize, JobError> {
+        self.release_unsettled().await?;
         let model = self.embedder.model_id().to_owned();
         let claimed = self
             .store
@@ -113,11 +118,42 @@ impl AuditService {
         if claimed.is_empty() {
             return Ok(0);
         }
+        let result = self.settle_claimed(&model, &claimed).await;
+        if let Err(JobError::Store(_)) = &result {
+            // The database failed after the claim: release these leases on the next run.
+            self.unsettled().extend(claimed.iter().map(|j| j.digest));
+        }
+        result
+    }
+
+    fn unsettled(&self) -> std::sync::MutexGuard<'_, BTreeSet<Sha256Digest>> {
+        match self.unreleased.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Releases the leases of jobs an earlier run could not settle.
+    async fn release_unsettled(&self) -> Result<(), JobError> {
+        let pending: Vec<Sha256Digest> =
+            std::mem::take(&mut *self.unsettled()).into_iter().collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.release_jobs(&pending).await {
+            self.unsettled().extend(pending);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Embeds the claimed jobs (isolating the failing inputs) and records the outcomes.
+    async fn settle_claimed(&self, model: &str, claimed: &[ClaimedJob]) -> Result<usize, JobError> {
         let mut done: Vec<(Sha256Digest, Vec<f32>)> = Vec::with_capacity(claimed.len());
         let mut failed: Vec<FailedJob> = Vec::new();
         let mut unavailable: Option<EmbedError> = None;
         // Batches still to embed; a batch that fails for some inputs is split in halves.
-        let mut todo: Vec<&[ClaimedJob]> = vec![&claimed];
+        let mut todo: Vec<&[ClaimedJob]> = vec![claimed];
         while let Some(batch) = todo.pop() {
             if unavailable.is_some() {
                 break;
@@ -145,7 +181,7 @@ impl AuditService {
         let finished = if done.is_empty() {
             0
         } else {
-            self.store.complete_jobs(&model, &done).await?
+            self.store.complete_jobs(model, &done).await?
         };
         if !failed.is_empty() {
             self.store.fail_jobs(&failed).await?;

@@ -198,7 +198,7 @@ pub struct Config {
     /// `DATASTORAGE_EMBEDDING_WORKER_BATCH`: jobs per worker transaction (default 32).
     pub embedding_worker_batch: usize,
     /// Failing jobs: `DATASTORAGE_EMBEDDING_JOB_MAX_ATTEMPTS` (10), `…_JOB_BACKOFF_MS` (30000),
-    /// `…_JOB_BACKOFF_MAX_MS` (3600000), `…_JOB_LEASE_SECS` (300).
+    /// `…_JOB_BACKOFF_MAX_MS` (3600000), `…_JOB_LEASE_SECS` (60).
     pub job_policy: ds_domain::jobs::JobPolicy,
     /// `DATASTORAGE_EMBEDDING_WORKERS`: worker loops of this replica (default 2): while one embeds,
     /// another writes its vectors into the index.
@@ -562,11 +562,7 @@ impl Config {
                     "DATASTORAGE_EMBEDDING_JOB_BACKOFF_MAX_MS",
                     3_600_000,
                 )?),
-                lease: Duration::from_secs(parse(
-                    get,
-                    "DATASTORAGE_EMBEDDING_JOB_LEASE_SECS",
-                    300,
-                )?),
+                lease: Duration::from_secs(parse(get, "DATASTORAGE_EMBEDDING_JOB_LEASE_SECS", 60)?),
             },
             embedding_workers: parse(get, "DATASTORAGE_EMBEDDING_WORKERS", 2)?,
             embedding_cache_capacity: parse(get, "DATASTORAGE_EMBEDDING_CACHE_CAPACITY", 10_000)?,

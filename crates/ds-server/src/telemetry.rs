@@ -396,4 +396,9 @@ pub async fn refresh_gauges(store: &ds_store_pg::PgStore, service: &ds_domain::A
         metrics::gauge!("datastorage_embedding_pending").set(backlog.records as f64);
         metrics::gauge!("datastorage_embedding_oldest_pending_seconds").set(backlog.oldest_seconds);
     }
+    if let Ok(Ok(parked)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), service.parked_jobs()).await
+    {
+        metrics::gauge!("datastorage_embedding_jobs_parked").set(parked as f64);
+    }
 }

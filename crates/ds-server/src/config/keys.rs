@@ -265,7 +265,7 @@ pub const KEYS: &[Key] = &[
     key(
         "DATASTORAGE_EMBEDDING_JOB_LEASE_SECS",
         "embedding.job_lease_secs",
-        Value("300"),
+        Value("60"),
         "How long a worker's claim holds its jobs (a worker that dies leaves them to the next after it).",
     ),
     key(
