@@ -46,7 +46,8 @@ FROM embeddings e
 WHERE r.id IN (
         SELECT p.id FROM audit_records p JOIN embeddings v ON v.digest = p.embedding_digest
         WHERE p.embedding_id IS NULL
-        LIMIT $1)
+        LIMIT $1
+        FOR UPDATE OF p SKIP LOCKED)
   AND e.digest = r.embedding_digest AND r.embedding_id IS NULL";
 
 /// Retirement: deletes the jobs done more than `$1` seconds ago and links their records once more (a
@@ -208,21 +209,29 @@ pub(crate) async fn release(
     Ok(())
 }
 
-/// The sweep, then the retirement; how many records they linked.
+/// The sweep, then the retirement; how many records they linked. Housekeeping never queues behind a
+/// lock for long (rows locked by writers are skipped; a table lock gives up after 2 s): it runs again
+/// in a few seconds.
 pub(crate) async fn heal(
     c: &mut AsyncPgConnection,
     limit: usize,
     grace: Duration,
 ) -> Result<u64, PgStoreError> {
-    let healed = diesel::sql_query(HEAL_SQL)
-        .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
-        .execute(c)
-        .await?;
-    let retired = diesel::sql_query(RETIRE_SQL)
-        .bind::<Double, _>(grace.as_secs_f64())
-        .execute(c)
-        .await?;
-    Ok((healed + retired) as u64)
+    c.transaction(async |c| -> Result<u64, PgStoreError> {
+        diesel::sql_query("SET LOCAL lock_timeout = '2s'")
+            .execute(c)
+            .await?;
+        let healed = diesel::sql_query(HEAL_SQL)
+            .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(c)
+            .await?;
+        let retired = diesel::sql_query(RETIRE_SQL)
+            .bind::<Double, _>(grace.as_secs_f64())
+            .execute(c)
+            .await?;
+        Ok((healed + retired) as u64)
+    })
+    .await
 }
 
 pub(crate) async fn list(
