@@ -479,7 +479,10 @@ impl Bench {
         let mut pause = Duration::from_millis(100);
         loop {
             let pending: i64 = self
-                .psql_in(db, "SELECT count(*) FROM embedding_jobs")?
+                .psql_in(
+                    db,
+                    "SELECT count(*) FROM embedding_jobs WHERE done_at IS NULL",
+                )?
                 .parse()?;
             if pending == 0 || started.elapsed() > limit {
                 return Ok(pending);
@@ -650,13 +653,19 @@ impl Bench {
         )?);
         // The worker: drain rate with no writes arriving.
         let before: i64 = self
-            .psql_in(&db, "SELECT count(*) FROM embedding_jobs")?
+            .psql_in(
+                &db,
+                "SELECT count(*) FROM embedding_jobs WHERE done_at IS NULL",
+            )?
             .parse()?;
         let (cpu0, _) = process_usage(service.pid());
         let t = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(o.worker_seconds));
         let after: i64 = self
-            .psql_in(&db, "SELECT count(*) FROM embedding_jobs")?
+            .psql_in(
+                &db,
+                "SELECT count(*) FROM embedding_jobs WHERE done_at IS NULL",
+            )?
             .parse()?;
         let (cpu1, _) = process_usage(service.pid());
         let secs = t.elapsed().as_secs_f64();
