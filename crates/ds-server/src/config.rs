@@ -992,17 +992,7 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_overrides_the_file_and_errors_say_where_the_value_came_from() {
-        let file = FileValues::parse(
-            "[database]\nurl = \"postgres://f@127.0.0.1/db\"\npool_size = 8\n[server]\nhttp_workers = 3\n",
-            "/etc/ds.toml",
-        )
-        .unwrap();
-        let env: HashMap<&str, &str> = HashMap::from([("DATASTORAGE_DB_POOL_SIZE", "24")]);
-        let c = Config::from_sources(&|k| env.get(k).map(|v| v.to_string()), &file).unwrap();
-        assert_eq!(c.db_pool_size, 24);
-        assert_eq!(c.http_workers, 3);
-        assert_eq!(&*c.database_url, "postgres://f@127.0.0.1/db");
+    fn debug_prints_the_database_url_without_its_password() {
         let secret = Config::from_lookup(&|k| {
             (k == "DATASTORAGE_DATABASE_URL")
                 .then(|| "postgres://ds:s3cret-pw@db:5432/audit?password=other-secret".to_owned())
@@ -1017,6 +1007,20 @@ mod tests {
             printed.contains("postgres://ds:***@db:5432/audit?password=***"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_errors_say_where_the_value_came_from() {
+        let file = FileValues::parse(
+            "[database]\nurl = \"postgres://f@127.0.0.1/db\"\npool_size = 8\n[server]\nhttp_workers = 3\n",
+            "/etc/ds.toml",
+        )
+        .unwrap();
+        let env: HashMap<&str, &str> = HashMap::from([("DATASTORAGE_DB_POOL_SIZE", "24")]);
+        let c = Config::from_sources(&|k| env.get(k).map(|v| v.to_string()), &file).unwrap();
+        assert_eq!(c.db_pool_size, 24);
+        assert_eq!(c.http_workers, 3);
+        assert_eq!(&*c.database_url, "postgres://f@127.0.0.1/db");
 
         let bad = FileValues::parse(
             "[database]\nurl = \"postgres://x/db\"\npool_size = \"lots\"\n",
