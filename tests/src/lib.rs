@@ -297,6 +297,22 @@ impl TestApp {
         self.send(self.client.get(self.url(path))).await
     }
 
+    /// The `embeddingStatus` of record `id` of `kind` as `GET` answers it.
+    pub async fn embedding_status(&self, kind: &str, id: i64) -> Result<serde_json::Value> {
+        Ok(self.get(&format!("/api/v1/audit/{kind}/{id}")).await?.body["embeddingStatus"].clone())
+    }
+
+    /// The metrics listener's exposition text (unauthenticated scrape).
+    pub async fn metrics_text(&self) -> Result<String> {
+        Ok(self
+            .client
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
         let res = req.send().await?;
         let status = res.status().as_u16();

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 pub struct TlsPostgres {
@@ -16,7 +16,9 @@ pub struct TlsPostgres {
     pub ca: PathBuf,
     /// A CA that signed nothing of this server's (PEM).
     pub other_ca: PathBuf,
+    /// The test's directory (CA files, server log) and the cluster's data directory in it.
     dir: PathBuf,
+    data: PathBuf,
     as_postgres: bool,
 }
 
@@ -80,6 +82,7 @@ impl TlsPostgres {
             port,
             ca: dir.join("ca.pem"),
             other_ca: dir.join("other-ca.pem"),
+            data: data.clone(),
             dir,
             as_postgres: is_root(),
         };
@@ -170,17 +173,13 @@ impl TlsPostgres {
         ]))
     }
 
-    fn data(&self) -> &Path {
-        &self.dir
-    }
-
     /// `pg_ctl restart -m <mode>` (`fast`: sessions terminated with 57P01; `immediate`: the server
     /// killed, crash recovery at start), waiting until it accepts connections again.
     pub fn restart(&self, mode: &str) -> Result<()> {
         self.run(
             self.cmd("pg_ctl")
                 .arg("-D")
-                .arg(self.data().join("data"))
+                .arg(&self.data)
                 .args(["-m", mode, "-w", "-t", "60", "restart"]),
         )
     }
@@ -191,7 +190,7 @@ impl Drop for TlsPostgres {
         let _ = self
             .cmd("pg_ctl")
             .arg("-D")
-            .arg(self.data().join("data"))
+            .arg(&self.data)
             .args(["-m", "immediate", "-w", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

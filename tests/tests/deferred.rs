@@ -296,13 +296,7 @@ async fn a_record_written_while_the_worker_links_its_text_keeps_a_job_and_is_lin
 
     // No record is left without its vector or a job for it.
     assert_eq!(count_of(&mut watcher, STRANDED).await, 0);
-    let status = async |id: i64| {
-        app.get(&format!("/api/v1/audit/remediation/{id}"))
-            .await
-            .unwrap()
-            .body["embeddingStatus"]
-            .clone()
-    };
+    let status = async |id: i64| app.embedding_status("remediation", id).await.unwrap();
     assert_eq!(status(first_id).await, "stored");
     // The sweep links it (the retirement of the job would, at the latest).
     assert_eq!(app.state.service.heal_embeddings().await.unwrap(), 1);

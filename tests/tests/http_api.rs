@@ -564,15 +564,7 @@ async fn metrics_count_writes_and_validation_failures() {
     let mut bad = fixtures::remediation(2);
     bad["namespace"] = json!("Bad");
     assert_eq!(write(&app, "remediation", &bad).await.status, 400);
-    let text = app
-        .client
-        .get(format!("http://{}/metrics", app.metrics_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await.unwrap();
     for line in [
         r#"datastorage_audit_writes_total{kind="remediation",status="created"} 1"#,
         r#"datastorage_audit_writes_total{kind="remediation",status="duplicate"} 1"#,

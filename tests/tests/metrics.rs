@@ -544,15 +544,7 @@ async fn client_chosen_methods_and_field_names_create_no_series() {
             .unwrap();
         assert_eq!(r.status, 400);
     }
-    let text = app
-        .client
-        .get(format!("http://{}/metrics", app.metrics_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await.unwrap();
     let series = |family: &str| {
         text.lines()
             .filter(|l| l.starts_with(&format!("{family}{{")))

@@ -366,15 +366,7 @@ async fn provider_down_writes_still_succeed_and_the_backlog_drains_when_it_retur
     assert_eq!(r.body["status"], "duplicate");
     assert_eq!(server.seen().len(), calls);
 
-    let metrics = app
-        .client
-        .get(format!("http://{}/metrics", app.metrics_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await.unwrap();
     for needle in [
         "datastorage_embedding_provider_errors_total{provider=\"openai\",kind=\"server_error\"}",
         "datastorage_embedding_provider_retries_total{provider=\"openai\"}",
@@ -495,13 +487,7 @@ async fn a_text_the_provider_refuses_is_isolated_charged_and_parked_while_the_re
         ),
         "a refused input does not open the circuit"
     );
-    let status = async |id: i64| {
-        app.get(&format!("/api/v1/audit/remediation/{id}"))
-            .await
-            .unwrap()
-            .body["embeddingStatus"]
-            .clone()
-    };
+    let status = async |id: i64| app.embedding_status("remediation", id).await.unwrap();
     for (n, id) in ids.iter().enumerate() {
         let expected = if n == 3 { "pending" } else { "stored" };
         assert_eq!(status(*id).await, expected, "record {n}");

@@ -186,10 +186,6 @@ impl Gate {
         self
     }
 
-    pub fn is_checking(&self) -> bool {
-        self.auth.is_some()
-    }
-
     /// 429 when `peer` used up its failed authentications.
     fn check_peer(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
         let Some(peer) = peer else { return Ok(()) };
