@@ -268,9 +268,11 @@ async fn oversized_headers_get_431_in_the_contract_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_pool_is_a_503_after_the_wait_timeout_not_a_hang() {
+    // The embedding worker stays off: its housekeeping would compete for the one connection.
     let app = spawn_app_with(&[
         ("DATASTORAGE_DB_POOL_SIZE", "1"),
         ("DATASTORAGE_DB_WAIT_TIMEOUT_MS", "300"),
+        ("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0"),
     ])
     .await
     .unwrap();
@@ -298,7 +300,7 @@ struct Waiting {
 async fn until_waiting_on_a_lock(app: &TestApp) {
     use diesel_async::RunQueryDsl;
     let mut conn = app.db.conn().await.unwrap();
-    loop {
+    for _ in 0..4000 {
         let w: Waiting = diesel::sql_query(
             // The write's statement (the embedding worker's housekeeping may wait on the lock too).
             "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
@@ -312,6 +314,7 @@ async fn until_waiting_on_a_lock(app: &TestApp) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    panic!("the write never waited on the lock");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
