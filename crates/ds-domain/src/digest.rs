@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
 
+pub use ds_tlog::canonical::{write_canonical, write_object};
+
 /// A SHA-256 digest.
 pub type Sha256Digest = [u8; 32];
 
@@ -54,39 +56,6 @@ fn write_record<W: Write>(
     serde_json::to_writer(&mut *out, kind.as_str())?;
     out.write_all(br#","unknown":"#)?;
     write_object(unknown, out)?;
-    out.write_all(b"}")
-}
-
-/// [`canonical_json`] into any writer: the one implementation of the canonical form.
-fn write_canonical<W: Write>(v: &Value, out: &mut W) -> io::Result<()> {
-    match v {
-        Value::Object(m) => write_object(m, out),
-        Value::Array(items) => {
-            out.write_all(b"[")?;
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.write_all(b",")?;
-                }
-                write_canonical(item, out)?;
-            }
-            out.write_all(b"]")
-        }
-        other => Ok(serde_json::to_writer(&mut *out, other)?),
-    }
-}
-
-fn write_object<W: Write>(m: &Map<String, Value>, out: &mut W) -> io::Result<()> {
-    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    out.write_all(b"{")?;
-    for (i, (k, v)) in entries.into_iter().enumerate() {
-        if i > 0 {
-            out.write_all(b",")?;
-        }
-        serde_json::to_writer(&mut *out, k)?;
-        out.write_all(b":")?;
-        write_canonical(v, out)?;
-    }
     out.write_all(b"}")
 }
 

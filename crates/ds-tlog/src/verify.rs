@@ -1,0 +1,515 @@
+//! The offline verifier: an export (every leaf in log order) checked against signed checkpoints.
+//!
+//! For each line it recomputes the leaf from the record and compares it with the leaf the log
+//! holds; it rebuilds the tree from the log's leaves (a [`CompactRange`]: O(log n) memory, one pass)
+//! and compares its root with every signed checkpoint whose size it passes; it checks that leaves
+//! come in order without gaps and that no record was received long before one logged earlier. Each
+//! finding names the record (log index, kind, id) or the tree size where the store and its log part.
+
+use crate::leaf::Leaf;
+use crate::note::SignedCheckpoint;
+use crate::tree::CompactRange;
+use crate::{Hash, hash_from_base64, hash_to_base64};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One line of an export (`GET /api/v1/audit/export`, `application/x-ndjson`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportLine {
+    /// The leaf's position in the log.
+    pub log_index: u64,
+    /// The leaf hash the log holds (base64).
+    pub leaf_hash: String,
+    pub kind: String,
+    pub id: i64,
+    /// When the store received the record (UTC, µs); absent when the record is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<String>,
+    /// Every field as written; `null` when the store no longer holds the record.
+    pub record: Option<Map<String, Value>>,
+}
+
+/// Something the verifier found that an untampered store cannot produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The record is not what was logged.
+    Changed {
+        log_index: u64,
+        kind: String,
+        id: i64,
+    },
+    /// The log has the record's leaf; the store no longer has the record.
+    Deleted {
+        log_index: u64,
+        kind: String,
+        id: i64,
+    },
+    /// Leaves out of sequence: the export skips, repeats or reorders positions.
+    OutOfSequence { expected: u64, found: u64 },
+    /// Received long before a record that the log holds earlier: inserted back-dated.
+    BackDated {
+        log_index: u64,
+        kind: String,
+        id: i64,
+        received_at: String,
+        earlier_leaf_received_at: String,
+    },
+    /// The tree rebuilt from the export does not have the signed root at this size.
+    RootMismatch {
+        size: u64,
+        last_matching: Option<u64>,
+        signed: String,
+        computed: String,
+    },
+    /// A checkpoint signs more leaves than the export holds.
+    Truncated { size: u64, signed_size: u64 },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::Changed {
+                log_index,
+                kind,
+                id,
+            } => write!(
+                f,
+                "logIndex {log_index} ({kind} {id}): the record differs from its leaf in the log: changed after it was logged"
+            ),
+            Finding::Deleted {
+                log_index,
+                kind,
+                id,
+            } => write!(
+                f,
+                "logIndex {log_index} ({kind} {id}): the log has the record but the store does not: deleted"
+            ),
+            Finding::OutOfSequence { expected, found } => write!(
+                f,
+                "logIndex {found} where {expected} was expected: leaves are missing, repeated or reordered"
+            ),
+            Finding::BackDated {
+                log_index,
+                kind,
+                id,
+                received_at,
+                earlier_leaf_received_at,
+            } => write!(
+                f,
+                "logIndex {log_index} ({kind} {id}): received at {received_at}, long before a record logged earlier ({earlier_leaf_received_at}): inserted back-dated"
+            ),
+            Finding::RootMismatch {
+                size,
+                last_matching,
+                signed,
+                computed,
+            } => {
+                write!(
+                    f,
+                    "tree size {size}: the root of the exported log is {computed}, the signed checkpoint says {signed}: the log was rewritten"
+                )?;
+                match last_matching {
+                    Some(m) => write!(f, " between sizes {m} and {size}"),
+                    None => write!(f, " at or before size {size}"),
+                }
+            }
+            Finding::Truncated { size, signed_size } => write!(
+                f,
+                "the log ends at size {size} but a signed checkpoint has size {signed_size}: the log was truncated"
+            ),
+        }
+    }
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Report {
+    /// Leaves read.
+    pub size: u64,
+    /// Sizes whose signed root matched the rebuilt tree.
+    pub verified_sizes: Vec<u64>,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Nothing found and at least one signed root matched.
+    pub fn verified(&self) -> bool {
+        self.findings.is_empty() && !self.verified_sizes.is_empty()
+    }
+}
+
+/// Streams an export through the checks.
+#[derive(Debug)]
+pub struct Verifier {
+    range: CompactRange,
+    /// Signed roots by size, not yet reached.
+    pending: BTreeMap<u64, Hash>,
+    last_matching: Option<u64>,
+    /// The latest receivedAt of the leaves so far.
+    latest: Option<DateTime<Utc>>,
+    max_skew: Duration,
+    /// After a leaf out of sequence the rebuilt tree no longer describes the log.
+    broken: bool,
+    report: Report,
+}
+
+impl Verifier {
+    /// `checkpoints`: signed checkpoints (already opened with the log's keys); `max_skew`: how much
+    /// earlier than a record logged before it a record may have been received (the longest write
+    /// transaction plus the sequencer's delay).
+    pub fn new(checkpoints: &[SignedCheckpoint], max_skew: Duration) -> Self {
+        Self {
+            range: CompactRange::default(),
+            pending: checkpoints.iter().map(|c| (c.size, c.root)).collect(),
+            last_matching: None,
+            latest: None,
+            max_skew,
+            broken: false,
+            report: Report::default(),
+        }
+    }
+
+    /// Checks one line. `Err` is a line the verifier cannot read (usage or I/O, not a finding).
+    pub fn push(&mut self, line: &ExportLine) -> Result<(), String> {
+        let logged = hash_from_base64(&line.leaf_hash).ok_or_else(|| {
+            format!(
+                "logIndex {}: leafHash is not a base64 SHA-256",
+                line.log_index
+            )
+        })?;
+        if line.log_index != self.range.size() && !self.broken {
+            self.report.findings.push(Finding::OutOfSequence {
+                expected: self.range.size(),
+                found: line.log_index,
+            });
+            self.broken = true;
+        }
+        match (&line.record, &line.received_at) {
+            (Some(record), Some(received_at)) => {
+                let leaf = Leaf {
+                    kind: &line.kind,
+                    id: line.id,
+                    received_at,
+                    record,
+                };
+                if leaf.hash() != logged {
+                    self.report.findings.push(Finding::Changed {
+                        log_index: line.log_index,
+                        kind: line.kind.clone(),
+                        id: line.id,
+                    });
+                }
+                self.check_time(line, received_at)?;
+            }
+            _ => self.report.findings.push(Finding::Deleted {
+                log_index: line.log_index,
+                kind: line.kind.clone(),
+                id: line.id,
+            }),
+        }
+        self.range.push(logged);
+        self.report.size += 1;
+        if !self.broken {
+            self.check_root();
+        }
+        Ok(())
+    }
+
+    fn check_time(&mut self, line: &ExportLine, received_at: &str) -> Result<(), String> {
+        let t = DateTime::parse_from_rfc3339(received_at)
+            .map_err(|e| format!("logIndex {}: receivedAt: {e}", line.log_index))?
+            .with_timezone(&Utc);
+        match self.latest {
+            Some(latest) if latest - t > self.max_skew => {
+                self.report.findings.push(Finding::BackDated {
+                    log_index: line.log_index,
+                    kind: line.kind.clone(),
+                    id: line.id,
+                    received_at: received_at.to_owned(),
+                    earlier_leaf_received_at: latest
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                });
+            }
+            Some(latest) if latest >= t => {}
+            _ => self.latest = Some(t),
+        }
+        Ok(())
+    }
+
+    fn check_root(&mut self) {
+        let size = self.range.size();
+        let Some(signed) = self.pending.remove(&size) else {
+            return;
+        };
+        let computed = self.range.root();
+        if computed == signed {
+            self.last_matching = Some(size);
+            self.report.verified_sizes.push(size);
+        } else {
+            self.report.findings.push(Finding::RootMismatch {
+                size,
+                last_matching: self.last_matching,
+                signed: hash_to_base64(&signed),
+                computed: hash_to_base64(&computed),
+            });
+        }
+    }
+
+    /// The report, once every line was pushed.
+    pub fn finish(mut self) -> Report {
+        if !self.broken
+            && let Some((&signed_size, _)) = self.pending.last_key_value()
+        {
+            self.report.findings.push(Finding::Truncated {
+                size: self.range.size(),
+                signed_size,
+            });
+        }
+        self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::note::{CheckpointSigner, CheckpointVerifier, generate_key};
+    use crate::tree::{StoredHashes, append, append_indexes, root, root_indexes};
+
+    const ORIGIN: &str = "kubernaut.ai/datastorage/test";
+
+    fn line(i: u64, seconds: i64) -> ExportLine {
+        let record: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "name": format!("wf-{i}"), "namespace": "ns", "phase": "Completed",
+            "correlationId": format!("rr-{}", i / 3), "createdAt": "2026-11-30T10:00:00.000000Z"
+        }))
+        .unwrap();
+        let received_at = (DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z").unwrap()
+            + Duration::seconds(seconds))
+        .with_timezone(&Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let leaf = Leaf {
+            kind: "workflow",
+            id: 100 + i as i64,
+            received_at: &received_at,
+            record: &record,
+        };
+        ExportLine {
+            log_index: i,
+            leaf_hash: hash_to_base64(&leaf.hash()),
+            kind: "workflow".into(),
+            id: 100 + i as i64,
+            received_at: Some(received_at),
+            record: Some(record),
+        }
+    }
+
+    /// A log of `n` records and signed checkpoints at `sizes`, as the service would produce them.
+    fn log(n: u64, sizes: &[u64]) -> (Vec<ExportLine>, Vec<SignedCheckpoint>) {
+        let lines: Vec<ExportLine> = (0..n).map(|i| line(i, i as i64)).collect();
+        let (private, public) = generate_key("test", [9; 32]).unwrap();
+        let signer = CheckpointSigner::new(ORIGIN, &private).unwrap();
+        let keys = CheckpointVerifier::new(ORIGIN, &[public]).unwrap();
+        let mut stored = StoredHashes::new();
+        let mut checkpoints = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let leaf = hash_from_base64(&l.leaf_hash).unwrap();
+            let _ = append_indexes(i as u64, 1).unwrap();
+            stored.extend(append(i as u64, &[leaf], &stored).unwrap());
+            let size = i as u64 + 1;
+            if sizes.contains(&size) {
+                let _ = root_indexes(size).unwrap();
+                let note = signer.sign(size, root(size, &stored).unwrap()).unwrap();
+                checkpoints.push(keys.open(note.as_bytes()).unwrap());
+            }
+        }
+        (lines, checkpoints)
+    }
+
+    fn verify(lines: &[ExportLine], checkpoints: &[SignedCheckpoint]) -> Report {
+        let mut v = Verifier::new(checkpoints, Duration::seconds(60));
+        for l in lines {
+            v.push(l).unwrap();
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn an_untouched_log_verifies_at_every_checkpoint() {
+        let (lines, cps) = log(20, &[5, 13, 20]);
+        let report = verify(&lines, &cps);
+        assert!(report.verified(), "{:?}", report.findings);
+        assert_eq!(report.verified_sizes, vec![5, 13, 20]);
+        assert_eq!(report.size, 20);
+        // Without a checkpoint nothing is verified.
+        assert!(!verify(&lines, &[]).verified());
+    }
+
+    #[test]
+    fn a_changed_field_names_the_record() {
+        let (mut lines, cps) = log(20, &[20]);
+        lines[7]
+            .record
+            .as_mut()
+            .unwrap()
+            .insert("phase".into(), "Failed".into());
+        let r = verify(&lines, &cps);
+        assert_eq!(
+            r.findings,
+            vec![Finding::Changed {
+                log_index: 7,
+                kind: "workflow".into(),
+                id: 107
+            }]
+        );
+        assert!(
+            r.findings[0]
+                .to_string()
+                .starts_with("logIndex 7 (workflow 107)")
+        );
+    }
+
+    #[test]
+    fn deleted_records_are_named_one_by_one() {
+        let (mut lines, cps) = log(20, &[20]);
+        for i in [3usize, 4, 5] {
+            lines[i].record = None;
+            lines[i].received_at = None;
+        }
+        let r = verify(&lines, &cps);
+        let deleted: Vec<u64> = r
+            .findings
+            .iter()
+            .map(|f| match f {
+                Finding::Deleted { log_index, .. } => *log_index,
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(deleted, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_back_dated_insert_is_named() {
+        let (mut lines, _) = log(20, &[]);
+        let mut late = line(20, -3600);
+        late.id = 999;
+        late.leaf_hash = {
+            let received_at = late.received_at.clone().unwrap();
+            hash_to_base64(
+                &Leaf {
+                    kind: "workflow",
+                    id: 999,
+                    received_at: &received_at,
+                    record: late.record.as_ref().unwrap(),
+                }
+                .hash(),
+            )
+        };
+        lines.push(late);
+        let r = verify(&lines, &[]);
+        assert!(
+            matches!(
+                &r.findings[..],
+                [Finding::BackDated {
+                    log_index: 20,
+                    id: 999,
+                    ..
+                }]
+            ),
+            "{:?}",
+            r.findings
+        );
+        // Within the allowed skew, an earlier receivedAt is normal (concurrent transactions).
+        let (mut lines, _) = log(5, &[]);
+        lines.swap(2, 3);
+        lines[2].log_index = 2;
+        lines[3].log_index = 3;
+        assert!(verify(&lines, &[]).findings.is_empty());
+    }
+
+    #[test]
+    fn reordered_leaves_truncation_and_rewritten_history_name_sizes() {
+        // Two leaves swapped in the log: the root of every later checkpoint differs.
+        let (mut lines, cps) = log(20, &[8, 16, 20]);
+        lines.swap(10, 11);
+        lines[10].log_index = 10;
+        lines[11].log_index = 11;
+        let r = verify(&lines, &cps);
+        assert_eq!(r.verified_sizes, vec![8]);
+        assert!(matches!(
+            &r.findings[0],
+            Finding::RootMismatch {
+                size: 16,
+                last_matching: Some(8),
+                ..
+            }
+        ));
+        assert!(r.findings[0].to_string().contains("between sizes 8 and 16"));
+
+        // The log cut at 17: the checkpoint of 20 names the truncation.
+        let (mut lines, cps) = log(20, &[8, 20]);
+        lines.truncate(17);
+        let r = verify(&lines, &cps);
+        assert_eq!(
+            r.findings,
+            vec![Finding::Truncated {
+                size: 17,
+                signed_size: 20
+            }]
+        );
+
+        // History between checkpoints 8 and 16 rewritten consistently (content and leaf hashes).
+        let (mut lines, cps) = log(20, &[8, 16]);
+        let mut forged = line(12, 12);
+        forged
+            .record
+            .as_mut()
+            .unwrap()
+            .insert("phase".into(), "Failed".into());
+        let received_at = forged.received_at.clone().unwrap();
+        forged.leaf_hash = hash_to_base64(
+            &Leaf {
+                kind: "workflow",
+                id: 112,
+                received_at: &received_at,
+                record: forged.record.as_ref().unwrap(),
+            }
+            .hash(),
+        );
+        lines[12] = forged;
+        let r = verify(&lines, &cps);
+        assert_eq!(r.verified_sizes, vec![8]);
+        assert!(matches!(
+            &r.findings[..],
+            [Finding::RootMismatch {
+                size: 16,
+                last_matching: Some(8),
+                ..
+            }]
+        ));
+
+        // A gap in the sequence.
+        let (mut lines, cps) = log(10, &[10]);
+        lines.remove(4);
+        let r = verify(&lines, &cps);
+        assert_eq!(
+            r.findings,
+            vec![Finding::OutOfSequence {
+                expected: 4,
+                found: 5
+            }]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_line_is_an_error_not_a_finding() {
+        let (mut lines, cps) = log(3, &[3]);
+        lines[1].leaf_hash = "not base64".into();
+        let mut v = Verifier::new(&cps, Duration::seconds(60));
+        v.push(&lines[0]).unwrap();
+        assert!(v.push(&lines[1]).unwrap_err().contains("logIndex 1"));
+    }
+}
