@@ -96,9 +96,16 @@ struct Exists {
     exists: bool,
 }
 
+/// The login role the service runs as in the tests: a member of `datastorage_runtime` (which the
+/// migrations create and grant), so it may read and append records but not change or delete them.
+pub const RUNTIME_ROLE: &str = "datastorage_app";
+
 /// A database of one test's own, migrated, dropped on drop.
 pub struct TestDb {
+    /// As the owner (a superuser): migrations, assertions, tampering.
     pub url: String,
+    /// As the runtime role [`RUNTIME_ROLE`]: what the service connects with.
+    pub runtime_url: String,
     name: String,
     admin: String,
 }
@@ -139,6 +146,7 @@ impl TestDb {
         let name = format!("ds_test_{}", uuid::Uuid::new_v4().simple());
         TestDb {
             url: with_database(&admin, &name),
+            runtime_url: with_user(&with_database(&admin, &name), RUNTIME_ROLE, RUNTIME_ROLE),
             name,
             admin,
         }
@@ -179,6 +187,16 @@ impl TestDb {
     }
 }
 
+/// Replaces the user and password of a `postgres://` URL.
+pub fn with_user(url: &str, user: &str, password: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let host = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    format!("{}{user}:{password}@{host}", &url[..scheme_end])
+}
+
 /// The template's name changes with the set of migrations, so a new migration gets a new template.
 fn template_name() -> String {
     let versions = ds_store_pg::known_migrations().join(",");
@@ -208,6 +226,15 @@ async fn ensure_template(conn: &mut AsyncPgConnection, admin: &str, template: &s
     ds_store_pg::run_migrations(&with_database(admin, &building))
         .await
         .context("migrating the template database")?;
+    // The runtime role exists once the migrations ran; its login member belongs to the cluster.
+    conn.batch_execute(&format!(
+        "DO $$ BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{RUNTIME_ROLE}') THEN
+                CREATE ROLE {RUNTIME_ROLE} LOGIN PASSWORD '{RUNTIME_ROLE}' IN ROLE datastorage_runtime;
+            END IF;
+        END $$"
+    ))
+    .await?;
     conn.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
         .await?;
     Ok(())
@@ -346,6 +373,16 @@ impl Reply {
 pub fn test_config(database_url: &str, extra: &[(&str, &str)]) -> Result<Config> {
     let mut env: HashMap<String, String> = HashMap::from([
         ("DATASTORAGE_DATABASE_URL".into(), database_url.to_owned()),
+        (
+            "DATASTORAGE_LOG_SIGNING_KEY_FILE".into(),
+            log_key().path.display().to_string(),
+        ),
+        // The sequencer and the checkpoints at test speed.
+        ("DATASTORAGE_LOG_INTEGRATE_INTERVAL_MS".into(), "50".into()),
+        (
+            "DATASTORAGE_LOG_CHECKPOINT_INTERVAL_MS".into(),
+            "100".into(),
+        ),
         ("DATASTORAGE_HTTP_ADDR".into(), "127.0.0.1:0".into()),
         ("DATASTORAGE_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         (
@@ -361,10 +398,41 @@ pub fn test_config(database_url: &str, extra: &[(&str, &str)]) -> Result<Config>
     Ok(Config::from_lookup(&|k| env.get(k).cloned())?)
 }
 
-/// Starts the service as `datastorage serve` would, with extra configuration keys.
+/// The checkpoint signing key of this test process's services.
+pub struct LogKey {
+    /// The private key's file.
+    pub path: PathBuf,
+    /// Its verifier key.
+    pub verifier_key: String,
+}
+
+/// One signing key per test process, in a file of its own.
+#[allow(clippy::expect_used)] // test helper: without a key file no service can start
+pub fn log_key() -> &'static LogKey {
+    static KEY: std::sync::OnceLock<LogKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let seed = *uuid::Uuid::new_v4().as_bytes();
+        let mut bytes = [0u8; 32];
+        bytes[..16].copy_from_slice(&seed);
+        bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let (private, verifier_key) =
+            ds_tlog::note::generate_key(ds_server::config::DEFAULT_LOG_ORIGIN, bytes)
+                .expect("a valid key name");
+        let path = std::env::temp_dir().join(format!(
+            "ds-test-log-key-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, private).expect("writing the test signing key");
+        LogKey { path, verifier_key }
+    })
+}
+
+/// Starts the service as `datastorage serve` would, with extra configuration keys; it connects as
+/// the runtime role.
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
     let db = TestDb::new().await?;
-    let running = ds_server::start(test_config(&db.url, extra)?).await?;
+    let running = ds_server::start(test_config(&db.runtime_url, extra)?).await?;
     running.wait_until_started().await?;
     let metrics_addr = running.metrics_addr;
     let (addr, state) = running.spawn();
@@ -375,6 +443,21 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> Result<TestApp> {
         client: http_client(),
         state,
     })
+}
+
+/// Polls `check` (every 10 ms, at most 20 s) until it holds; panics naming `what` after that.
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..2000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
 }
 
 /// An HTTP client for tests (after installing the process's TLS provider, which reqwest needs).

@@ -5,10 +5,9 @@
 
 use diesel::QueryableByName;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use ds_tests::{TestDb, fixtures, http_client, test_config};
+use ds_tests::{TestDb, fixtures, http_client, test_config, until};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 #[derive(QueryableByName)]
 struct N {
@@ -29,21 +28,6 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
         .await
         .unwrap()
         .n
-}
-
-/// Polls `check` (every 10 ms, at most 20 s) until it holds.
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..2000 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 async fn status_and_body(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {

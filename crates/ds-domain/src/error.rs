@@ -53,6 +53,15 @@ pub enum AuditError {
     /// No such record.
     #[error("record not found")]
     NotFound,
+    /// Nothing of that name (a checkpoint of a size that was never signed...).
+    #[error("not found: {0}")]
+    Absent(String),
+    /// A query parameter out of its range, as one violation.
+    #[error("invalid parameter: {}", .0.message)]
+    InvalidParameter(Violation),
+    /// The record is committed but not yet in the transparency log (or in no signed checkpoint yet).
+    #[error("not yet integrated into the log")]
+    NotYetIntegrated,
     /// The embedding provider could not embed the record(s); nothing was written.
     #[error("embedding failed: {0}")]
     Embedding(#[from] EmbedError),

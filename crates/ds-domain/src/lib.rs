@@ -12,6 +12,7 @@ pub mod error;
 pub mod jobs;
 pub mod kind;
 pub mod lenient;
+pub mod log;
 pub mod ports;
 pub mod record;
 pub mod sanitize;

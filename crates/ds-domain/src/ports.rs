@@ -100,6 +100,8 @@ pub struct StoredRecord {
     pub received_at: Timestamp,
     pub embedding_id: Option<i64>,
     pub embedding_status: EmbeddingStatus,
+    /// The record's position in the transparency log, once the sequencer appended it.
+    pub log_index: Option<u64>,
     /// The record as written: common, kind-specific and unknown fields.
     pub record: Map<String, Value>,
 }

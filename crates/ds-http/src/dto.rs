@@ -68,6 +68,10 @@ pub struct RecordResponse {
     #[schema(value_type = String, format = DateTime)]
     pub received_at: String,
     pub embedding_status: EmbeddingStatus,
+    /// The record's leaf in the transparency log; absent until the sequencer appended it (within
+    /// `log.integrate_interval` of the write).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<u64>,
     /// Every field of the record as written, unknown fields included.
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -216,4 +220,29 @@ pub struct ExecutionRecord {
     common: CommonInput,
     #[serde(flatten)]
     spec: ExecutionInput,
+}
+
+/// `GET /api/v1/log/proof/inclusion`: the RFC 6962 audit path of a record's leaf in a signed tree.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InclusionResponse {
+    pub log_index: u64,
+    /// The size of the signed checkpoint the proof is for.
+    pub tree_size: u64,
+    /// That checkpoint's root hash (base64).
+    pub root_hash: String,
+    /// SHA-256(0x00 ‖ the record's canonical leaf), base64.
+    pub leaf_hash: String,
+    /// Sibling hashes from the leaf up to the root (base64).
+    pub hashes: Vec<String>,
+}
+
+/// `GET /api/v1/log/proof/consistency`: the RFC 6962 proof that the tree of `to` leaves extends the
+/// tree of `from` leaves.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsistencyResponse {
+    pub from: u64,
+    pub to: u64,
+    /// base64 hashes.
+    pub hashes: Vec<String>,
 }

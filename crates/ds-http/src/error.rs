@@ -81,6 +81,9 @@ pub struct Parts {
     pub rate_limit: Option<u32>,
 }
 
+/// `Retry-After` of a 409 `NOT_YET_INTEGRATED`: about one checkpoint interval.
+const NOT_YET_INTEGRATED_RETRY_SECS: u64 = 5;
+
 impl ApiError {
     /// The mapping. Messages of 5xx errors never carry internals (SQL, paths, stack): the detail is logged.
     pub fn parts(&self) -> Parts {
@@ -112,6 +115,23 @@ impl ApiError {
             ApiError::Audit(AuditError::NotFound) => {
                 p(StatusCode::NOT_FOUND, "NOT_FOUND", "record not found")
             }
+            ApiError::Audit(AuditError::Absent(m)) => p(StatusCode::NOT_FOUND, "NOT_FOUND", m),
+            ApiError::Audit(AuditError::InvalidParameter(v)) => Parts {
+                status: StatusCode::BAD_REQUEST,
+                code: "VALIDATION_ERROR",
+                message: format!("{}: {}", v.field, v.message),
+                violations: vec![v.clone()],
+                retry_after: None,
+                rate_limit: None,
+            },
+            ApiError::Audit(AuditError::NotYetIntegrated) => Parts {
+                retry_after: Some(NOT_YET_INTEGRATED_RETRY_SECS),
+                ..p(
+                    StatusCode::CONFLICT,
+                    "NOT_YET_INTEGRATED",
+                    "the record is stored but not yet in a signed checkpoint of the log; retry shortly",
+                )
+            },
             ApiError::Audit(AuditError::Embedding(
                 EmbedError::Unavailable(_) | EmbedError::InvalidOutput(_) | EmbedError::Rejected(_),
             )) => p(

@@ -70,7 +70,7 @@ fn nests_deeper_than(body: &[u8], max: usize) -> bool {
 
 /// Runs a use-case call holding a database slot (503 at once when none is free) and within the request
 /// timeout (503 when it runs out; the dropped future rolls its transaction back).
-async fn guarded<T>(
+pub(crate) async fn guarded<T>(
     state: &AppState,
     call: impl std::future::Future<Output = Result<T, AuditError>>,
 ) -> Result<T, ApiError> {
@@ -376,12 +376,13 @@ pub(crate) async fn write_batch(
     ))
 }
 
-fn record_response(r: StoredRecord) -> RecordResponse {
+pub(crate) fn record_response(r: StoredRecord) -> RecordResponse {
     RecordResponse {
         id: r.id,
         kind: r.kind,
         received_at: r.received_at.to_rfc3339(),
         embedding_status: r.embedding_status,
+        log_index: r.log_index,
         record: r.record,
     }
 }

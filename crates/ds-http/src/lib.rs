@@ -8,6 +8,7 @@ pub mod dto;
 pub mod error;
 pub mod guard;
 mod handlers;
+mod log_handlers;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
@@ -59,6 +60,8 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState {
     pub service: AuditService,
+    /// The transparency log's reads (checkpoints, proofs, export).
+    pub log: ds_domain::log::LogService,
     pub limits: Limits,
     /// Rate limits and load shedding.
     pub admission: guard::Admission,
@@ -127,18 +130,20 @@ impl Startup {
 impl AppState {
     /// With the default admission settings (500 writes/s, burst 750 per caller; 128 requests in the
     /// database).
-    pub fn new(service: AuditService, limits: Limits) -> Self {
-        Self::with_admission(service, limits, guard::AdmissionSettings::default())
+    pub fn new(service: AuditService, log: ds_domain::log::LogService, limits: Limits) -> Self {
+        Self::with_admission(service, log, limits, guard::AdmissionSettings::default())
     }
 
     pub fn with_admission(
         service: AuditService,
+        log: ds_domain::log::LogService,
         limits: Limits,
         admission: guard::AdmissionSettings,
     ) -> Self {
         let startup = Arc::new(Startup::done());
         AppState {
             service,
+            log,
             limits,
             trusted_proxies: admission.trusted_proxies.clone(),
             admission: guard::Admission::new(admission),

@@ -5,7 +5,7 @@
 //! tests walk and the OpenAPI check compares, so neither can drift from the router.
 
 use crate::auth::Guarded;
-use crate::handlers;
+use crate::{handlers, log_handlers};
 use actix_web::http::Method;
 use actix_web::{FromRequest, Handler, Responder, web};
 use ds_domain::kind::Kind;
@@ -77,6 +77,22 @@ fn declare(api: &mut Api) {
         Method::GET,
         "/api/v1/audit/{kind}/{id}",
         handlers::get_record,
+    );
+    api.route(Method::GET, "/api/v1/audit/export", log_handlers::export);
+    api.route(
+        Method::GET,
+        "/api/v1/log/checkpoint",
+        log_handlers::checkpoint,
+    );
+    api.route(
+        Method::GET,
+        "/api/v1/log/proof/inclusion",
+        log_handlers::inclusion,
+    );
+    api.route(
+        Method::GET,
+        "/api/v1/log/proof/consistency",
+        log_handlers::consistency,
     );
     api.route(Method::GET, "/api/v1/openapi.json", crate::openapi::serve);
 }

@@ -234,6 +234,40 @@ pub struct Config {
     /// once, default 8 × pool size), `DATASTORAGE_TRUSTED_PROXIES` (comma-separated IPs whose
     /// `X-Forwarded-For` is believed; default none).
     pub admission: ds_http::guard::AdmissionSettings,
+    /// The transparency log: `log.*`.
+    pub log: LogSettings,
+}
+
+/// The transparency log (contract §8): `log.*` keys.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// The checkpoint signer, from `DATASTORAGE_LOG_SIGNING_KEY_FILE` (read at start-up); `serve`
+    /// refuses to start without one.
+    pub signer: Option<ds_tlog::note::CheckpointSigner>,
+    /// `DATASTORAGE_LOG_ORIGIN`: the log's name, the first line of every checkpoint.
+    pub origin: String,
+    /// `DATASTORAGE_LOG_VERIFIER_KEYS`: verifier keys of earlier signing keys.
+    pub verifier_keys: Vec<String>,
+    /// `DATASTORAGE_LOG_INTEGRATE_INTERVAL_MS`: how often the sequencer appends committed records.
+    pub integrate_interval: Duration,
+    /// `DATASTORAGE_LOG_CHECKPOINT_INTERVAL_MS`: at least this often a new checkpoint while the tree grows.
+    pub checkpoint_interval: Duration,
+    /// `DATASTORAGE_LOG_BATCH`: most records appended per sequencer transaction.
+    pub batch: usize,
+}
+
+/// The default origin line of checkpoints.
+pub const DEFAULT_LOG_ORIGIN: &str = "kubernaut.ai/datastorage";
+
+impl LogSettings {
+    /// Every verifier key this deployment knows: the signing key's own, then the earlier ones.
+    pub fn all_verifier_keys(&self) -> Vec<String> {
+        self.signer
+            .iter()
+            .map(|s| s.verifier_key().to_owned())
+            .chain(self.verifier_keys.iter().cloned())
+            .collect()
+    }
 }
 
 /// The database URL: used as a `&str`, printed by `Debug` with its password as `***`.
@@ -500,6 +534,7 @@ impl Config {
             search_ef_search: parse(get, "DATASTORAGE_SEARCH_EF_SEARCH", 100)?,
             limits: Self::limits(get)?,
             admission: Self::admission(get, db_pool_size.max(1))?,
+            log: Self::log(get)?,
             database_url: DatabaseUrl(database_url),
             http_addr: parse(
                 get,
@@ -690,6 +725,73 @@ impl Config {
             });
         }
         Ok(a)
+    }
+
+    fn log(get: &dyn Fn(&str) -> Option<String>) -> Result<LogSettings, ConfigError> {
+        let origin = get("DATASTORAGE_LOG_ORIGIN").unwrap_or_else(|| DEFAULT_LOG_ORIGIN.to_owned());
+        let signer = match get("DATASTORAGE_LOG_SIGNING_KEY_FILE") {
+            None => None,
+            Some(path) => {
+                let key_error = |reason: String| ConfigError {
+                    key: "DATASTORAGE_LOG_SIGNING_KEY_FILE",
+                    reason,
+                };
+                let raw = std::fs::read_to_string(&path)
+                    .map_err(|e| key_error(format!("cannot read {path}: {e}")))?;
+                Some(
+                    ds_tlog::note::CheckpointSigner::new(&origin, &raw)
+                        .map_err(|e| key_error(format!("{path}: {e}")))?,
+                )
+            }
+        };
+        let settings = LogSettings {
+            signer,
+            origin,
+            verifier_keys: list(get, "DATASTORAGE_LOG_VERIFIER_KEYS"),
+            integrate_interval: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_LOG_INTEGRATE_INTERVAL_MS",
+                1000,
+            )?),
+            checkpoint_interval: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_LOG_CHECKPOINT_INTERVAL_MS",
+                10_000,
+            )?),
+            batch: parse(get, "DATASTORAGE_LOG_BATCH", 10_000)?,
+        };
+        if settings.origin.trim().is_empty() || settings.origin.contains('\n') {
+            return Err(ConfigError {
+                key: "DATASTORAGE_LOG_ORIGIN",
+                reason: "must be one non-empty line".into(),
+            });
+        }
+        for (key, zero) in [
+            (
+                "DATASTORAGE_LOG_INTEGRATE_INTERVAL_MS",
+                settings.integrate_interval.is_zero(),
+            ),
+            (
+                "DATASTORAGE_LOG_CHECKPOINT_INTERVAL_MS",
+                settings.checkpoint_interval.is_zero(),
+            ),
+            ("DATASTORAGE_LOG_BATCH", settings.batch == 0),
+        ] {
+            if zero {
+                return Err(ConfigError {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if !settings.verifier_keys.is_empty() {
+            ds_tlog::note::CheckpointVerifier::new(&settings.origin, &settings.verifier_keys)
+                .map_err(|e| ConfigError {
+                    key: "DATASTORAGE_LOG_VERIFIER_KEYS",
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(settings)
     }
 
     fn check(&self) -> Result<(), ConfigError> {

@@ -5,12 +5,14 @@
 
 pub mod config;
 pub mod telemetry;
+pub mod verify;
 
 use anyhow::{Context, bail};
 use config::Config;
-use config::{AuthMode, Provider};
+use config::{AuthMode, LogSettings, Provider};
 use ds_auth_kube::{Authorization, CacheSettings, CachedAuthenticator, KubeAuthenticator};
 use ds_domain::AuditService;
+use ds_domain::log::LogService;
 use ds_domain::ports::{AuditStore, Embedder};
 use ds_embed_cache::{BatchSettings, BatchingEmbedder, CachedEmbedder};
 use ds_embed_local::LocalEmbedder;
@@ -251,6 +253,54 @@ async fn embedding_worker(
     }
 }
 
+/// The sequencer of the transparency log: every `interval` (at once again after a full batch) one run
+/// of [`LogService::integrate`], which does something only on the replica that gets the role for that
+/// run; backs off (up to 30 s) while the database fails. On `stop` it finishes its run and returns.
+async fn sequencer(log: LogService, settings: LogSettings, mut stop: watch::Receiver<bool>) {
+    let Some(signer) = settings.signer.clone() else {
+        return;
+    };
+    let mut backoff = settings.integrate_interval;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match log
+            .integrate(settings.batch, &signer, settings.checkpoint_interval)
+            .await
+        {
+            Ok(run) => {
+                backoff = settings.integrate_interval;
+                if run.appended > 0 {
+                    metrics::counter!("datastorage_log_leaves_appended_total")
+                        .increment(run.appended as u64);
+                    tracing::debug!(
+                        leaves = run.appended,
+                        tree_size = run.tree_size,
+                        "appended to the transparency log"
+                    );
+                }
+                if let Some(size) = run.signed {
+                    metrics::counter!("datastorage_log_checkpoints_signed_total").increment(1);
+                    tracing::info!(tree_size = size, "checkpoint signed");
+                }
+                if run.appended == settings.batch {
+                    continue;
+                }
+            }
+            Err(e) => {
+                metrics::counter!("datastorage_log_sequencer_errors_total").increment(1);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "the transparency log's sequencer failed; records stay queued");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
 /// What start-up needs from the configuration, for the background task.
 struct StartupPlan {
     database_url: String,
@@ -260,6 +310,7 @@ struct StartupPlan {
     workers: usize,
     worker_batch: usize,
     worker_interval: Duration,
+    log: LogSettings,
 }
 
 /// Waits for the database (with exponential backoff, reported by readiness), migrates when
@@ -268,6 +319,7 @@ async fn background(
     plan: StartupPlan,
     store: PgStore,
     service: AuditService,
+    log: LogService,
     startup: Arc<Startup>,
     outcome: watch::Sender<Outcome>,
     mut stop: watch::Receiver<bool>,
@@ -283,8 +335,12 @@ async fn background(
     startup.set_started();
     let _ = outcome.send(Outcome::Started);
     tracing::info!("started: the database is ready");
+    let sequencer = tokio::spawn(sequencer(log, plan.log.clone(), stop.clone()));
     if plan.worker_interval.is_zero() || plan.workers == 0 {
         stopped(&mut stop).await;
+        sequencer
+            .await
+            .context("the transparency log's sequencer")?;
         return Ok(());
     }
     let workers: Vec<_> = (0..plan.workers)
@@ -300,6 +356,9 @@ async fn background(
     for w in workers {
         w.await.context("an embedding worker panicked")?;
     }
+    sequencer
+        .await
+        .context("the transparency log's sequencer")?;
     Ok(())
 }
 
@@ -310,7 +369,11 @@ async fn wait_for_database(
 ) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(100).min(plan.retry_max);
     for attempt in 1u64.. {
+        // Migrating needs the owner's rights: a service running as the runtime role (which may not
+        // create tables, not even diesel's bookkeeping table) migrates only when something is pending.
+        let up_to_date = matches!(store.health().await, Ok(h) if h.migrations_pending == 0);
         let waiting_for = if plan.migrate
+            && !up_to_date
             && let Err(e) = migrate(&plan.database_url).await
         {
             tracing::warn!(
@@ -555,9 +618,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .with_job_policy(config.job_policy);
     let service_for_metrics = service.clone();
+    if config.log.signer.is_none() {
+        bail!(
+            "DATASTORAGE_LOG_SIGNING_KEY_FILE is not set: the transparency log needs a key to sign its checkpoints (`datastorage log keygen --out FILE` makes one; docs/integrity.md)"
+        );
+    }
+    let log = LogService::new(Arc::new(pg.clone()));
     let startup = Arc::new(Startup::pending("waiting for the database"));
     let mut state = AppState::with_admission(
         service.clone(),
+        log.clone(),
         config.limits.clone(),
         config.admission.clone(),
     )
@@ -629,15 +699,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         ds_http::auth::Gate::open(startup_for_metrics)
     };
-    let gauges = (pg.clone(), service_for_metrics);
+    let gauges = (pg.clone(), service_for_metrics, log.clone());
     let metrics = actix_web::HttpServer::new(move || {
         let handle = handle.clone();
         let gauges = gauges.clone();
         ds_http::metrics_app(metrics_gate.clone(), move || {
             let handle = handle.clone();
-            let (store, service) = gauges.clone();
+            let (store, service, log) = gauges.clone();
             async move {
-                telemetry::refresh_gauges(&store, &service).await;
+                telemetry::refresh_gauges(&store, &service, &log).await;
                 handle.render()
             }
         })
@@ -668,11 +738,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         workers: config.embedding_workers,
         worker_batch: config.embedding_worker_batch,
         worker_interval: config.embedding_worker_interval,
+        log: config.log.clone(),
     };
     let background = tokio::spawn(background(
         plan,
         pg.clone(),
         service,
+        log,
         startup,
         outcome_tx,
         stop_rx,

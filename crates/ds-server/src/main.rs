@@ -50,6 +50,144 @@ enum Command {
     /// The embedding jobs: list them, re-queue parked ones.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// The transparency log's signing key.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Verify the store against signed checkpoints (an auditor's check; docs/integrity.md). Exit 0:
+    /// verified; 1: tampered (each finding names a record or a tree size); 2: usage or I/O error.
+    Verify(VerifyArgs),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Make a new Ed25519 signing key: the private key goes to FILE (mode 0600, for a Secret), the
+    /// verifier key (public, for auditors and `log.verifier_keys`) to standard output.
+    Keygen {
+        /// Where to write the private key (refuses to overwrite).
+        #[arg(long)]
+        out: PathBuf,
+        /// The key's name, shown in every signature line.
+        #[arg(long, default_value = ds_server::config::DEFAULT_LOG_ORIGIN)]
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Offline: an export (`GET /api/v1/audit/export`, NDJSON; `-` for standard input).
+    #[arg(long, conflicts_with = "url", required_unless_present = "url")]
+    export: Option<PathBuf>,
+    /// Online: the service's base URL (`https://datastorage.kubernaut-system:8080`).
+    #[arg(long)]
+    url: Option<String>,
+    /// A signed checkpoint saved earlier (repeatable). Offline: the export's tree must have each
+    /// one's root at its size. Online: today's tree must extend each one.
+    #[arg(long = "checkpoint")]
+    checkpoints: Vec<PathBuf>,
+    /// A verifier key of the log (repeatable): the current one and every earlier one.
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// A file of verifier keys, one per line.
+    #[arg(long)]
+    keys_file: Option<PathBuf>,
+    /// The log's origin (the checkpoints' first line).
+    #[arg(long, default_value = ds_server::config::DEFAULT_LOG_ORIGIN)]
+    origin: String,
+    /// Offline: how much earlier than a record logged before it a record may have been received
+    /// (longer is reported as back-dated).
+    #[arg(long, default_value_t = 300)]
+    max_skew_secs: i64,
+    /// Online: records whose inclusion in today's tree is checked, spread over the log.
+    #[arg(long, default_value_t = 64)]
+    samples: u64,
+    /// Online: a file holding the bearer token (a reader's).
+    #[arg(long, env = "DATASTORAGE_VERIFY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// `datastorage log keygen`.
+fn keygen(out: &std::path::Path, name: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    let (private, public) = ds_tlog::note::generate_key(name, seed).map_err(|e| e.to_string())?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(out)
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    f.write_all(format!("{private}\n").as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(public)
+}
+
+/// `datastorage verify`: the verdict's exit code.
+async fn verify(args: VerifyArgs) -> ExitCode {
+    use ds_server::verify::{Verdict, offline, online, verifier};
+    let keys = match verifier(&args.origin, &args.keys, args.keys_file.as_deref()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("datastorage verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let verdict = match (&args.export, &args.url) {
+        (Some(export), _) => offline(
+            export,
+            &args.checkpoints,
+            &keys,
+            chrono::Duration::seconds(args.max_skew_secs.max(0)),
+        ),
+        (None, Some(url)) => {
+            let token = match &args.token_file {
+                None => None,
+                Some(p) => match std::fs::read_to_string(p) {
+                    Ok(t) => Some(t.trim().to_owned()),
+                    Err(e) => {
+                        eprintln!("datastorage verify: cannot read {}: {e}", p.display());
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            online(
+                url,
+                token.as_deref(),
+                &args.checkpoints,
+                &keys,
+                args.samples,
+            )
+            .await
+        }
+        (None, None) => {
+            eprintln!("datastorage verify: give --export FILE or --url URL");
+            return ExitCode::from(2);
+        }
+    };
+    match verdict {
+        Ok(Verdict::Verified(summary)) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Ok(Verdict::Tampered(findings)) => {
+            for f in &findings {
+                println!("TAMPERED: {f}");
+            }
+            println!(
+                "{} finding(s): the store does not match its signed log",
+                findings.len()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("datastorage verify: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -120,6 +258,25 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    let command = match command {
+        Command::Log(LogCommand::Keygen { out, name }) => {
+            return match keygen(&out, &name) {
+                Ok(public) => {
+                    println!("{public}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("datastorage log keygen: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Verify(args) => {
+            ds_embed_openai::install_tls_provider();
+            return verify(args).await;
+        }
+        other => other,
+    };
     // The file is read once: for the configuration and for `config check`'s listing.
     let loaded = FileValues::load(cli.config.as_deref())
         .and_then(|file| Config::from_sources(&env_value, &file).map(|c| (c, file)));

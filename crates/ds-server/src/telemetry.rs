@@ -174,6 +174,54 @@ pub const CATALOGUE: &[Metric] = &[
         "Pending records the sweep linked to their already stored vector (a few when a text is written while its job finishes; a steady rise means something leaves records pending).",
     ),
     metric(
+        "datastorage_log_tree_size",
+        Gauge,
+        &[],
+        "Leaves in the transparency log.",
+    ),
+    metric(
+        "datastorage_log_pending_records",
+        Gauge,
+        &[],
+        "Committed records not yet appended to the transparency log (up to 1,000,000 counted).",
+    ),
+    metric(
+        "datastorage_log_oldest_pending_seconds",
+        Gauge,
+        &[],
+        "How long the oldest record not yet in the transparency log has waited (integration lag; 0 when none waits).",
+    ),
+    metric(
+        "datastorage_log_checkpoint_age_seconds",
+        Gauge,
+        &[],
+        "Age of the latest signed checkpoint.",
+    ),
+    metric(
+        "datastorage_log_checkpoint_size",
+        Gauge,
+        &[],
+        "Tree size of the latest signed checkpoint.",
+    ),
+    metric(
+        "datastorage_log_leaves_appended_total",
+        Counter,
+        &[],
+        "Leaves this replica's sequencer appended.",
+    ),
+    metric(
+        "datastorage_log_checkpoints_signed_total",
+        Counter,
+        &[],
+        "Checkpoints this replica signed.",
+    ),
+    metric(
+        "datastorage_log_sequencer_errors_total",
+        Counter,
+        &[],
+        "Sequencer runs that failed (the run rolled back; its records stay queued).",
+    ),
+    metric(
         "datastorage_database_write_errors_total",
         Counter,
         &[],
@@ -365,6 +413,9 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     for name in [
         "datastorage_database_write_errors_total",
         "datastorage_embedding_records_healed_total",
+        "datastorage_log_leaves_appended_total",
+        "datastorage_log_checkpoints_signed_total",
+        "datastorage_log_sequencer_errors_total",
         "datastorage_rate_limit_exceeded_total",
         "datastorage_load_shed_total",
         "datastorage_db_group_commit_fallbacks_total",
@@ -380,7 +431,11 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Sets the gauges that describe the present: pool occupancy and the embedding backlog.
-pub async fn refresh_gauges(store: &ds_store_pg::PgStore, service: &ds_domain::AuditService) {
+pub async fn refresh_gauges(
+    store: &ds_store_pg::PgStore,
+    service: &ds_domain::AuditService,
+    log: &ds_domain::log::LogService,
+) {
     let (open, idle, max) = store.pool_status();
     metrics::gauge!("datastorage_db_pool_connections", "state" => "idle").set(idle as f64);
     metrics::gauge!("datastorage_db_pool_connections", "state" => "in_use")
@@ -400,5 +455,16 @@ pub async fn refresh_gauges(store: &ds_store_pg::PgStore, service: &ds_domain::A
         tokio::time::timeout(std::time::Duration::from_secs(2), service.parked_jobs()).await
     {
         metrics::gauge!("datastorage_embedding_jobs_parked").set(parked as f64);
+    }
+    if let Ok(Ok(status)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), log.status()).await
+    {
+        metrics::gauge!("datastorage_log_tree_size").set(status.tree_size as f64);
+        metrics::gauge!("datastorage_log_pending_records").set(status.pending as f64);
+        metrics::gauge!("datastorage_log_oldest_pending_seconds")
+            .set(status.oldest_pending_seconds.max(0.0));
+        metrics::gauge!("datastorage_log_checkpoint_age_seconds")
+            .set(status.checkpoint_age_seconds.max(0.0));
+        metrics::gauge!("datastorage_log_checkpoint_size").set(status.checkpoint_size as f64);
     }
 }

@@ -11,12 +11,14 @@ mod pgv;
 mod rows;
 mod schema;
 mod store;
+mod tlog;
 mod write;
 
 pub use error::{PgStoreError, unavailable_reason};
 pub use group::GroupCommit;
 pub use pgv::Embedding;
 pub use store::{PgStore, PoolSettings};
+pub use tlog::SEQUENCER_LOCK;
 
 use diesel::RunQueryDsl;
 use diesel::connection::SimpleConnection;

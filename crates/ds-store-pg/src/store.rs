@@ -173,7 +173,7 @@ impl PgStore {
         (s.size, s.available, s.max_size)
     }
 
-    async fn conn(&self) -> Result<Object<AsyncPgConnection>, PgStoreError> {
+    pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, PgStoreError> {
         self.pool.get().await.map_err(pool_error)
     }
 
@@ -181,7 +181,7 @@ impl PgStore {
         rows.into_iter().map(Self::to_stored).collect()
     }
 
-    fn to_stored(row: RecordRow) -> Result<StoredRecord, PgStoreError> {
+    pub(crate) fn to_stored(row: RecordRow) -> Result<StoredRecord, PgStoreError> {
         let kind: Kind = row
             .kind
             .parse()
@@ -230,6 +230,7 @@ impl PgStore {
             received_at: Timestamp::from_utc(row.received_at),
             embedding_id: row.embedding_id,
             embedding_status: status_of(row.embedding_id),
+            log_index: None,
             record,
         })
     }
@@ -358,7 +359,10 @@ impl AuditStore for PgStore {
             .await
             .optional()
             .map_err(PgStoreError::from)?;
-        Ok(row.map(Self::to_stored).transpose()?)
+        let mut records: Vec<StoredRecord> =
+            row.map(Self::to_stored).transpose()?.into_iter().collect();
+        crate::tlog::attach_log_indexes(&mut conn, &mut records).await?;
+        Ok(records.pop())
     }
 
     async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, StoreError> {
@@ -370,7 +374,9 @@ impl AuditStore for PgStore {
             .load(&mut conn)
             .await
             .map_err(PgStoreError::from)?;
-        Ok(Self::all_stored(rows)?)
+        let mut records = Self::all_stored(rows)?;
+        crate::tlog::attach_log_indexes(&mut conn, &mut records).await?;
+        Ok(records)
     }
 
     async fn search(
@@ -403,15 +409,21 @@ impl AuditStore for PgStore {
             .load::<SearchRow>(&mut conn)
             .await
             .map_err(PgStoreError::from)?;
-        rows.into_iter()
+        let mut hits = rows
+            .into_iter()
             .map(|r| {
                 Ok(SearchHit {
                     similarity: 1.0 - r.distance,
                     record: Self::to_stored(r.record)?,
                 })
             })
-            .collect::<Result<Vec<_>, PgStoreError>>()
-            .map_err(StoreError::from)
+            .collect::<Result<Vec<_>, PgStoreError>>()?;
+        let ids: Vec<i64> = hits.iter().map(|h| h.record.id).collect();
+        let indexes = crate::tlog::log_indexes(&mut conn, &ids).await?;
+        for h in &mut hits {
+            h.record.log_index = indexes.get(&h.record.id).copied();
+        }
+        Ok(hits)
     }
 
     async fn claim_jobs(

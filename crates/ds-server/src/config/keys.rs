@@ -104,6 +104,43 @@ pub const KEYS: &[Key] = &[
         Value("info"),
         "Log filter in `tracing` syntax (`info`, `warn,ds_http=debug`, ...).",
     ),
+    // transparency log (contract §8)
+    key(
+        "DATASTORAGE_LOG_SIGNING_KEY_FILE",
+        "log.signing_key_file",
+        Unset,
+        "A file holding the Ed25519 key that signs checkpoints (note encoding, `PRIVATE+KEY+…`; a mounted Secret; `datastorage log keygen` makes one). `serve` needs it.",
+    ),
+    key(
+        "DATASTORAGE_LOG_VERIFIER_KEYS",
+        "log.verifier_keys",
+        Unset,
+        "Verifier keys of earlier signing keys (comma-separated, or a list in the file): after a rotation, checkpoints they signed still verify (`datastorage verify`).",
+    ),
+    key(
+        "DATASTORAGE_LOG_ORIGIN",
+        "log.origin",
+        Value("kubernaut.ai/datastorage"),
+        "The log's name, the first line of every checkpoint: one per deployment, never changed.",
+    ),
+    key(
+        "DATASTORAGE_LOG_INTEGRATE_INTERVAL_MS",
+        "log.integrate_interval_ms",
+        Value("1000"),
+        "How often the sequencer appends committed records to the log (the contract's `log.integrate_interval`).",
+    ),
+    key(
+        "DATASTORAGE_LOG_CHECKPOINT_INTERVAL_MS",
+        "log.checkpoint_interval_ms",
+        Value("10000"),
+        "A new signed checkpoint at least this often while the log grows (the contract's `log.checkpoint_interval`).",
+    ),
+    key(
+        "DATASTORAGE_LOG_BATCH",
+        "log.batch",
+        Value("10000"),
+        "Most records the sequencer appends in one transaction.",
+    ),
     // database
     secret(
         "DATASTORAGE_DATABASE_URL",

@@ -1,0 +1,624 @@
+//! Integrity (contract §8): append-only in PostgreSQL, one transparency log with signed checkpoints
+//! and proofs, and `datastorage verify` catching each tampering of §8 — done here as the database
+//! owner, the way an administrator would (triggers switched off with `session_replication_role`).
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use ds_server::config::DEFAULT_LOG_ORIGIN;
+use ds_server::verify::{Verdict, offline, online};
+use ds_tests::{TestApp, fixtures, log_key, spawn_app, until};
+use ds_tlog::note::{CheckpointSigner, CheckpointVerifier, SignedCheckpoint, generate_key};
+use ds_tlog::tree::{self, StoredHashes, check_consistency, check_inclusion};
+use ds_tlog::verify::ExportLine;
+use ds_tlog::{Hash, Leaf, hash_from_base64};
+use rstest::rstest;
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+
+fn keys() -> CheckpointVerifier {
+    CheckpointVerifier::new(DEFAULT_LOG_ORIGIN, &[log_key().verifier_key.clone()]).unwrap()
+}
+
+/// Writes `n` workflow records of the trail `trail` (numbers from `first`), returns their ids.
+async fn write(app: &TestApp, trail: &str, first: u32, n: u32) -> Vec<i64> {
+    let records: Vec<Value> = (first..first + n)
+        .map(|i| {
+            let mut r = fixtures::workflow(i);
+            r["correlationId"] = json!(trail);
+            json!({"kind": "workflow", "record": r})
+        })
+        .collect();
+    let r = app
+        .post("/api/v1/audit/batch", &json!({ "records": records }))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// The latest checkpoint, once one covers at least `size` leaves.
+async fn checkpoint_covering(app: &TestApp, size: u64) -> (String, SignedCheckpoint) {
+    let found = std::sync::Mutex::new(None);
+    until(&format!("a signed checkpoint covers {size} leaves"), || {
+        let found = &found;
+        async move {
+            let r = app
+                .client
+                .get(app.url("/api/v1/log/checkpoint"))
+                .send()
+                .await
+                .unwrap();
+            if r.status() != 200 {
+                return false;
+            }
+            let note = r.text().await.unwrap();
+            let c = keys().open(note.as_bytes()).unwrap();
+            let covers = c.size >= size;
+            *found.lock().unwrap() = Some((note, c));
+            covers
+        }
+    })
+    .await;
+    found.into_inner().unwrap().unwrap()
+}
+
+async fn text(app: &TestApp, path: &str) -> (u16, String) {
+    let r = app.client.get(app.url(path)).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn temp(name: &str, contents: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("ds-integrity-{}-{name}", uuid::Uuid::new_v4()));
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+/// The whole export, as a file.
+async fn export(app: &TestApp) -> (PathBuf, Vec<ExportLine>) {
+    let (status, body) = text(app, "/api/v1/audit/export").await;
+    assert_eq!(status, 200, "{body}");
+    let lines = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (temp("export.ndjson", &body), lines)
+}
+
+fn verify_offline(export: &PathBuf, checkpoints: &[&str]) -> Verdict {
+    let files: Vec<PathBuf> = checkpoints.iter().map(|c| temp("cp", c)).collect();
+    offline(export, &files, &keys(), chrono::Duration::seconds(300)).unwrap()
+}
+
+async fn owner(app: &TestApp) -> AsyncPgConnection {
+    let mut c = app.db.conn().await.unwrap();
+    // An administrator's session: triggers off.
+    c.batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    c
+}
+
+/// A record's fields as the leaf has them: the read answer without the identity and derived state.
+fn fields(read: &Value) -> Map<String, Value> {
+    let mut m = read.as_object().unwrap().clone();
+    for k in ["id", "kind", "receivedAt", "embeddingStatus", "logIndex"] {
+        m.remove(k);
+    }
+    m
+}
+
+#[tokio::test]
+async fn the_runtime_role_cannot_change_or_delete_records_and_triggers_stop_the_owner() {
+    let app = spawn_app().await.unwrap();
+    let id = write(&app, "rr-2026-11-30-roles0", 1, 1).await[0];
+    // Logged and signed: the log's tables have rows for the row triggers to refuse.
+    checkpoint_covering(&app, 1).await;
+    let mut runtime = AsyncPgConnection::establish(&app.db.runtime_url)
+        .await
+        .unwrap();
+    for sql in [
+        format!("UPDATE audit_records SET phase = 'Failed' WHERE id = {id}"),
+        format!("DELETE FROM audit_records WHERE id = {id}"),
+        "TRUNCATE audit_records".to_owned(),
+        "DELETE FROM tlog_leaves".to_owned(),
+        "UPDATE tlog_hashes SET hash = hash".to_owned(),
+        "DELETE FROM tlog_checkpoints".to_owned(),
+        "ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only".to_owned(),
+        "SET session_replication_role = replica".to_owned(),
+    ] {
+        let e = runtime.batch_execute(&sql).await.unwrap_err().to_string();
+        assert!(
+            e.contains("permission denied") || e.contains("must be owner"),
+            "{sql}: {e}"
+        );
+    }
+    // The derived embedding link is the one thing it may set.
+    runtime
+        .batch_execute(&format!(
+            "UPDATE audit_records SET embedding_id = embedding_id WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+
+    // The owner (a superuser here) is stopped by the triggers while they are on.
+    let mut owner = app.db.conn().await.unwrap();
+    for sql in [
+        format!("UPDATE audit_records SET phase = 'Failed' WHERE id = {id}"),
+        format!("UPDATE audit_records SET unknown_fields = '{{\"x\":1}}' WHERE id = {id}"),
+        format!("DELETE FROM audit_records WHERE id = {id}"),
+        "TRUNCATE audit_records CASCADE".to_owned(),
+        "UPDATE tlog_hashes SET hash = hash".to_owned(),
+        "DELETE FROM tlog_checkpoints".to_owned(),
+    ] {
+        let e = owner.batch_execute(&sql).await.unwrap_err().to_string();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    owner
+        .batch_execute(&format!(
+            "UPDATE audit_records SET embedding_id = embedding_id WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+    let r = app
+        .get(&format!("/api/v1/audit/workflow/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(r.body["phase"], "Processing");
+}
+
+#[tokio::test]
+async fn records_get_a_log_index_and_proofs_that_verify_against_signed_checkpoints() {
+    let app = spawn_app().await.unwrap();
+    let first = write(&app, "rr-2026-11-30-proofa", 1, 7).await;
+    let (_, early) = checkpoint_covering(&app, 7).await;
+    let second = write(&app, "rr-2026-11-30-proofb", 20, 13).await;
+    let (note, latest) = checkpoint_covering(&app, 20).await;
+    assert_eq!(latest.key, keys().open(note.as_bytes()).unwrap().key);
+
+    let mut seen = std::collections::BTreeSet::new();
+    for id in first.iter().chain(&second) {
+        let read = app
+            .get(&format!("/api/v1/audit/workflow/{id}"))
+            .await
+            .unwrap();
+        let index = read.body["logIndex"].as_u64().unwrap();
+        assert!(seen.insert(index), "logIndex {index} given twice");
+        let leaf = Leaf {
+            kind: "workflow",
+            id: *id,
+            received_at: read.body["receivedAt"].as_str().unwrap(),
+            record: &fields(&read.body),
+        }
+        .hash();
+        let p = app
+            .get(&format!(
+                "/api/v1/log/proof/inclusion?kind=workflow&id={id}&treeSize={}",
+                latest.size
+            ))
+            .await
+            .unwrap();
+        assert_eq!(p.status, 200, "{}", p.body);
+        assert_eq!(p.body["logIndex"], index);
+        assert_eq!(
+            hash_from_base64(p.body["leafHash"].as_str().unwrap()),
+            Some(leaf)
+        );
+        assert_eq!(
+            hash_from_base64(p.body["rootHash"].as_str().unwrap()),
+            Some(latest.root)
+        );
+        let proof: Vec<Hash> = p.body["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| hash_from_base64(h.as_str().unwrap()).unwrap())
+            .collect();
+        assert!(check_inclusion(
+            &proof,
+            latest.size,
+            latest.root,
+            index,
+            leaf
+        ));
+        assert!(!check_inclusion(
+            &proof,
+            latest.size,
+            latest.root,
+            index,
+            Hash([1; 32])
+        ));
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(*seen.iter().next_back().unwrap(), 19, "20 leaves, 0..19");
+
+    // Every checkpoint is kept, and the later tree extends the earlier one.
+    let (status, kept) = text(&app, &format!("/api/v1/log/checkpoint?size={}", early.size)).await;
+    assert_eq!(status, 200);
+    assert_eq!(keys().open(kept.as_bytes()).unwrap().root, early.root);
+    let c = app
+        .get(&format!(
+            "/api/v1/log/proof/consistency?from={}&to={}",
+            early.size, latest.size
+        ))
+        .await
+        .unwrap();
+    assert_eq!(c.status, 200, "{}", c.body);
+    let proof: Vec<Hash> = c.body["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| hash_from_base64(h.as_str().unwrap()).unwrap())
+        .collect();
+    assert!(check_consistency(
+        &proof,
+        early.size,
+        early.root,
+        latest.size,
+        latest.root
+    ));
+
+    // Bad requests: contract errors, nothing else.
+    for (path, status) in [
+        (
+            "/api/v1/log/proof/inclusion?kind=workflow&id=999999".to_owned(),
+            404,
+        ),
+        ("/api/v1/log/proof/inclusion?kind=nope&id=1".to_owned(), 400),
+        ("/api/v1/log/proof/inclusion?id=1".to_owned(), 400),
+        (
+            format!(
+                "/api/v1/log/proof/inclusion?kind=remediation&id={}",
+                first[0]
+            ),
+            404,
+        ),
+        ("/api/v1/log/proof/consistency?from=0&to=3".to_owned(), 400),
+        ("/api/v1/log/proof/consistency?from=5&to=3".to_owned(), 400),
+        (
+            "/api/v1/log/proof/consistency?from=1&to=999999".to_owned(),
+            400,
+        ),
+        ("/api/v1/log/checkpoint?size=999999".to_owned(), 404),
+        ("/api/v1/log/checkpoint?size=-1".to_owned(), 400),
+        ("/api/v1/log/checkpoint?sise=1".to_owned(), 400),
+        ("/api/v1/audit/export?cursor=x".to_owned(), 400),
+        ("/api/v1/audit/export?limit=0".to_owned(), 400),
+        ("/api/v1/audit/export?kinds=workflow,nope".to_owned(), 400),
+    ] {
+        let r = app.get(&path).await.unwrap();
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert!(r.body["error"]["code"].is_string(), "{path}: {}", r.body);
+    }
+
+    // A filtered export: only that trail's records, in log order.
+    let (status, body) = text(
+        &app,
+        "/api/v1/audit/export?correlationId=rr-2026-11-30-proofb&limit=5",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let lines: Vec<ExportLine> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines.windows(2).all(|w| w[0].log_index < w[1].log_index));
+    assert!(lines.iter().all(|l| second.contains(&l.id)));
+}
+
+#[tokio::test]
+async fn a_record_not_yet_in_a_signed_tree_is_409_with_retry_after() {
+    let app = spawn_app().await.unwrap();
+    // The sequencer's role held elsewhere (a replica in the middle of a run): nothing is appended.
+    let mut holder = app.db.conn().await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            ds_store_pg::SEQUENCER_LOCK
+        ))
+        .await
+        .unwrap();
+    let id = write(&app, "rr-2026-11-30-pendin", 1, 1).await[0];
+    let r = app
+        .get(&format!(
+            "/api/v1/log/proof/inclusion?kind=workflow&id={id}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "NOT_YET_INTEGRATED");
+    assert!(r.header("retry-after").is_some());
+    let read = app
+        .get(&format!("/api/v1/audit/workflow/{id}"))
+        .await
+        .unwrap();
+    assert!(read.body.get("logIndex").is_none(), "{}", read.body);
+    // The replica holding the role dies: another one takes over.
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    drop(holder);
+    checkpoint_covering(&app, 1).await;
+    let r = app
+        .get(&format!(
+            "/api/v1/log/proof/inclusion?kind=workflow&id={id}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A store with three trails of five records in two signed checkpoints (5 and 15 leaves).
+struct Logged {
+    app: TestApp,
+    first: SignedCheckpoint,
+    first_note: String,
+    note: String,
+    ids: Vec<i64>,
+}
+
+async fn logged_store() -> Logged {
+    let app = spawn_app().await.unwrap();
+    let mut ids = write(&app, "rr-2026-11-30-trlaaa", 1, 5).await;
+    let (first_note, first) = checkpoint_covering(&app, 5).await;
+    assert_eq!(first.size, 5);
+    ids.extend(write(&app, "rr-2026-11-30-trlbbb", 10, 5).await);
+    ids.extend(write(&app, "rr-2026-11-30-trlccc", 20, 5).await);
+    let (note, latest) = checkpoint_covering(&app, 15).await;
+    assert_eq!(latest.size, 15);
+    Logged {
+        app,
+        first,
+        first_note,
+        note,
+        ids,
+    }
+}
+
+async fn leaf_of(app: &TestApp, id: i64) -> u64 {
+    app.get(&format!("/api/v1/audit/workflow/{id}"))
+        .await
+        .unwrap()
+        .body["logIndex"]
+        .as_u64()
+        .unwrap()
+}
+
+fn findings(v: Verdict) -> Vec<String> {
+    match v {
+        Verdict::Tampered(f) => f,
+        Verdict::Verified(s) => panic!("tampering not detected: {s}"),
+    }
+}
+
+#[tokio::test]
+async fn an_untouched_store_verifies_offline_and_online() {
+    let s = logged_store().await;
+    let (file, lines) = export(&s.app).await;
+    assert_eq!(lines.len(), 15);
+    match verify_offline(&file, &[&s.first_note, &s.note]) {
+        Verdict::Verified(summary) => assert!(summary.contains("[5, 15]"), "{summary}"),
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+    let saved = [temp("cp", &s.first_note), temp("cp", &s.note)];
+    match online(&s.app.url(""), None, &saved, &keys(), 15)
+        .await
+        .unwrap()
+    {
+        Verdict::Verified(summary) => {
+            assert!(summary.contains("15 sampled records"), "{summary}")
+        }
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Tampering {
+    ChangeAField,
+    DeleteARecord,
+    DeleteATrail,
+    InsertBackDated,
+    ReorderTwoLeaves,
+    TruncateTheLog,
+    UnknownKey,
+    RewriteHistory,
+}
+
+#[rstest]
+#[case::change_a_field(Tampering::ChangeAField)]
+#[case::delete_a_record(Tampering::DeleteARecord)]
+#[case::delete_a_trail(Tampering::DeleteATrail)]
+#[case::insert_back_dated(Tampering::InsertBackDated)]
+#[case::reorder_two_leaves(Tampering::ReorderTwoLeaves)]
+#[case::truncate_the_log(Tampering::TruncateTheLog)]
+#[case::unknown_key(Tampering::UnknownKey)]
+#[case::rewrite_history(Tampering::RewriteHistory)]
+#[tokio::test]
+async fn each_tampering_is_detected_and_named(#[case] t: Tampering) {
+    let s = logged_store().await;
+    let app = &s.app;
+    let mut checkpoints = vec![s.first_note.clone(), s.note.clone()];
+    let mut online_too = true;
+    let expect: Vec<String> = match t {
+        Tampering::ChangeAField => {
+            let id = s.ids[7];
+            let at = leaf_of(app, id).await;
+            owner(app)
+                .await
+                .batch_execute(&format!(
+                    "UPDATE audit_records SET phase = 'Failed' WHERE id = {id}"
+                ))
+                .await
+                .unwrap();
+            vec![format!("logIndex {at} (workflow {id}): the record differs")]
+        }
+        Tampering::DeleteARecord => {
+            let id = s.ids[3];
+            let at = leaf_of(app, id).await;
+            owner(app)
+                .await
+                .batch_execute(&format!("DELETE FROM audit_records WHERE id = {id}"))
+                .await
+                .unwrap();
+            vec![format!(
+                "logIndex {at} (workflow {id}): the log has the record but the store does not"
+            )]
+        }
+        Tampering::DeleteATrail => {
+            let mut expect = Vec::new();
+            for id in &s.ids[5..10] {
+                let at = leaf_of(app, *id).await;
+                expect.push(format!(
+                    "logIndex {at} (workflow {id}): the log has the record but the store does not"
+                ));
+            }
+            owner(app)
+                .await
+                .batch_execute(
+                    "DELETE FROM audit_records WHERE correlation_id = 'rr-2026-11-30-trlbbb'",
+                )
+                .await
+                .unwrap();
+            expect
+        }
+        Tampering::InsertBackDated => {
+            // Inserted as a copy of a record, received two days ago; the triggers stay on (the
+            // insert is logged, where it was inserted).
+            let mut c = app.db.conn().await.unwrap();
+            c.batch_execute(&format!(
+                "INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at,
+                     started_at, completed_at, received_at, content_digest, details, unknown_fields, embedding_digest)
+                 SELECT kind, name || '-forged', namespace, phase, correlation_id, message, created_at,
+                     started_at, completed_at, now() - interval '2 days', sha256(content_digest), details,
+                     unknown_fields, embedding_digest
+                 FROM audit_records WHERE id = {}",
+                s.ids[0]
+            ))
+            .await
+            .unwrap();
+            let (note, _) = checkpoint_covering(app, 16).await;
+            checkpoints.push(note);
+            online_too = false; // online checks proofs, not times: the offline verdict names it
+            vec![
+                "logIndex 15 (workflow".to_owned(),
+                "inserted back-dated".to_owned(),
+            ]
+        }
+        Tampering::ReorderTwoLeaves => {
+            // Leaves 8 and 11 swapped with their hashes: each leaf still matches its record.
+            let mut c = owner(app).await;
+            let (i, j) = (
+                tree::stored_hash_index(0, 8),
+                tree::stored_hash_index(0, 11),
+            );
+            c.batch_execute(&format!(
+                "CREATE TEMP TABLE swap AS SELECT log_index, record_id FROM tlog_leaves WHERE log_index IN (8, 11);
+                 UPDATE tlog_leaves SET record_id = -1 WHERE log_index = 8;
+                 UPDATE tlog_leaves SET record_id = (SELECT record_id FROM swap WHERE log_index = 8) WHERE log_index = 11;
+                 UPDATE tlog_leaves SET record_id = (SELECT record_id FROM swap WHERE log_index = 11) WHERE log_index = 8;
+                 UPDATE tlog_hashes SET hash = CASE idx WHEN {i} THEN (SELECT hash FROM tlog_hashes WHERE idx = {j})
+                                                        ELSE (SELECT hash FROM tlog_hashes WHERE idx = {i}) END
+                 WHERE idx IN ({i}, {j});"
+            ))
+            .await
+            .unwrap();
+            vec![
+                "tree size 15:".to_owned(),
+                "rewritten between sizes 5 and 15".to_owned(),
+            ]
+        }
+        Tampering::TruncateTheLog => {
+            owner(app)
+                .await
+                .batch_execute(&format!(
+                    "DELETE FROM audit_records WHERE id IN (SELECT record_id FROM tlog_leaves WHERE log_index >= 12);
+                     DELETE FROM tlog_hashes WHERE idx >= {};
+                     DELETE FROM tlog_leaves WHERE log_index >= 12;
+                     DELETE FROM tlog_checkpoints WHERE tree_size > 5;",
+                    tree::stored_hash_index(0, 12)
+                ))
+                .await
+                .unwrap();
+            vec![
+                "the log ends at size".to_owned(),
+                "has size 15: the log was truncated".to_owned(),
+            ]
+        }
+        Tampering::UnknownKey => {
+            // Someone without the log's key signs a checkpoint of their own and serves it.
+            let (private, _) = generate_key(DEFAULT_LOG_ORIGIN, [7; 32]).unwrap();
+            let forged = CheckpointSigner::new(DEFAULT_LOG_ORIGIN, &private)
+                .unwrap()
+                .sign(16, Hash([9; 32]))
+                .unwrap();
+            let mut c = owner(app).await;
+            c.batch_execute(&format!(
+                "INSERT INTO tlog_checkpoints (tree_size, root_hash, note) VALUES (1000000, '\\x{}', $${forged}$$)",
+                "09".repeat(32)
+            ))
+            .await
+            .unwrap();
+            checkpoints.push(forged);
+            vec!["signed only by unknown keys".to_owned()]
+        }
+        Tampering::RewriteHistory => {
+            // A record between the two checkpoints changed, and the log rebuilt to match it.
+            let id = s.ids[8];
+            let mut c = owner(app).await;
+            c.batch_execute(&format!(
+                "UPDATE audit_records SET phase = 'Failed' WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+            let (_, lines) = export(app).await;
+            let leaves: Vec<Hash> = lines
+                .iter()
+                .map(|l| {
+                    Leaf {
+                        kind: &l.kind,
+                        id: l.id,
+                        received_at: l.received_at.as_deref().unwrap(),
+                        record: l.record.as_ref().unwrap(),
+                    }
+                    .hash()
+                })
+                .collect();
+            let rebuilt = tree::append(0, &leaves, &StoredHashes::new()).unwrap();
+            let values: Vec<String> = rebuilt
+                .iter()
+                .map(|(i, h)| format!("({i}, '\\x{}')", hex::encode(h.0)))
+                .collect();
+            c.batch_execute(&format!(
+                "DELETE FROM tlog_hashes; INSERT INTO tlog_hashes (idx, hash) VALUES {}",
+                values.join(",")
+            ))
+            .await
+            .unwrap();
+            vec![
+                "tree size 15:".to_owned(),
+                "rewritten between sizes 5 and 15".to_owned(),
+            ]
+        }
+    };
+    let (file, _) = export(app).await;
+    let cps: Vec<&str> = checkpoints.iter().map(String::as_str).collect();
+    let found = findings(verify_offline(&file, &cps));
+    for e in &expect {
+        assert!(
+            found.iter().any(|f| f.contains(e.as_str())),
+            "{t:?}: expected a finding with {e:?} among {found:#?}"
+        );
+    }
+    if online_too {
+        let saved = [temp("cp", &s.first_note), temp("cp", &s.note)];
+        let found = findings(
+            online(&app.url(""), None, &saved, &keys(), 16)
+                .await
+                .unwrap(),
+        );
+        assert!(!found.is_empty(), "{t:?}");
+    }
+    let _ = &s.first;
+}
