@@ -622,3 +622,155 @@ async fn each_tampering_is_detected_and_named(#[case] t: Tampering) {
     }
     let _ = &s.first;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_writing_at_once_build_one_consistent_tree() {
+    let db = ds_tests::TestDb::new().await.unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let config = ds_tests::test_config(
+            &db.runtime_url,
+            &[
+                ("DATASTORAGE_EMBEDDING_MODE", "deferred"),
+                ("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0"),
+            ],
+        )
+        .unwrap();
+        let running = ds_server::start(config).await.unwrap();
+        running.wait_until_started().await.unwrap();
+        replicas.push(running.spawn().0);
+    }
+    let client = ds_tests::http_client();
+    // 3 replicas × 4 writers × 10 records, all at once.
+    let writers: Vec<_> = (0..12u32)
+        .map(|w| {
+            let client = client.clone();
+            let addr = replicas[w as usize % 3];
+            tokio::spawn(async move {
+                for i in 0..10u32 {
+                    let mut r = fixtures::workflow(w * 100 + i);
+                    r["correlationId"] = json!(format!("rr-2026-11-30-rep{w:03}"));
+                    let resp = client
+                        .post(format!("http://{addr}/api/v1/audit/workflow"))
+                        .json(&r)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 201);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let base = format!("http://{}", replicas[1]);
+    until("the log holds every record", || {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let r = client
+                .get(format!("{base}/api/v1/log/checkpoint"))
+                .send()
+                .await
+                .unwrap();
+            r.status() == 200
+                && keys()
+                    .open(r.text().await.unwrap().as_bytes())
+                    .unwrap()
+                    .size
+                    == 120
+        }
+    })
+    .await;
+    // Each record exactly once, positions 0..119 without a gap.
+    let mut c = AsyncPgConnection::establish(&db.url).await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Sizes {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        leaves: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        records: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        top: i64,
+    }
+    use diesel_async::RunQueryDsl;
+    let s: Sizes = diesel::sql_query(
+        "SELECT (SELECT count(DISTINCT record_id) FROM tlog_leaves) AS leaves,
+                (SELECT count(*) FROM audit_records) AS records,
+                (SELECT max(log_index) FROM tlog_leaves) AS top",
+    )
+    .get_result(&mut c)
+    .await
+    .unwrap();
+    assert_eq!((s.leaves, s.records, s.top), (120, 120, 119));
+    // Every checkpoint any replica signed extends the one before (asked of each replica in turn).
+    #[derive(diesel::QueryableByName)]
+    struct Cp {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        tree_size: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        note: String,
+    }
+    let cps: Vec<Cp> =
+        diesel::sql_query("SELECT tree_size, note FROM tlog_checkpoints ORDER BY tree_size")
+            .load(&mut c)
+            .await
+            .unwrap();
+    let signed: Vec<SignedCheckpoint> = cps
+        .iter()
+        .map(|c| keys().open(c.note.as_bytes()).unwrap())
+        .collect();
+    assert!(
+        signed
+            .iter()
+            .zip(&cps)
+            .all(|(s, c)| s.size as i64 == c.tree_size)
+    );
+    for (k, pair) in signed.windows(2).enumerate().filter(|(_, p)| p[0].size > 0) {
+        let addr = replicas[k % 3];
+        let r = client
+            .get(format!(
+                "http://{addr}/api/v1/log/proof/consistency?from={}&to={}",
+                pair[0].size, pair[1].size
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        let proof: Vec<Hash> = body["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| hash_from_base64(h.as_str().unwrap()).unwrap())
+            .collect();
+        assert!(
+            check_consistency(
+                &proof,
+                pair[0].size,
+                pair[0].root,
+                pair[1].size,
+                pair[1].root
+            ),
+            "{} -> {}",
+            pair[0].size,
+            pair[1].size
+        );
+    }
+    // And the whole log verifies offline against every checkpoint.
+    let body = client
+        .get(format!("{base}/api/v1/audit/export"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let export = temp("export.ndjson", &body);
+    let notes: Vec<&str> = cps.iter().map(|c| c.note.as_str()).collect();
+    match verify_offline(&export, &notes) {
+        Verdict::Verified(_) => {}
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+}

@@ -151,6 +151,14 @@ fn shipped_config(r: &Rendered, deployment: &Deployment) -> Config {
             "DATASTORAGE_DATABASE_URL".to_owned(),
             "postgres://u@db:5432/ds".to_owned(),
         )])
+        .map(|(k, v)| match k.as_str() {
+            // The Secret's file is not here: a key of the tests' own at the path the pod would read
+            // (the path itself is checked against the Secret's mount in `check_overlay`).
+            "DATASTORAGE_LOG_SIGNING_KEY_FILE" => {
+                (k, ds_tests::log_key().path.display().to_string())
+            }
+            _ => (k, v),
+        })
         .collect();
     Config::from_sources(&|k| env.get(k).cloned(), &file)
         .unwrap_or_else(|e| panic!("{}: the shipped configuration is invalid: {e}", r.overlay))
@@ -302,7 +310,35 @@ fn check_overlay(r: &Rendered, replicas: i32) {
         key_mount.mount_path
     )));
 
-    // The migration Job: same image, `migrate`, same Secret and configuration.
+    // The checkpoint signing key: a required Secret, mounted where the configuration reads it.
+    let log_key = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "DATASTORAGE_LOG_SIGNING_KEY_FILE")
+        .and_then(|e| e.value.clone())
+        .expect("the signing key file is configured");
+    let log_volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "log-key")
+        .unwrap();
+    let log_secret = log_volume.secret.as_ref().unwrap();
+    assert_eq!(
+        log_secret.secret_name.as_deref(),
+        Some("datastorage-log-key")
+    );
+    assert_ne!(log_secret.optional, Some(true), "no key, no service");
+    let log_mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "log-key")
+        .unwrap();
+    assert_eq!(log_key, format!("{}/signing-key", log_mount.mount_path));
+
+    // The migration Job: same image, `migrate`, the owner role's Secret, same configuration.
     let job: Job = r.one("Job");
     let jc = &pod_spec(&job.spec.as_ref().unwrap().template).containers[0];
     assert_eq!(jc.image, c.image);
@@ -311,7 +347,7 @@ fn check_overlay(r: &Rendered, replicas: i32) {
         e.value_from
             .as_ref()
             .and_then(|v| v.secret_key_ref.as_ref())
-            .is_some_and(|s| s.name == "datastorage-database")
+            .is_some_and(|s| s.name == "datastorage-database-owner")
     }));
     assert!(
         !config.migrate_on_start,

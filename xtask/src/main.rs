@@ -270,6 +270,9 @@ fn ensure_local_postgres(root: &Path) -> Result<()> {
     install_pgvector(root)
 }
 
+/// The login role `cargo xtask dev` runs the service as (a member of `datastorage_runtime`).
+const DEV_RUNTIME_ROLE: &str = "datastorage_app";
+
 fn dev(root: &Path) -> Result<()> {
     let model = fetch_model(root)?;
     let external = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
@@ -286,12 +289,56 @@ fn dev(root: &Path) -> Result<()> {
             Some(c)
         }
     };
-    let url = external.unwrap_or_else(|| {
+    // Two roles, as in production: migrations as the owner, the service as the runtime role (which may
+    // read and append records, never change or delete them). With an external DATABASE_URL the
+    // service uses that URL for both.
+    let owner_url = external.clone().unwrap_or_else(|| {
         cluster
             .as_ref()
             .map(|c| c.url("datastorage"))
             .unwrap_or_default()
     });
+    let datastorage = |args: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "ds-server",
+            "--bin",
+            "datastorage",
+            "--",
+        ])
+        .args(args);
+        c
+    };
+    step("migrating the database as its owner");
+    run(datastorage(&["migrate"])
+        .env("DATASTORAGE_DATABASE_URL", &owner_url)
+        .env("DATASTORAGE_LOG_FORMAT", "text"))?;
+    let url = match &cluster {
+        Some(c) => {
+            c.psql(&format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DEV_RUNTIME_ROLE}') THEN \
+                 CREATE ROLE {DEV_RUNTIME_ROLE} LOGIN IN ROLE datastorage_runtime; END IF; END $$"
+            ))?;
+            format!(
+                "postgres://{DEV_RUNTIME_ROLE}@127.0.0.1:{}/datastorage",
+                c.port
+            )
+        }
+        None => owner_url.clone(),
+    };
+    // The transparency log's signing key: made once, kept with the dev data.
+    let key = root.join("target").join("dev-log-signing-key");
+    if !key.exists() {
+        step(&format!(
+            "making the checkpoint signing key {} (its verifier key is printed once)",
+            key.display()
+        ));
+        run(datastorage(&["log", "keygen", "--out"]).arg(&key))?;
+    }
     // Ctrl-C reaches the whole process group: the server shuts down by itself, we only wait and clean up.
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -300,18 +347,10 @@ fn dev(root: &Path) -> Result<()> {
     step(
         "building and starting the service (release): API http://127.0.0.1:8080, metrics http://127.0.0.1:9090/metrics",
     );
-    let status: Result<ExitStatus> = Command::new("cargo")
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "ds-server",
-            "--bin",
-            "datastorage",
-            "--",
-            "serve",
-        ])
+    let status: Result<ExitStatus> = datastorage(&["serve"])
         .env("DATASTORAGE_DATABASE_URL", &url)
+        .env("DATASTORAGE_MIGRATE_ON_START", "false")
+        .env("DATASTORAGE_LOG_SIGNING_KEY_FILE", &key)
         .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &model)
         .env(
             "DATASTORAGE_LOG_FORMAT",

@@ -69,6 +69,35 @@ mod paths {
                   (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 413, body = ErrorBody, description = "the body is larger than the route's limit"), (status = 415, body = ErrorBody, description = "Content-Type is not application/json")))]
     pub fn search() {}
 
+    #[utoipa::path(get, path = "/api/v1/audit/export", tag = "integrity",
+        params(("since" = Option<String>, Query, description = "records received at or after (RFC 3339)"),
+               ("until" = Option<String>, Query, description = "records received before (RFC 3339)"),
+               ("correlationId" = Option<String>, Query, description = "one trail"),
+               ("kinds" = Option<String>, Query, description = "comma-separated kinds"),
+               ("cursor" = Option<u64>, Query, description = "the log index to start from (default 0)"),
+               ("limit" = Option<u64>, Query, description = "at most this many lines (≥ 1)")),
+        responses((status = 200, content_type = "application/x-ndjson", description = "one leaf per line in log order: `{logIndex, leafHash, kind, id, receivedAt, record}` (`record` null when the store no longer holds it), up to the latest signed checkpoint (`X-Log-Tree-Size`)"),
+                  (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
+    pub fn export() {}
+
+    #[utoipa::path(get, path = "/api/v1/log/checkpoint", tag = "integrity",
+        params(("size" = Option<u64>, Query, description = "the kept checkpoint of this tree size (default: the latest)")),
+        responses((status = 200, content_type = "text/plain", description = "a C2SP signed note: origin, tree size, base64 root hash, Ed25519 signature line(s)"),
+                  (status = 400, body = ErrorBody), (status = 404, body = ErrorBody, description = "no checkpoint (of that size) yet"), (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
+    pub fn checkpoint() {}
+
+    #[utoipa::path(get, path = "/api/v1/log/proof/inclusion", tag = "integrity",
+        params(("kind" = String, Query, description = "remediation | aianalysis | workflow | execution"), ("id" = i64, Query),
+               ("treeSize" = Option<u64>, Query, description = "the size of a signed checkpoint (default: the latest)")),
+        responses((status = 200, body = InclusionResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+                  (status = 409, body = ErrorBody, description = "`NOT_YET_INTEGRATED`: stored, not yet in a signed checkpoint (`Retry-After`)"), (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
+    pub fn inclusion() {}
+
+    #[utoipa::path(get, path = "/api/v1/log/proof/consistency", tag = "integrity",
+        params(("from" = u64, Query, description = "the size of a signed checkpoint, ≥ 1"), ("to" = u64, Query, description = "the size of a later signed checkpoint")),
+        responses((status = 200, body = ConsistencyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
+    pub fn consistency() {}
+
     #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "read",
         responses((status = 200, description = "this document"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
     pub fn openapi() {}
@@ -96,11 +125,23 @@ mod paths {
         paths::get_record,
         paths::search,
         paths::trail,
+        paths::export,
+        paths::checkpoint,
+        paths::inclusion,
+        paths::consistency,
         paths::openapi,
         paths::healthz,
         paths::readyz
     ),
-    components(schemas(ErrorBody, WriteResponse, BatchResponse, RecordResponse, TrailResponse))
+    components(schemas(
+        ErrorBody,
+        WriteResponse,
+        BatchResponse,
+        RecordResponse,
+        TrailResponse,
+        InclusionResponse,
+        ConsistencyResponse
+    ))
 )]
 pub struct ApiDoc;
 

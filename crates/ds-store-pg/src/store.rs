@@ -75,7 +75,12 @@ pub struct PgStore {
     /// write of a recurring text), and the database only for digests it does not hold.
     known_vectors: Arc<quick_cache::sync::Cache<Sha256Digest, ()>>,
     /// Where and how to connect (TLS as the URL's `sslmode` says).
-    target: Arc<Target>,
+    pub(crate) target: Arc<Target>,
+    /// The transparency log's sequencer works on a connection of its own, outside the pool: requests
+    /// never wait for it and it never waits for them. Opened on first use, dropped after a failure.
+    pub(crate) sequencer: Arc<tokio::sync::Mutex<Option<AsyncPgConnection>>>,
+    /// `statement_timeout` and connect timeout of connections opened outside the pool.
+    pub(crate) own_connection: (Duration, Duration),
 }
 
 /// How many vector digests [`PgStore`] remembers as stored (~3 MiB).
@@ -128,6 +133,8 @@ impl PgStore {
             runtime: tokio::runtime::Handle::try_current().ok(),
             known_vectors: Arc::new(quick_cache::sync::Cache::new(KNOWN_VECTORS)),
             target,
+            sequencer: Arc::default(),
+            own_connection: (settings.statement_timeout, settings.connect_timeout),
         })
     }
 

@@ -15,7 +15,7 @@ use crate::store::PgStore;
 use async_trait::async_trait;
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Bool, Bytea, Double, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use ds_domain::kind::Kind;
 use ds_domain::log::{
     Checkpoint, ExportEntry, ExportFilter, Integrated, LeafPosition, LogStatus, LogStore,
@@ -369,10 +369,32 @@ impl LogStore for PgStore {
         signer: &CheckpointSigner,
         checkpoint_every: Duration,
     ) -> Result<Integrated, StoreError> {
-        let mut conn = self.conn().await?;
-        Ok(conn
+        let mut own = self.sequencer.lock().await;
+        if own.is_none() {
+            let (statement_timeout, connect_timeout) = self.own_connection;
+            let mut c = tokio::time::timeout(connect_timeout, self.target.connect())
+                .await
+                .map_err(|_| PgStoreError::Connect("connecting timed out".into()))?
+                .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+            c.batch_execute(&format!(
+                "SET statement_timeout = {}",
+                statement_timeout.as_millis()
+            ))
+            .await
+            .map_err(PgStoreError::from)?;
+            *own = Some(c);
+        }
+        let Some(c) = own.as_mut() else {
+            return Err(PgStoreError::Connect("no sequencer connection".into()).into());
+        };
+        let run = c
             .transaction(async |c| integrate(c, max, signer, checkpoint_every).await)
-            .await?)
+            .await;
+        if run.is_err() {
+            // Whatever failed, the next run starts on a fresh connection.
+            *own = None;
+        }
+        Ok(run?)
     }
 
     async fn checkpoint(&self, size: Option<u64>) -> Result<Option<Checkpoint>, StoreError> {

@@ -162,7 +162,7 @@ impl Verifier {
     /// earlier than a record logged before it a record may have been received (the longest write
     /// transaction plus the sequencer's delay).
     pub fn new(checkpoints: &[SignedCheckpoint], max_skew: Duration) -> Self {
-        Self {
+        let mut v = Self {
             range: CompactRange::default(),
             pending: checkpoints.iter().map(|c| (c.size, c.root)).collect(),
             last_matching: None,
@@ -170,7 +170,10 @@ impl Verifier {
             max_skew,
             broken: false,
             report: Report::default(),
-        }
+        };
+        // A checkpoint of the empty tree is checked before any line.
+        v.check_root();
+        v
     }
 
     /// Checks one line. `Err` is a line the verifier cannot read (usage or I/O, not a finding).
@@ -346,6 +349,25 @@ mod tests {
         assert_eq!(report.size, 20);
         // Without a checkpoint nothing is verified.
         assert!(!verify(&lines, &[]).verified());
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_empty_tree_is_checked_too() {
+        let (lines, mut cps) = log(4, &[4]);
+        let (private, public) = generate_key("test", [9; 32]).unwrap();
+        let empty = CheckpointSigner::new(ORIGIN, &private)
+            .unwrap()
+            .sign(0, crate::tree::EMPTY_HASH)
+            .unwrap();
+        cps.push(
+            CheckpointVerifier::new(ORIGIN, &[public])
+                .unwrap()
+                .open(empty.as_bytes())
+                .unwrap(),
+        );
+        let report = verify(&lines, &cps);
+        assert!(report.verified(), "{:?}", report.findings);
+        assert_eq!(report.verified_sizes, vec![0, 4]);
     }
 
     #[test]
