@@ -273,6 +273,13 @@ fn family(name: &str) -> String {
     name.to_owned()
 }
 
+/// Names with the metrics' prefix that are PostgreSQL roles of the docs, not metrics.
+const DATABASE_ROLES: [&str; 3] = [
+    "datastorage_runtime",
+    "datastorage_owner",
+    "datastorage_app",
+];
+
 fn names_in(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = text;
@@ -283,7 +290,9 @@ fn names_in(text: &str) -> BTreeSet<String> {
             .unwrap_or(tail.len());
         // `datastorage_` inside a longer word (e.g. a path) is not a metric.
         let before = rest[..i].chars().last();
-        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/') {
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/')
+            && !DATABASE_ROLES.contains(&&tail[..end])
+        {
             out.insert(family(&tail[..end]));
         }
         rest = &tail[end.max(1)..];

@@ -168,10 +168,13 @@ impl PgStore {
 
     /// Shutdown: waits until every write that was handed to group commit has committed (or was
     /// dropped because its caller left), then closes the pool: idle connections are closed at once,
-    /// connections in use when they are returned. Bound it with a timeout.
+    /// connections in use when they are returned; the sequencer's connection is closed after its
+    /// current run. Bound it with a timeout.
     pub async fn close(&self) {
         self.pending.idle().await;
         self.pool.close();
+        // The sequencer's own connection (after its current run, which holds it).
+        *self.sequencer.lock().await = None;
     }
 
     /// Pool occupancy: (connections open, of which idle, most allowed).

@@ -271,8 +271,8 @@ async fn integrate(
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
         let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
         diesel::sql_query(
-            "INSERT INTO tlog_leaves (log_index, record_id, kind) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])",
+            "INSERT INTO tlog_leaves (log_index, record_id, kind, integrated_at) \
+             SELECT *, clock_timestamp() FROM unnest($1::bigint[], $2::bigint[], $3::text[])",
         )
         .bind::<Array<BigInt>, _>(&indexes)
         .bind::<Array<BigInt>, _>(&ids)
