@@ -8,6 +8,8 @@
 //! - `search`: top-10 vector searches through the API, their latency, and recall@10 against an exact
 //!   scan in the database.
 //! - `embed`: the bare local model's throughput (batched, all cores): a baseline of the worker.
+//! - `proofs`, `export`, `synthetic-export`: the transparency log (inclusion proof latency through the
+//!   API, the export, an export of any size for timing `datastorage verify`).
 #![allow(clippy::print_stdout)] // a command-line tool: its results go to stdout
 
 mod bodies;
@@ -15,6 +17,7 @@ mod data;
 mod load;
 mod search;
 mod structure;
+mod tlog;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -47,6 +50,12 @@ enum Command {
     },
     /// Vector search latency and recall@10.
     Search(search::SearchArgs),
+    /// Inclusion proofs of random logged records through the API: latency.
+    Proofs(tlog::ProofArgs),
+    /// The whole export through the API, into a file.
+    Export(tlog::ExportArgs),
+    /// An export of N records and a signed checkpoint of it, for `datastorage verify`.
+    SyntheticExport(tlog::SyntheticArgs),
     /// Wait until the service is ready; print its embedding model id.
     Ready {
         #[arg(long)]
@@ -95,6 +104,9 @@ fn main() -> Result<()> {
         }
         Command::Search(args) => runtime.block_on(search::run(args))?,
         Command::Ready { addr } => runtime.block_on(search::ready(addr))?,
+        Command::Proofs(args) => runtime.block_on(tlog::proofs(args))?,
+        Command::Export(args) => runtime.block_on(tlog::export(args))?,
+        Command::SyntheticExport(args) => tlog::synthetic(args)?,
         Command::Baseline { what } => {
             print!("{}", data::baseline(&what)?);
             return Ok(());

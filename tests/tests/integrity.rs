@@ -417,6 +417,7 @@ async fn an_untouched_store_verifies_offline_and_online() {
 #[derive(Debug, Clone, Copy)]
 enum Tampering {
     ChangeAField,
+    ChangeTheKind,
     DeleteARecord,
     DeleteATrail,
     InsertBackDated,
@@ -428,6 +429,7 @@ enum Tampering {
 
 #[rstest]
 #[case::change_a_field(Tampering::ChangeAField)]
+#[case::change_the_kind(Tampering::ChangeTheKind)]
 #[case::delete_a_record(Tampering::DeleteARecord)]
 #[case::delete_a_trail(Tampering::DeleteATrail)]
 #[case::insert_back_dated(Tampering::InsertBackDated)]
@@ -453,6 +455,20 @@ async fn each_tampering_is_detected_and_named(#[case] t: Tampering) {
                 .await
                 .unwrap();
             vec![format!("logIndex {at} (workflow {id}): the record differs")]
+        }
+        Tampering::ChangeTheKind => {
+            let id = s.ids[2];
+            let at = leaf_of(app, id).await;
+            owner(app)
+                .await
+                .batch_execute(&format!(
+                    "UPDATE audit_records SET kind = 'execution' WHERE id = {id}"
+                ))
+                .await
+                .unwrap();
+            vec![format!(
+                "logIndex {at} (execution {id}): the record differs"
+            )]
         }
         Tampering::DeleteARecord => {
             let id = s.ids[3];

@@ -30,6 +30,8 @@ struct Options {
     vectors: String,
     /// Only the memory-before-admission measurement.
     bodies_only: bool,
+    /// Records of the export `datastorage verify` is timed on.
+    verify_leaves: u64,
 }
 
 /// `1,16,64` → `[1, 16, 64]`.
@@ -53,6 +55,7 @@ impl Options {
             ef: vec![40, 100, 200, 400],
             vectors: "embedding".to_owned(),
             bodies_only: false,
+            verify_leaves: 1_000_000,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -66,12 +69,13 @@ impl Options {
                 "--conns" => o.conns = comma_list(value()?)?,
                 "--ef" => o.ef = comma_list(value()?)?,
                 "--bodies-only" => o.bodies_only = true,
+                "--verify-leaves" => o.verify_leaves = parse_size(value()?)?,
                 "--vectors" => match value()?.as_str() {
                     v @ ("embedding" | "isotropic") => o.vectors = v.to_owned(),
                     other => bail!("--vectors {other}: embedding or isotropic"),
                 },
                 other => bail!(
-                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400 --vectors embedding|isotropic --bodies-only"
+                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400 --vectors embedding|isotropic --verify-leaves 1M --bodies-only"
                 ),
             }
         }
@@ -186,6 +190,9 @@ struct Bench {
     cluster: Cluster,
     model_dir: PathBuf,
     bin: PathBuf,
+    /// The checkpoint signing key of this run, and its verifier key.
+    log_key: PathBuf,
+    verifier_key: String,
 }
 
 struct Service {
@@ -291,6 +298,7 @@ impl Bench {
             .arg("serve")
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .env("DATASTORAGE_DATABASE_URL", self.cluster.url(db))
+            .env("DATASTORAGE_LOG_SIGNING_KEY_FILE", &self.log_key)
             .env("DATASTORAGE_HTTP_ADDR", API)
             .env("DATASTORAGE_METRICS_ADDR", METRICS)
             .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &self.model_dir)
@@ -492,6 +500,189 @@ impl Bench {
         }
     }
 
+    /// Turns the trigger that queues inserted records for the transparency log off or on (off: the
+    /// raw insert baselines and the "log off" scenario). Turning it on queues what was written
+    /// meanwhile, so the log still gets every record.
+    fn log_queue(&self, db: &str, on: bool) -> Result<()> {
+        if on {
+            self.psql_in(
+                db,
+                "ALTER TABLE audit_records ENABLE TRIGGER audit_records_enqueue; \
+                 INSERT INTO tlog_pending (record_id) SELECT r.id FROM audit_records r \
+                 WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) ON CONFLICT DO NOTHING",
+            )?;
+        } else {
+            self.psql_in(
+                db,
+                "ALTER TABLE audit_records DISABLE TRIGGER audit_records_enqueue",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Waits until no record waits for the log (a running service's sequencer appends them);
+    /// returns the seconds it took.
+    fn wait_for_log(&self, db: &str, limit: Duration) -> Result<f64> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let pending: i64 = self
+                .psql_in(db, "SELECT count(*) FROM tlog_pending")?
+                .parse()?;
+            if pending == 0 {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() > limit {
+                bail!("{pending} records still wait for the transparency log after {limit:?}");
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Integration lag (leaf inserted − record received) of the records received since `since`.
+    fn integration_lag(&self, db: &str, since: &str) -> Result<Value> {
+        let row = self.psql_in(
+            db,
+            &format!(
+                "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), \
+                        percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag) \
+                 FROM (SELECT extract(epoch FROM l.integrated_at - r.received_at) AS lag \
+                       FROM tlog_leaves l JOIN audit_records r ON r.id = l.record_id \
+                       WHERE r.received_at >= '{since}') t"
+            ),
+        )?;
+        let v: Vec<f64> = row
+            .split('|')
+            .map(|x| x.parse().unwrap_or(f64::NAN))
+            .collect();
+        Ok(json!({"records": v[0], "p50_s": v[1], "p99_s": v[2], "max_s": v[3]}))
+    }
+
+    /// The log with the inline service running: inclusion proof latency, the export through the
+    /// API, and `datastorage verify` of that export against its signed checkpoint.
+    fn log_reads(&self, db: &str) -> Result<Value> {
+        self.wait_for_log(db, Duration::from_secs(600))?;
+        step(&format!("{db}: inclusion proofs through the API"));
+        let proofs =
+            self.ds_bench(&["proofs", "--addr", API, "--db-url", &self.cluster.url(db)])?;
+        step(&format!(
+            "inclusion proof: p50 {:.2} ms, p99 {:.2} ms ({} of {} answered 200)",
+            proofs["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+            proofs["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+            proofs["ok"],
+            proofs["proofs"]
+        ));
+        let file = self.out.join(format!("export-{db}.ndjson"));
+        let export = self.ds_bench(&[
+            "export",
+            "--addr",
+            API,
+            "--out",
+            &file.display().to_string(),
+        ])?;
+        let lines = export["lines"].as_u64().unwrap_or(0);
+        let note = self.psql_in(
+            db,
+            &format!("SELECT note FROM tlog_checkpoints WHERE tree_size = {lines}"),
+        )?;
+        let checkpoint = self.out.join(format!("checkpoint-{db}.txt"));
+        std::fs::write(&checkpoint, format!("{note}\n"))?;
+        let verify = self.verify(&file, &checkpoint, lines)?;
+        let _ = std::fs::remove_file(&file);
+        step(&format!(
+            "export: {:.0} lines/s; verify: {:.0} records/s",
+            export["lines_per_second"].as_f64().unwrap_or(0.0),
+            verify["records_per_second"].as_f64().unwrap_or(0.0)
+        ));
+        Ok(json!({"inclusion_proofs": proofs, "export": export, "verify": verify}))
+    }
+
+    /// `datastorage verify` of an export: its verdict and records per second, next to SHA-256 over
+    /// the same bytes (`sha256sum`: the floor of any verifier that reads them).
+    fn verify(&self, export: &Path, checkpoint: &Path, lines: u64) -> Result<Value> {
+        let t = Instant::now();
+        let out = Command::new(self.bin.join("datastorage"))
+            .arg("verify")
+            .arg("--export")
+            .arg(export)
+            .arg("--checkpoint")
+            .arg(checkpoint)
+            .args(["--key", &self.verifier_key])
+            .output()?;
+        let secs = t.elapsed().as_secs_f64();
+        let verdict = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() {
+            bail!(
+                "datastorage verify failed ({}): {verdict} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let t = Instant::now();
+        run(Command::new("sha256sum").arg(export).stdout(Stdio::null()))?;
+        let sha = t.elapsed().as_secs_f64();
+        Ok(json!({
+            "records": lines,
+            "seconds": secs,
+            "records_per_second": lines as f64 / secs,
+            "bytes": std::fs::metadata(export)?.len(),
+            "sha256sum_seconds": sha,
+            "verdict": verdict,
+        }))
+    }
+
+    /// `datastorage verify` of an export of `leaves` records made by ds-bench (no database needed).
+    fn verify_synthetic(&self, leaves: u64) -> Result<Value> {
+        let dir = self.out.join("verify");
+        step(&format!(
+            "an export of {leaves} records for `datastorage verify`"
+        ));
+        self.ds_bench(&[
+            "synthetic-export",
+            "--leaves",
+            &leaves.to_string(),
+            "--dir",
+            &dir.display().to_string(),
+        ])?;
+        let key = std::fs::read_to_string(dir.join("verifier-key.txt"))?;
+        let t = Instant::now();
+        let out = Command::new(self.bin.join("datastorage"))
+            .arg("verify")
+            .arg("--export")
+            .arg(dir.join("export.ndjson"))
+            .arg("--checkpoint")
+            .arg(dir.join("checkpoint.txt"))
+            .args(["--key", key.trim()])
+            .output()?;
+        let secs = t.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "datastorage verify of the synthetic export failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let t = Instant::now();
+        run(Command::new("sha256sum")
+            .arg(dir.join("export.ndjson"))
+            .stdout(Stdio::null()))?;
+        let sha = t.elapsed().as_secs_f64();
+        let bytes = std::fs::metadata(dir.join("export.ndjson"))?.len();
+        let _ = std::fs::remove_dir_all(&dir);
+        step(&format!(
+            "verify: {leaves} records in {secs:.1} s = {:.0} records/s (sha256sum of the same {:.0} MiB: {sha:.1} s)",
+            leaves as f64 / secs,
+            bytes as f64 / (1 << 20) as f64
+        ));
+        Ok(json!({
+            "records": leaves,
+            "seconds": secs,
+            "records_per_second": leaves as f64 / secs,
+            "bytes": bytes,
+            "sha256sum_seconds": sha,
+        }))
+    }
+
     fn size(&self, size: u64, o: &Options, first: bool) -> Result<Value> {
         let db = format!("bench_{size}");
         let mut report = json!({ "records_prefilled": size });
@@ -535,6 +726,17 @@ impl Bench {
                  CREATE INDEX embeddings_embedding_hnsw ON embeddings USING hnsw (embedding vector_cosine_ops)",
             )?;
             report["hnsw_build_seconds"] = json!(t.elapsed().as_secs_f64());
+            // The COPY queued every record for the log: the running service's sequencer appends them.
+            step(&format!(
+                "{db}: the sequencer appends {size} records to the transparency log"
+            ));
+            let secs = self.wait_for_log(&db, Duration::from_secs(3600))?;
+            report["log_prefill"] =
+                json!({"seconds": secs, "leaves_per_second": size as f64 / secs});
+            step(&format!(
+                "{db}: {:.0} leaves/s appended",
+                size as f64 / secs
+            ));
             self.psql_in(&db, "VACUUM ANALYZE")?;
         }
         self.psql_in(&db, "CHECKPOINT")?;
@@ -567,9 +769,13 @@ impl Bench {
              INTO v FROM bench_centres c WHERE c.id = k; RETURN v; END $$",
         )?;
         let mut baselines = Vec::new();
+        // The raw insert: PostgreSQL alone, without the log's queue trigger.
+        self.log_queue(&db, false)?;
         for &c in &o.conns {
             baselines.push(self.pgbench(&db, "insert", c, o.seconds)?);
         }
+        self.log_queue(&db, true)?;
+        self.wait_for_log(&db, Duration::from_secs(600))?;
         for &c in o.conns.iter().filter(|&&c| c <= 16) {
             baselines.push(self.pgbench(&db, "hnsw", c, o.seconds)?);
         }
@@ -618,6 +824,62 @@ impl Bench {
                 },
             )?);
         }
+        // The transparency log's cost on the write path: the same load with the log's queue off,
+        // then on (sequencer running), back to back, before any unique text keeps the embedding
+        // worker busy; and the integration lag of the second.
+        // Two rounds of off-then-on: the ratio of the means (one round is as noisy as the target).
+        let (mut off_rates, mut on_rates) = (Vec::new(), Vec::new());
+        let mut lag = Value::Null;
+        for round in 1..=2 {
+            self.wait_for_log(&db, Duration::from_secs(600))?;
+            self.log_queue(&db, false)?;
+            let off = self.load(
+                &service,
+                Scenario {
+                    name: &format!("deferred hot c64 log off #{round}"),
+                    conns: 64,
+                    rate: None,
+                    repeat_share: 1.0,
+                    target: "write",
+                    seconds: o.seconds,
+                },
+            )?;
+            self.log_queue(&db, true)?;
+            self.wait_for_log(&db, Duration::from_secs(600))?;
+            let since = self.psql_in(&db, "SELECT now()")?;
+            let on = self.load(
+                &service,
+                Scenario {
+                    name: &format!("deferred hot c64 log on #{round}"),
+                    conns: 64,
+                    rate: None,
+                    repeat_share: 1.0,
+                    target: "write",
+                    seconds: o.seconds,
+                },
+            )?;
+            self.wait_for_log(&db, Duration::from_secs(600))?;
+            if round == 2 {
+                lag = self.integration_lag(&db, &since)?;
+            }
+            off_rates.push(f(&off["records_per_second"]));
+            on_rates.push(f(&on["records_per_second"]));
+            scenarios.push(off);
+            scenarios.push(on);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let ratio = mean(&on_rates) / mean(&off_rates);
+        step(&format!(
+            "log on / off: {ratio:.3}×; integration lag p50 {:.2} s, p99 {:.2} s",
+            f(&lag["p50_s"]),
+            f(&lag["p99_s"])
+        ));
+        report["log_write_cost"] = json!({
+            "on_over_off": ratio,
+            "on_records_per_second": on_rates,
+            "off_records_per_second": off_rates,
+            "integration_lag": lag,
+        });
         scenarios.push(self.load(
             &service,
             Scenario {
@@ -714,6 +976,7 @@ impl Bench {
         report["scenarios"] = json!(scenarios);
         let (_, rss) = process_usage(service.pid());
         report["inline_service_peak_rss_mib"] = json!(rss);
+        report["log_reads"] = self.log_reads(&db)?;
         service.stop()?;
         if size > 0 {
             // One service per ef_search (a per-connection setting); the exact answers are computed
@@ -776,12 +1039,24 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         true,
         "-c shared_buffers=2GB -c max_wal_size=8GB -c checkpoint_timeout=15min -c max_parallel_maintenance_workers=2",
     )?;
+    let log_key = out.join("log-signing-key");
+    let _ = std::fs::remove_file(&log_key);
+    let keygen = Command::new(root.join("target/release/datastorage"))
+        .args(["log", "keygen", "--out"])
+        .arg(&log_key)
+        .output()
+        .context("datastorage log keygen")?;
+    if !keygen.status.success() {
+        bail!("datastorage log keygen failed");
+    }
     let b = Bench {
         root: root.to_owned(),
         out: out.clone(),
         cluster,
         model_dir,
         bin: root.join("target/release"),
+        log_key,
+        verifier_key: String::from_utf8_lossy(&keygen.stdout).trim().to_owned(),
     };
     let result = (|| -> Result<Value> {
         let machine = machine();
@@ -813,6 +1088,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             "sizes": [],
         });
         result["bodies"] = b.bodies()?;
+        result["verify_synthetic"] = b.verify_synthetic(o.verify_leaves)?;
         for (i, &size) in o.sizes.iter().enumerate() {
             let report = b.size(size, &o, i == 0)?;
             if let Some(sizes) = result["sizes"].as_array_mut() {
@@ -877,6 +1153,17 @@ fn summarize(r: &Value) -> String {
         "bare local model: {:.1} sentences/s\n",
         f(&r["bare_model"]["sentences_per_second"])
     ));
+    let v = &r["verify_synthetic"];
+    if !v.is_null() {
+        s.push_str(&format!(
+            "datastorage verify, offline, {} records ({:.0} MiB): {:.1} s = {:.0} records/s (target ≥ 50,000/s); baseline sha256sum of the same bytes {:.1} s\n",
+            v["records"],
+            f(&v["bytes"]) / (1u64 << 20) as f64,
+            f(&v["seconds"]),
+            f(&v["records_per_second"]),
+            f(&v["sha256sum_seconds"])
+        ));
+    }
     s.push_str(&format!(
         "pre-filled vectors: {} (local intrinsic dimension / relative contrast, 2,000 vectors: ",
         r["options"]["vectors"].as_str().unwrap_or("")
@@ -961,6 +1248,40 @@ fn summarize(r: &Value) -> String {
                 f(&sc["generator_cpu_seconds"]) / f(&sc["seconds"]),
                 f(&sc["service_peak_rss_mib"]),
                 raw.map(|b| format!("{:.2}×", rate / b)).unwrap_or_default()
+            ));
+        }
+        if let Some(p) = size.get("log_prefill") {
+            s.push_str(&format!(
+                "transparency log: {:.0} pre-filled records appended at {:.0} leaves/s\n",
+                f(&size["records_prefilled"]),
+                f(&p["leaves_per_second"])
+            ));
+        }
+        if let Some(c) = size.get("log_write_cost") {
+            let lag = &c["integration_lag"];
+            s.push_str(&format!(
+                "transparency log on the write path (deferred hot c64): log on / log off = {:.3}× (target ≥ 0.95×); integration lag p50 {:.2} s, p99 {:.2} s, max {:.2} s over {:.0} records (target p99 ≤ 2 s)\n",
+                f(&c["on_over_off"]),
+                f(&lag["p50_s"]),
+                f(&lag["p99_s"]),
+                f(&lag["max_s"]),
+                f(&lag["records"])
+            ));
+        }
+        if let Some(l) = size.get("log_reads") {
+            let p = &l["inclusion_proofs"];
+            let v = &l["verify"];
+            s.push_str(&format!(
+                "inclusion proof through the API: p50 {:.2} ms, p99 {:.2} ms (target p99 ≤ 10 ms at 1M), {} of {} answered 200; export {:.0} lines/s; verify of it: {:.0} records/s ({} records, sha256sum of the same bytes {:.2} s vs verify {:.2} s)\n",
+                f(&p["latency_ms"]["p50"]),
+                f(&p["latency_ms"]["p99"]),
+                p["ok"],
+                p["proofs"],
+                f(&l["export"]["lines_per_second"]),
+                f(&v["records_per_second"]),
+                v["records"],
+                f(&v["sha256sum_seconds"]),
+                f(&v["seconds"])
             ));
         }
         let w = &size["worker"];

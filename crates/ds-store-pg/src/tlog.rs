@@ -501,15 +501,13 @@ async fn export(
             by_id.insert(r.id, r);
         }
         for l in leaves {
-            let record = by_id
-                .remove(&l.record_id)
-                .filter(|r| r.kind.as_str() == l.kind);
-            page.push((
-                to_u64(l.log_index, "log index")?,
-                l.kind,
-                l.record_id,
-                record,
-            ));
+            // A record's kind is content: the line shows the stored record's (a kind changed after
+            // logging then fails the leaf check); the leaf's own kind only for a record gone.
+            let record = by_id.remove(&l.record_id);
+            let kind = record
+                .as_ref()
+                .map_or(l.kind, |r| r.kind.as_str().to_owned());
+            page.push((to_u64(l.log_index, "log index")?, kind, l.record_id, record));
         }
     } else {
         let kinds: Vec<&str> = filter.kinds.iter().map(|k| k.as_str()).collect();
