@@ -17,22 +17,25 @@ $$;
 -- Records not yet in the log. Filled by a trigger on every insert, whoever inserts (an insert that
 -- bypasses the service is logged too, and shows in the log where it was inserted); emptied by the
 -- sequencer in the transaction that appends their leaves, so each record is appended exactly once.
+-- A heap without an index: the trigger's insert and the sequencer's delete (by ctid) stay cheap; the
+-- sequencer takes rows in the order it finds them.
 CREATE TABLE tlog_pending (
-    record_id bigint PRIMARY KEY
+    record_id bigint NOT NULL
 );
 INSERT INTO tlog_pending (record_id) SELECT id FROM audit_records;
 
--- The log's leaves in log order: which record each one is (the leaf hash itself is stored hash 0 of
--- the leaf, in tlog_hashes).
+-- The log's leaves in log order: which record each one is, and its leaf hash (the tree's level 0).
 CREATE TABLE tlog_leaves (
     log_index     bigint      PRIMARY KEY CHECK (log_index >= 0),
     record_id     bigint      NOT NULL UNIQUE,
     kind          text        NOT NULL,
+    leaf_hash     bytea       NOT NULL CHECK (octet_length(leaf_hash) = 32),
     integrated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- The hash of every complete subtree, at its linear index (Go's sumdb/tlog layout, ~2 per leaf): a
--- root or a proof reads O(log n) of them by primary key.
+-- The hash of every complete subtree above the leaves, at its linear index (Go's sumdb/tlog layout,
+-- ~1 per leaf; level 0 is tlog_leaves.leaf_hash): a root or a proof reads O(log n) of them by
+-- primary key.
 CREATE TABLE tlog_hashes (
     idx  bigint PRIMARY KEY CHECK (idx >= 0),
     hash bytea  NOT NULL CHECK (octet_length(hash) = 32)

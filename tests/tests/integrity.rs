@@ -114,9 +114,10 @@ fn fields(read: &Value) -> Map<String, Value> {
 #[tokio::test]
 async fn the_runtime_role_cannot_change_or_delete_records_and_triggers_stop_the_owner() {
     let app = spawn_app().await.unwrap();
-    let id = write(&app, "rr-2026-11-30-roles0", 1, 1).await[0];
-    // Logged and signed: the log's tables have rows for the row triggers to refuse.
-    checkpoint_covering(&app, 1).await;
+    let id = write(&app, "rr-2026-11-30-roles0", 1, 2).await[0];
+    // Logged and signed: the log's tables have rows for the row triggers to refuse (two leaves: a
+    // stored hash above them).
+    checkpoint_covering(&app, 2).await;
     let mut runtime = AsyncPgConnection::establish(&app.db.runtime_url)
         .await
         .unwrap();
@@ -152,6 +153,7 @@ async fn the_runtime_role_cannot_change_or_delete_records_and_triggers_stop_the_
         format!("DELETE FROM audit_records WHERE id = {id}"),
         "TRUNCATE audit_records CASCADE".to_owned(),
         "UPDATE tlog_hashes SET hash = hash".to_owned(),
+        "UPDATE tlog_leaves SET leaf_hash = leaf_hash".to_owned(),
         "DELETE FROM tlog_checkpoints".to_owned(),
     ] {
         let e = owner.batch_execute(&sql).await.unwrap_err().to_string();
@@ -525,19 +527,14 @@ async fn each_tampering_is_detected_and_named(#[case] t: Tampering) {
         Tampering::ReorderTwoLeaves => {
             // Leaves 8 and 11 swapped with their hashes: each leaf still matches its record.
             let mut c = owner(app).await;
-            let (i, j) = (
-                tree::stored_hash_index(0, 8),
-                tree::stored_hash_index(0, 11),
-            );
-            c.batch_execute(&format!(
-                "CREATE TEMP TABLE swap AS SELECT log_index, record_id FROM tlog_leaves WHERE log_index IN (8, 11);
+            c.batch_execute(
+                "CREATE TEMP TABLE swap AS SELECT log_index, record_id, kind, leaf_hash FROM tlog_leaves WHERE log_index IN (8, 11);
                  UPDATE tlog_leaves SET record_id = -1 WHERE log_index = 8;
-                 UPDATE tlog_leaves SET record_id = (SELECT record_id FROM swap WHERE log_index = 8) WHERE log_index = 11;
-                 UPDATE tlog_leaves SET record_id = (SELECT record_id FROM swap WHERE log_index = 11) WHERE log_index = 8;
-                 UPDATE tlog_hashes SET hash = CASE idx WHEN {i} THEN (SELECT hash FROM tlog_hashes WHERE idx = {j})
-                                                        ELSE (SELECT hash FROM tlog_hashes WHERE idx = {i}) END
-                 WHERE idx IN ({i}, {j});"
-            ))
+                 UPDATE tlog_leaves l SET record_id = s.record_id, kind = s.kind, leaf_hash = s.leaf_hash
+                     FROM swap s WHERE s.log_index = 8 AND l.log_index = 11;
+                 UPDATE tlog_leaves l SET record_id = s.record_id, kind = s.kind, leaf_hash = s.leaf_hash
+                     FROM swap s WHERE s.log_index = 11 AND l.log_index = 8;",
+            )
             .await
             .unwrap();
             vec![
@@ -602,13 +599,27 @@ async fn each_tampering_is_detected_and_named(#[case] t: Tampering) {
                 })
                 .collect();
             let rebuilt = tree::append(0, &leaves, &StoredHashes::new()).unwrap();
-            let values: Vec<String> = rebuilt
+            let (level0, above): (Vec<_>, Vec<_>) = rebuilt
+                .iter()
+                .partition(|(i, _)| tree::split_stored_hash_index(*i).0 == 0);
+            let values: Vec<String> = above
                 .iter()
                 .map(|(i, h)| format!("({i}, '\\x{}')", hex::encode(h.0)))
                 .collect();
+            let leaf_updates: Vec<String> = level0
+                .iter()
+                .map(|(i, h)| {
+                    format!(
+                        "UPDATE tlog_leaves SET leaf_hash = '\\x{}' WHERE log_index = {};",
+                        hex::encode(h.0),
+                        tree::split_stored_hash_index(*i).1
+                    )
+                })
+                .collect();
             c.batch_execute(&format!(
-                "DELETE FROM tlog_hashes; INSERT INTO tlog_hashes (idx, hash) VALUES {}",
-                values.join(",")
+                "DELETE FROM tlog_hashes; INSERT INTO tlog_hashes (idx, hash) VALUES {}; {}",
+                values.join(","),
+                leaf_updates.join(" ")
             ))
             .await
             .unwrap();

@@ -155,7 +155,8 @@ pub(crate) fn leaf_hash(r: &StoredRecord) -> Hash {
     .hash()
 }
 
-/// The stored hashes at `indexes`; all of them, or `Corrupt`.
+/// The stored hashes at `indexes`; all of them, or `Corrupt`. Level 0 (the leaf hashes) is
+/// `tlog_leaves.leaf_hash`, the levels above are rows of `tlog_hashes`: one query for both.
 async fn read_hashes(
     c: &mut AsyncPgConnection,
     indexes: &[u64],
@@ -163,15 +164,30 @@ async fn read_hashes(
     if indexes.is_empty() {
         return Ok(StoredHashes::new());
     }
-    let ids: Vec<i64> = indexes.iter().map(|&i| to_i64(i)).collect();
-    let rows: Vec<StoredHash> =
-        diesel::sql_query("SELECT idx, hash FROM tlog_hashes WHERE idx = ANY($1)")
-            .bind::<Array<BigInt>, _>(&ids)
-            .load(c)
-            .await?;
+    let (mut leaves, mut above) = (Vec::new(), Vec::new());
+    for &i in indexes {
+        match tree::split_stored_hash_index(i) {
+            (0, n) => leaves.push(to_i64(n)),
+            _ => above.push(to_i64(i)),
+        }
+    }
+    let rows: Vec<StoredHash> = diesel::sql_query(
+        "SELECT idx, hash FROM tlog_hashes WHERE idx = ANY($1) \
+         UNION ALL SELECT -1 - log_index, leaf_hash FROM tlog_leaves WHERE log_index = ANY($2)",
+    )
+    .bind::<Array<BigInt>, _>(&above)
+    .bind::<Array<BigInt>, _>(&leaves)
+    .load(c)
+    .await?;
     let mut out = StoredHashes::with_capacity(rows.len());
     for r in rows {
-        out.insert(to_u64(r.idx, "hash index")?, hash(&r.hash)?);
+        // Leaves come back as -1 - log index (a stored hash index is never negative).
+        let index = if r.idx < 0 {
+            tree::stored_hash_index(0, to_u64(-1 - r.idx, "log index")?)
+        } else {
+            to_u64(r.idx, "hash index")?
+        };
+        out.insert(index, hash(&r.hash)?);
     }
     if let Some(missing) = indexes.iter().find(|i| !out.contains_key(i)) {
         return Err(PgStoreError::Corrupt(format!(
@@ -231,16 +247,24 @@ async fn integrate(
         .await?
         .n;
     let size = to_u64(size, "tree size")?;
-    let pending: Vec<i64> =
-        diesel::sql_query("SELECT record_id FROM tlog_pending ORDER BY record_id LIMIT $1")
-            .bind::<BigInt, _>(to_i64(max as u64))
-            .load::<Pending>(c)
-            .await?
-            .into_iter()
-            .map(|p| p.record_id)
-            .collect();
+    // Taken off the queue as found (a TID scan: the queue has no index to maintain); appended in id
+    // order within the run. The transaction's rollback puts them back.
+    let mut pending: Vec<i64> = diesel::sql_query(
+        "DELETE FROM tlog_pending WHERE ctid = ANY(ARRAY(SELECT ctid FROM tlog_pending LIMIT $1)) \
+         RETURNING record_id",
+    )
+    .bind::<BigInt, _>(to_i64(max as u64))
+    .load::<Pending>(c)
+    .await?
+    .into_iter()
+    .map(|p| p.record_id)
+    .collect();
+    pending.sort_unstable();
+    pending.dedup();
+    // A record queued twice (a hand-made re-queue) is appended once.
     let rows: Vec<RecordRow> = diesel::sql_query(format!(
-        "SELECT {RECORD_COLUMNS} FROM audit_records r WHERE r.id = ANY($1) ORDER BY r.id"
+        "SELECT {RECORD_COLUMNS} FROM audit_records r WHERE r.id = ANY($1) \
+         AND NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) ORDER BY r.id"
     ))
     .bind::<Array<BigInt>, _>(&pending)
     .load(c)
@@ -270,17 +294,24 @@ async fn integrate(
         let indexes: Vec<i64> = (size..new_size).map(to_i64).collect();
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
         let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+        let leaf_hashes: Vec<&[u8]> = leaves.iter().map(|h| h.0.as_slice()).collect();
         diesel::sql_query(
-            "INSERT INTO tlog_leaves (log_index, record_id, kind, integrated_at) \
-             SELECT *, clock_timestamp() FROM unnest($1::bigint[], $2::bigint[], $3::text[])",
+            "INSERT INTO tlog_leaves (log_index, record_id, kind, leaf_hash, integrated_at) \
+             SELECT *, clock_timestamp() FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
         )
         .bind::<Array<BigInt>, _>(&indexes)
         .bind::<Array<BigInt>, _>(&ids)
         .bind::<Array<Text>, _>(&kinds)
+        .bind::<Array<Bytea>, _>(&leaf_hashes)
         .execute(c)
         .await?;
-        let hash_ids: Vec<i64> = new.iter().map(|(i, _)| to_i64(*i)).collect();
-        let hashes: Vec<&[u8]> = new.iter().map(|(_, h)| h.0.as_slice()).collect();
+        // Level 0 is in tlog_leaves: the levels above only.
+        let above: Vec<&(u64, Hash)> = new
+            .iter()
+            .filter(|(i, _)| tree::split_stored_hash_index(*i).0 > 0)
+            .collect();
+        let hash_ids: Vec<i64> = above.iter().map(|(i, _)| to_i64(*i)).collect();
+        let hashes: Vec<&[u8]> = above.iter().map(|(_, h)| h.0.as_slice()).collect();
         diesel::sql_query(
             "INSERT INTO tlog_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
         )
@@ -289,12 +320,6 @@ async fn integrate(
         .execute(c)
         .await?;
         known.extend(new);
-    }
-    if !pending.is_empty() {
-        diesel::sql_query("DELETE FROM tlog_pending WHERE record_id = ANY($1)")
-            .bind::<Array<BigInt>, _>(&pending)
-            .execute(c)
-            .await?;
     }
     let last: Option<LastCheckpoint> = diesel::sql_query(
         "SELECT tree_size, clock_timestamp() - created_at >= make_interval(secs => $1) AS due \

@@ -11,7 +11,9 @@
 use crate::TlogError;
 use std::cell::RefCell;
 use std::collections::HashMap;
-pub use tlog_tiles::{EMPTY_HASH, Hash, node_hash, record_hash, stored_hash_index};
+pub use tlog_tiles::{
+    EMPTY_HASH, Hash, node_hash, record_hash, split_stored_hash_index, stored_hash_index,
+};
 use tlog_tiles::{Error as TreeError, HashReader};
 
 /// Stored hashes by their linear index.
