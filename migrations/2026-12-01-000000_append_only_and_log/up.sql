@@ -17,10 +17,8 @@ $$;
 -- Records not yet in the log. Filled by a trigger on every insert, whoever inserts (an insert that
 -- bypasses the service is logged too, and shows in the log where it was inserted); emptied by the
 -- sequencer in the transaction that appends their leaves, so each record is appended exactly once.
--- A heap without an index: the trigger's insert and the sequencer's delete (by ctid) stay cheap; the
--- sequencer takes rows in the order it finds them.
 CREATE TABLE tlog_pending (
-    record_id bigint NOT NULL
+    record_id bigint PRIMARY KEY
 );
 INSERT INTO tlog_pending (record_id) SELECT id FROM audit_records;
 

@@ -509,8 +509,7 @@ impl Bench {
                 db,
                 "ALTER TABLE audit_records ENABLE TRIGGER audit_records_enqueue; \
                  INSERT INTO tlog_pending (record_id) SELECT r.id FROM audit_records r \
-                 WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) \
-                 AND NOT EXISTS (SELECT 1 FROM tlog_pending p WHERE p.record_id = r.id)",
+                 WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) ON CONFLICT DO NOTHING",
             )?;
         } else {
             self.psql_in(

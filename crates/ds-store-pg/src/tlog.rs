@@ -247,11 +247,10 @@ async fn integrate(
         .await?
         .n;
     let size = to_u64(size, "tree size")?;
-    // Taken off the queue as found (a TID scan: the queue has no index to maintain); appended in id
-    // order within the run. The transaction's rollback puts them back.
-    let mut pending: Vec<i64> = diesel::sql_query(
-        "DELETE FROM tlog_pending WHERE ctid = ANY(ARRAY(SELECT ctid FROM tlog_pending LIMIT $1)) \
-         RETURNING record_id",
+    // The oldest queued records, taken off the queue (the transaction's rollback puts them back).
+    let pending: Vec<i64> = diesel::sql_query(
+        "DELETE FROM tlog_pending WHERE record_id IN \
+         (SELECT record_id FROM tlog_pending ORDER BY record_id LIMIT $1) RETURNING record_id",
     )
     .bind::<BigInt, _>(to_i64(max as u64))
     .load::<Pending>(c)
@@ -259,9 +258,7 @@ async fn integrate(
     .into_iter()
     .map(|p| p.record_id)
     .collect();
-    pending.sort_unstable();
-    pending.dedup();
-    // A record queued twice (a hand-made re-queue) is appended once.
+    // A record queued again by hand after it was logged is not appended twice.
     let rows: Vec<RecordRow> = diesel::sql_query(format!(
         "SELECT {RECORD_COLUMNS} FROM audit_records r WHERE r.id = ANY($1) \
          AND NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) ORDER BY r.id"
