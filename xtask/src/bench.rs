@@ -841,32 +841,25 @@ impl Bench {
         let mut lag = Value::Null;
         for round in 1..=3 {
             self.wait_for_log(&db, Duration::from_secs(600))?;
+            let hot_c64 = |name: &str| -> Result<Value> {
+                self.load(
+                    &service,
+                    Scenario {
+                        name,
+                        conns: 64,
+                        rate: None,
+                        repeat_share: 1.0,
+                        target: "write",
+                        seconds: o.seconds,
+                    },
+                )
+            };
             self.log_queue(&db, false)?;
-            let off = self.load(
-                &service,
-                Scenario {
-                    name: &format!("deferred hot c64 log off #{round}"),
-                    conns: 64,
-                    rate: None,
-                    repeat_share: 1.0,
-                    target: "write",
-                    seconds: o.seconds,
-                },
-            )?;
+            let off = hot_c64(&format!("deferred hot c64 log off #{round}"))?;
             self.log_queue(&db, true)?;
             self.wait_for_log(&db, Duration::from_secs(600))?;
             let since = self.psql_in(&db, "SELECT now()")?;
-            let on = self.load(
-                &service,
-                Scenario {
-                    name: &format!("deferred hot c64 log on #{round}"),
-                    conns: 64,
-                    rate: None,
-                    repeat_share: 1.0,
-                    target: "write",
-                    seconds: o.seconds,
-                },
-            )?;
+            let on = hot_c64(&format!("deferred hot c64 log on #{round}"))?;
             self.wait_for_log(&db, Duration::from_secs(600))?;
             if round == 3 {
                 lag = self.integration_lag(&db, &since)?;

@@ -116,14 +116,6 @@ impl ApiError {
                 p(StatusCode::NOT_FOUND, "NOT_FOUND", "record not found")
             }
             ApiError::Audit(AuditError::Absent(m)) => p(StatusCode::NOT_FOUND, "NOT_FOUND", m),
-            ApiError::Audit(AuditError::InvalidParameter(v)) => Parts {
-                status: StatusCode::BAD_REQUEST,
-                code: "VALIDATION_ERROR",
-                message: format!("{}: {}", v.field, v.message),
-                violations: vec![v.clone()],
-                retry_after: None,
-                rate_limit: None,
-            },
             ApiError::Audit(AuditError::NotYetIntegrated) => Parts {
                 retry_after: Some(NOT_YET_INTEGRATED_RETRY_SECS),
                 ..p(
@@ -155,14 +147,16 @@ impl ApiError {
                 "Content-Type must be application/json",
             ),
             ApiError::NotFound(m) => p(StatusCode::NOT_FOUND, "NOT_FOUND", m),
-            ApiError::InvalidParameter(v) => Parts {
-                status: StatusCode::BAD_REQUEST,
-                code: "VALIDATION_ERROR",
-                message: format!("{}: {}", v.field, v.message),
-                violations: vec![v.clone()],
-                retry_after: None,
-                rate_limit: None,
-            },
+            ApiError::InvalidParameter(v) | ApiError::Audit(AuditError::InvalidParameter(v)) => {
+                Parts {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "VALIDATION_ERROR",
+                    message: format!("{}: {}", v.field, v.message),
+                    violations: vec![v.clone()],
+                    retry_after: None,
+                    rate_limit: None,
+                }
+            }
             ApiError::ShuttingDown => p(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SERVICE_UNAVAILABLE",
