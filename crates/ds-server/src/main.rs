@@ -84,15 +84,18 @@ struct VerifyArgs {
     /// one's root at its size. Online: today's tree must extend each one.
     #[arg(long = "checkpoint")]
     checkpoints: Vec<PathBuf>,
-    /// A verifier key of the log (repeatable): the current one and every earlier one.
+    /// A verifier key of the log (repeatable): the current one and every earlier one. Added to
+    /// those of the configuration, when one is given: `log.verifier_keys` and the verifier key of
+    /// `log.signing_key_file`.
     #[arg(long = "key")]
     keys: Vec<String>,
     /// A file of verifier keys, one per line.
     #[arg(long)]
     keys_file: Option<PathBuf>,
-    /// The log's origin (the checkpoints' first line).
-    #[arg(long, default_value = ds_server::config::DEFAULT_LOG_ORIGIN)]
-    origin: String,
+    /// The log's origin (the checkpoints' first line); default: `log.origin` of the configuration
+    /// (`--config` / `DATASTORAGE_*`), else `kubernaut.ai/datastorage`.
+    #[arg(long)]
+    origin: Option<String>,
     /// Offline: how much earlier than a record logged before it a record may have been received
     /// (longer is reported as back-dated).
     #[arg(long, default_value_t = 300)]
@@ -127,9 +130,25 @@ fn keygen(out: &std::path::Path, name: &str) -> Result<String, String> {
 }
 
 /// `datastorage verify`: the verdict's exit code.
-async fn verify(args: VerifyArgs) -> ExitCode {
-    use ds_server::verify::{Verdict, offline, online, verifier};
-    let keys = match verifier(&args.origin, &args.keys, args.keys_file.as_deref()) {
+async fn verify(args: VerifyArgs, config: Option<&std::path::Path>) -> ExitCode {
+    use ds_server::verify::{Verdict, configured, offline, online, verifier};
+    let file = match FileValues::load(config) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("datastorage verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (configured_origin, configured_keys) =
+        configured(&|k| env_value(k).or_else(|| file.values.get(k).cloned()));
+    let origin = args
+        .origin
+        .clone()
+        .or(configured_origin)
+        .unwrap_or_else(|| ds_server::config::DEFAULT_LOG_ORIGIN.to_owned());
+    let mut keys = args.keys.clone();
+    keys.extend(configured_keys);
+    let keys = match verifier(&origin, &keys, args.keys_file.as_deref()) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("datastorage verify: {e}");
@@ -273,7 +292,7 @@ async fn main() -> ExitCode {
         }
         Command::Verify(args) => {
             ds_embed_openai::install_tls_provider();
-            return verify(args).await;
+            return verify(args, cli.config.as_deref()).await;
         }
         other => other,
     };

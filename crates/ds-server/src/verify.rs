@@ -29,6 +29,34 @@ fn unusable(what: impl std::fmt::Display) -> Unusable {
     Unusable(what.to_string())
 }
 
+/// The log's origin and verifier keys as a service's configuration has them: `log.origin`,
+/// `log.verifier_keys` (earlier keys), and the verifier key of `log.signing_key_file` when that file
+/// is readable here. `lookup` answers a configuration key by its environment variable's name.
+pub fn configured(lookup: &dyn Fn(&str) -> Option<String>) -> (Option<String>, Vec<String>) {
+    let origin = lookup("DATASTORAGE_LOG_ORIGIN");
+    let mut keys: Vec<String> = lookup("DATASTORAGE_LOG_VERIFIER_KEYS")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(path) = lookup("DATASTORAGE_LOG_SIGNING_KEY_FILE")
+        && let Ok(private) = std::fs::read_to_string(path)
+        && let Ok(signer) = ds_tlog::note::CheckpointSigner::new(
+            origin
+                .as_deref()
+                .unwrap_or(crate::config::DEFAULT_LOG_ORIGIN),
+            &private,
+        )
+    {
+        keys.push(signer.verifier_key().to_owned());
+    }
+    (origin, keys)
+}
+
 /// The log's verifier keys (note encoding): from `--key` and the lines of `--keys-file`.
 pub fn verifier(
     origin: &str,
@@ -312,7 +340,37 @@ fn hash_list(v: &serde_json::Value) -> Result<Vec<Hash>, Unusable> {
 
 #[cfg(test)]
 mod tests {
-    use super::sample;
+    use super::{configured, sample};
+
+    #[test]
+    fn the_configuration_gives_the_origin_the_earlier_keys_and_the_signing_keys_verifier() {
+        let (private, public) = ds_tlog::note::generate_key("k", [3; 32]).unwrap();
+        let path = std::env::temp_dir().join(format!("ds-verify-key-{}", std::process::id()));
+        std::fs::write(&path, private).unwrap();
+        let env = std::collections::HashMap::from([
+            ("DATASTORAGE_LOG_ORIGIN", "example/log".to_owned()),
+            (
+                "DATASTORAGE_LOG_VERIFIER_KEYS",
+                "old+00000001+AQ, older+00000002+AQ".to_owned(),
+            ),
+            (
+                "DATASTORAGE_LOG_SIGNING_KEY_FILE",
+                path.display().to_string(),
+            ),
+        ]);
+        let (origin, keys) = configured(&|k| env.get(k).cloned());
+        assert_eq!(origin.as_deref(), Some("example/log"));
+        assert_eq!(
+            keys,
+            vec![
+                "old+00000001+AQ".to_owned(),
+                "older+00000002+AQ".to_owned(),
+                public
+            ]
+        );
+        assert_eq!(configured(&|_| None), (None, Vec::new()));
+        let _ = std::fs::remove_file(path);
+    }
 
     #[test]
     fn samples_spread_over_the_tree_with_both_ends() {
