@@ -2,6 +2,8 @@
 //! and proofs, and `datastorage verify` catching each tampering of §8 — done here as the database
 //! owner, the way an administrator would (triggers switched off with `session_replication_role`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use ds_server::config::DEFAULT_LOG_ORIGIN;
 use ds_server::verify::{Verdict, offline, online};
@@ -12,7 +14,7 @@ use ds_tlog::verify::ExportLine;
 use ds_tlog::{Hash, Leaf, hash_from_base64};
 use rstest::rstest;
 use serde_json::{Map, Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn keys() -> CheckpointVerifier {
     CheckpointVerifier::new(DEFAULT_LOG_ORIGIN, &[log_key().verifier_key.clone()]).unwrap()
@@ -88,7 +90,7 @@ async fn export(app: &TestApp) -> (PathBuf, Vec<ExportLine>) {
     (temp("export.ndjson", &body), lines)
 }
 
-fn verify_offline(export: &PathBuf, checkpoints: &[&str]) -> Verdict {
+fn verify_offline(export: &Path, checkpoints: &[&str]) -> Verdict {
     let files: Vec<PathBuf> = checkpoints.iter().map(|c| temp("cp", c)).collect();
     offline(export, &files, &keys(), chrono::Duration::seconds(300)).unwrap()
 }
