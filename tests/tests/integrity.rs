@@ -590,15 +590,7 @@ async fn each_tampering_is_detected_and_named(#[case] t: Tampering) {
             let (_, lines) = export(app).await;
             let leaves: Vec<Hash> = lines
                 .iter()
-                .map(|l| {
-                    Leaf {
-                        kind: &l.kind,
-                        id: l.id,
-                        received_at: l.received_at.as_deref().unwrap(),
-                        record: l.record.as_ref().unwrap(),
-                    }
-                    .hash()
-                })
+                .map(|l| l.record_leaf_hash().unwrap())
                 .collect();
             let rebuilt = tree::append(0, &leaves, &StoredHashes::new()).unwrap();
             let (level0, above): (Vec<_>, Vec<_>) = rebuilt

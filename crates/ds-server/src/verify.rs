@@ -7,7 +7,7 @@
 use ds_tlog::note::{CheckpointError, CheckpointVerifier, SignedCheckpoint};
 use ds_tlog::tree::{check_consistency, check_inclusion};
 use ds_tlog::verify::{ExportLine, Report, Verifier};
-use ds_tlog::{Hash, Leaf, hash_from_base64};
+use ds_tlog::{Hash, hash_from_base64};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -258,20 +258,13 @@ pub async fn online(
             ));
             continue;
         }
-        let (Some(record), Some(received_at)) = (&line.record, &line.received_at) else {
+        let Some(leaf) = line.record_leaf_hash() else {
             findings.push(format!(
                 "logIndex {index} ({} {}): the log has the record but the store does not: deleted",
                 line.kind, line.id
             ));
             continue;
         };
-        let leaf = Leaf {
-            kind: &line.kind,
-            id: line.id,
-            received_at,
-            record,
-        }
-        .hash();
         let (status, body) = get(format!(
             "/api/v1/log/proof/inclusion?kind={}&id={}&treeSize={}",
             line.kind, line.id, latest.size

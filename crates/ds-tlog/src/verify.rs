@@ -33,6 +33,23 @@ pub struct ExportLine {
     pub record: Option<Map<String, Value>>,
 }
 
+impl ExportLine {
+    /// The leaf of the record as this line carries it (`None` for a record gone): what the log must
+    /// hold at `log_index` if the record is unchanged.
+    pub fn record_leaf_hash(&self) -> Option<Hash> {
+        let (record, received_at) = (self.record.as_ref()?, self.received_at.as_deref()?);
+        Some(
+            Leaf {
+                kind: &self.kind,
+                id: self.id,
+                received_at,
+                record,
+            }
+            .hash(),
+        )
+    }
+}
+
 /// Something the verifier found that an untampered store cannot produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
@@ -191,15 +208,9 @@ impl Verifier {
             });
             self.broken = true;
         }
-        match (&line.record, &line.received_at) {
-            (Some(record), Some(received_at)) => {
-                let leaf = Leaf {
-                    kind: &line.kind,
-                    id: line.id,
-                    received_at,
-                    record,
-                };
-                if leaf.hash() != logged {
+        match (line.record_leaf_hash(), &line.received_at) {
+            (Some(leaf), Some(received_at)) => {
+                if leaf != logged {
                     self.report.findings.push(Finding::Changed {
                         log_index: line.log_index,
                         kind: line.kind.clone(),
@@ -294,20 +305,20 @@ mod tests {
             + Duration::seconds(seconds))
         .with_timezone(&Utc)
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let leaf = Leaf {
-            kind: "workflow",
-            id: 100 + i as i64,
-            received_at: &received_at,
-            record: &record,
-        };
-        ExportLine {
+        relogged(ExportLine {
             log_index: i,
-            leaf_hash: hash_to_base64(&leaf.hash()),
+            leaf_hash: String::new(),
             kind: "workflow".into(),
             id: 100 + i as i64,
             received_at: Some(received_at),
             record: Some(record),
-        }
+        })
+    }
+
+    /// The line with the leaf hash of its own content (what a log rewritten to match would hold).
+    fn relogged(mut l: ExportLine) -> ExportLine {
+        l.leaf_hash = hash_to_base64(&l.record_leaf_hash().unwrap());
+        l
     }
 
     /// A log of `n` records and signed checkpoints at `sizes`, as the service would produce them.
@@ -418,19 +429,7 @@ mod tests {
         let (mut lines, _) = log(20, &[]);
         let mut late = line(20, -3600);
         late.id = 999;
-        late.leaf_hash = {
-            let received_at = late.received_at.clone().unwrap();
-            hash_to_base64(
-                &Leaf {
-                    kind: "workflow",
-                    id: 999,
-                    received_at: &received_at,
-                    record: late.record.as_ref().unwrap(),
-                }
-                .hash(),
-            )
-        };
-        lines.push(late);
+        lines.push(relogged(late));
         let r = verify(&lines, &[]);
         assert!(
             matches!(
@@ -491,17 +490,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("phase".into(), "Failed".into());
-        let received_at = forged.received_at.clone().unwrap();
-        forged.leaf_hash = hash_to_base64(
-            &Leaf {
-                kind: "workflow",
-                id: 112,
-                received_at: &received_at,
-                record: forged.record.as_ref().unwrap(),
-            }
-            .hash(),
-        );
-        lines[12] = forged;
+        lines[12] = relogged(forged);
         let r = verify(&lines, &cps);
         assert_eq!(r.verified_sizes, vec![8]);
         assert!(matches!(
