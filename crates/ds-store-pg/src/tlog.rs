@@ -85,6 +85,8 @@ struct LeafRow {
     record_id: i64,
     #[diesel(sql_type = Text)]
     kind: String,
+    #[diesel(sql_type = Bytea)]
+    leaf_hash: Vec<u8>,
 }
 
 #[derive(QueryableByName)]
@@ -99,6 +101,8 @@ struct Position {
 struct FilteredRow {
     #[diesel(sql_type = BigInt)]
     log_index: i64,
+    #[diesel(sql_type = Bytea)]
+    leaf_hash: Vec<u8>,
     #[diesel(embed)]
     record: RecordRow,
 }
@@ -364,7 +368,7 @@ async fn integrate(
 }
 
 const EXPORT_FILTERED_SQL: &str = "\
-SELECT l.log_index, {RECORD_COLUMNS}
+SELECT l.log_index, l.leaf_hash, {RECORD_COLUMNS}
 FROM tlog_leaves l JOIN audit_records r ON r.id = l.record_id
 WHERE l.log_index >= $1 AND l.log_index < $2
   AND ($4::timestamptz IS NULL OR r.received_at >= $4)
@@ -497,12 +501,24 @@ async fn export(
     limit: usize,
 ) -> Result<Vec<ExportEntry>, PgStoreError> {
     let limit = to_i64(limit as u64);
-    // (log index, kind of the leaf, record id, the record if the store holds it)
-    let mut page: Vec<(u64, String, i64, Option<StoredRecord>)> = Vec::new();
+    let entry =
+        |log_index: i64, kind: String, id: i64, leaf_hash: &[u8], record: Option<StoredRecord>| {
+            let log_index = to_u64(log_index, "log index")?;
+            Ok::<_, PgStoreError>(ExportEntry {
+                log_index,
+                kind,
+                id,
+                leaf_hash: hash(leaf_hash)?,
+                record: record.map(|mut r| {
+                    r.log_index = Some(log_index);
+                    r
+                }),
+            })
+        };
     if filter.is_everything() {
         // Every leaf, records gone included: what the offline verifier rebuilds the tree from.
         let leaves: Vec<LeafRow> = diesel::sql_query(
-            "SELECT log_index, record_id, kind FROM tlog_leaves \
+            "SELECT log_index, record_id, kind, leaf_hash FROM tlog_leaves \
              WHERE log_index >= $1 AND log_index < $2 ORDER BY log_index LIMIT $3",
         )
         .bind::<BigInt, _>(to_i64(from))
@@ -522,15 +538,19 @@ async fn export(
             let r = PgStore::to_stored(row)?;
             by_id.insert(r.id, r);
         }
-        for l in leaves {
-            // A record's kind is content: the line shows the stored record's (a kind changed after
-            // logging then fails the leaf check); the leaf's own kind only for a record gone.
-            let record = by_id.remove(&l.record_id);
-            let kind = record
-                .as_ref()
-                .map_or(l.kind, |r| r.kind.as_str().to_owned());
-            page.push((to_u64(l.log_index, "log index")?, kind, l.record_id, record));
-        }
+        leaves
+            .into_iter()
+            .map(|l| {
+                // A record's kind is content: the line shows the stored record's (a kind changed
+                // after logging then fails the leaf check); the leaf's own kind only for a record
+                // gone.
+                let record = by_id.remove(&l.record_id);
+                let kind = record
+                    .as_ref()
+                    .map_or(l.kind, |r| r.kind.as_str().to_owned());
+                entry(l.log_index, kind, l.record_id, &l.leaf_hash, record)
+            })
+            .collect()
     } else {
         let kinds: Vec<&str> = filter.kinds.iter().map(|k| k.as_str()).collect();
         let rows: Vec<FilteredRow> =
@@ -544,37 +564,17 @@ async fn export(
                 .bind::<Array<Text>, _>(&kinds)
                 .load(c)
                 .await?;
-        for row in rows {
-            let r = PgStore::to_stored(row.record)?;
-            page.push((
-                to_u64(row.log_index, "log index")?,
-                r.kind.as_str().to_owned(),
-                r.id,
-                Some(r),
-            ));
-        }
-    }
-    let indexes: Vec<u64> = page
-        .iter()
-        .map(|(i, ..)| tree::stored_hash_index(0, *i))
-        .collect();
-    let hashes = read_hashes(c, &indexes).await?;
-    page.into_iter()
-        .zip(indexes)
-        .map(|((log_index, kind, id, record), hi)| {
-            let leaf_hash = *hashes.get(&hi).ok_or_else(|| {
-                PgStoreError::Corrupt(format!("no leaf hash for log index {log_index}"))
-            })?;
-            Ok(ExportEntry {
-                log_index,
-                kind,
-                id,
-                leaf_hash,
-                record: record.map(|mut r| {
-                    r.log_index = Some(log_index);
-                    r
-                }),
+        rows.into_iter()
+            .map(|row| {
+                let r = PgStore::to_stored(row.record)?;
+                entry(
+                    row.log_index,
+                    r.kind.as_str().to_owned(),
+                    r.id,
+                    &row.leaf_hash,
+                    Some(r),
+                )
             })
-        })
-        .collect()
+            .collect()
+    }
 }
