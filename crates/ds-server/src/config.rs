@@ -62,7 +62,8 @@ pub struct KubernetesAuth {
     pub failures: ds_http::auth::ReviewLimits,
 }
 
-fn list(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Vec<String> {
+/// A comma-separated list (TOML arrays in the file arrive joined by commas).
+pub(crate) fn list(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Vec<String> {
     get(key)
         .map(|v| {
             v.split(',')
@@ -258,17 +259,6 @@ pub struct LogSettings {
 
 /// The default origin line of checkpoints.
 pub const DEFAULT_LOG_ORIGIN: &str = "kubernaut.ai/datastorage";
-
-impl LogSettings {
-    /// Every verifier key this deployment knows: the signing key's own, then the earlier ones.
-    pub fn all_verifier_keys(&self) -> Vec<String> {
-        self.signer
-            .iter()
-            .map(|s| s.verifier_key().to_owned())
-            .chain(self.verifier_keys.iter().cloned())
-            .collect()
-    }
-}
 
 /// The database URL: used as a `&str`, printed by `Debug` with its password as `***`.
 #[derive(Clone, PartialEq, Eq)]

@@ -34,15 +34,7 @@ fn unusable(what: impl std::fmt::Display) -> Unusable {
 /// is readable here. `lookup` answers a configuration key by its environment variable's name.
 pub fn configured(lookup: &dyn Fn(&str) -> Option<String>) -> (Option<String>, Vec<String>) {
     let origin = lookup("DATASTORAGE_LOG_ORIGIN");
-    let mut keys: Vec<String> = lookup("DATASTORAGE_LOG_VERIFIER_KEYS")
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut keys = crate::config::list(lookup, "DATASTORAGE_LOG_VERIFIER_KEYS");
     if let Some(path) = lookup("DATASTORAGE_LOG_SIGNING_KEY_FILE")
         && let Ok(private) = std::fs::read_to_string(path)
         && let Ok(signer) = ds_tlog::note::CheckpointSigner::new(

@@ -6,12 +6,11 @@
 //! bytes of SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key). Checkpoints signed by an earlier key verify as
 //! long as its verifier key stays configured.
 
-use crate::{Hash, TlogError, hash_to_base64};
+use crate::{Hash, TlogError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use signed_note::{
-    Note, NoteError, Signature, Signer as _, StandardSigner, StandardVerifier, Verifier,
-    VerifierList,
+    Note, NoteError, Signature, StandardSigner, StandardVerifier, Verifier, VerifierList,
 };
 use tlog_tiles::checkpoint::Checkpoint;
 
@@ -58,16 +57,6 @@ impl CheckpointSigner {
     /// The verifier key (public) an auditor configures.
     pub fn verifier_key(&self) -> &str {
         &self.verifier_key
-    }
-
-    /// The key's name.
-    pub fn key_name(&self) -> &str {
-        self.signer.name()
-    }
-
-    /// The log's origin line.
-    pub fn origin(&self) -> &str {
-        &self.origin
     }
 
     /// The signed note of the checkpoint for a tree of `size` leaves with root `root`.
@@ -236,16 +225,16 @@ fn signers(note: &str) -> Vec<String> {
         .collect()
 }
 
-/// The checkpoint body of a tree (unsigned), for messages and tests.
-pub fn body(origin: &str, size: u64, root: &Hash) -> String {
-    format!("{origin}\n{size}\n{}\n", hash_to_base64(root))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const ORIGIN: &str = "kubernaut.ai/datastorage/test";
+
+    /// The checkpoint body of a tree (unsigned).
+    fn body(origin: &str, size: u64, root: &Hash) -> String {
+        format!("{origin}\n{size}\n{}\n", crate::hash_to_base64(root))
+    }
 
     fn keys(seed: u8) -> (String, String) {
         generate_key("datastorage-test", [seed; 32]).unwrap()
