@@ -104,6 +104,16 @@ async fn owner(app: &TestApp) -> AsyncPgConnection {
     c
 }
 
+/// The `hashes` of a proof answer.
+fn proof_hashes(answer: &Value) -> Vec<Hash> {
+    answer["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| hash_from_base64(h.as_str().unwrap()).unwrap())
+        .collect()
+}
+
 /// A record's fields as the leaf has them: the read answer without the identity and derived state.
 fn fields(read: &Value) -> Map<String, Value> {
     let mut m = read.as_object().unwrap().clone();
@@ -215,12 +225,7 @@ async fn records_get_a_log_index_and_proofs_that_verify_against_signed_checkpoin
             hash_from_base64(p.body["rootHash"].as_str().unwrap()),
             Some(latest.root)
         );
-        let proof: Vec<Hash> = p.body["hashes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| hash_from_base64(h.as_str().unwrap()).unwrap())
-            .collect();
+        let proof = proof_hashes(&p.body);
         assert!(check_inclusion(
             &proof,
             latest.size,
@@ -251,12 +256,7 @@ async fn records_get_a_log_index_and_proofs_that_verify_against_signed_checkpoin
         .await
         .unwrap();
     assert_eq!(c.status, 200, "{}", c.body);
-    let proof: Vec<Hash> = c.body["hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| hash_from_base64(h.as_str().unwrap()).unwrap())
-        .collect();
+    let proof = proof_hashes(&c.body);
     assert!(check_consistency(
         &proof,
         early.size,
@@ -760,12 +760,7 @@ async fn three_replicas_writing_at_once_build_one_consistent_tree() {
             .unwrap();
         assert_eq!(r.status(), 200);
         let body: Value = r.json().await.unwrap();
-        let proof: Vec<Hash> = body["hashes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| hash_from_base64(h.as_str().unwrap()).unwrap())
-            .collect();
+        let proof = proof_hashes(&body);
         assert!(
             check_consistency(
                 &proof,
