@@ -589,7 +589,7 @@ impl Bench {
         )?;
         let checkpoint = self.out.join(format!("checkpoint-{db}.txt"));
         std::fs::write(&checkpoint, format!("{note}\n"))?;
-        let verify = self.verify(&file, &checkpoint, lines)?;
+        let verify = self.verify(&file, &checkpoint, &self.verifier_key, lines)?;
         let _ = std::fs::remove_file(&file);
         step(&format!(
             "export: {:.0} lines/s; verify: {:.0} records/s",
@@ -601,7 +601,7 @@ impl Bench {
 
     /// `datastorage verify` of an export: its verdict and records per second, next to SHA-256 over
     /// the same bytes (`sha256sum`: the floor of any verifier that reads them).
-    fn verify(&self, export: &Path, checkpoint: &Path, lines: u64) -> Result<Value> {
+    fn verify(&self, export: &Path, checkpoint: &Path, key: &str, lines: u64) -> Result<Value> {
         let t = Instant::now();
         let out = Command::new(self.bin.join("datastorage"))
             .arg("verify")
@@ -609,7 +609,7 @@ impl Bench {
             .arg(export)
             .arg("--checkpoint")
             .arg(checkpoint)
-            .args(["--key", &self.verifier_key])
+            .args(["--key", key])
             .output()?;
         let secs = t.elapsed().as_secs_f64();
         let verdict = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -647,41 +647,21 @@ impl Bench {
             &dir.display().to_string(),
         ])?;
         let key = std::fs::read_to_string(dir.join("verifier-key.txt"))?;
-        let t = Instant::now();
-        let out = Command::new(self.bin.join("datastorage"))
-            .arg("verify")
-            .arg("--export")
-            .arg(dir.join("export.ndjson"))
-            .arg("--checkpoint")
-            .arg(dir.join("checkpoint.txt"))
-            .args(["--key", key.trim()])
-            .output()?;
-        let secs = t.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "datastorage verify of the synthetic export failed: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        let t = Instant::now();
-        run(Command::new("sha256sum")
-            .arg(dir.join("export.ndjson"))
-            .stdout(Stdio::null()))?;
-        let sha = t.elapsed().as_secs_f64();
-        let bytes = std::fs::metadata(dir.join("export.ndjson"))?.len();
+        let r = self.verify(
+            &dir.join("export.ndjson"),
+            &dir.join("checkpoint.txt"),
+            key.trim(),
+            leaves,
+        )?;
         let _ = std::fs::remove_dir_all(&dir);
         step(&format!(
-            "verify: {leaves} records in {secs:.1} s = {:.0} records/s (sha256sum of the same {:.0} MiB: {sha:.1} s)",
-            leaves as f64 / secs,
-            bytes as f64 / (1 << 20) as f64
+            "verify: {leaves} records in {:.1} s = {:.0} records/s (sha256sum of the same {:.0} MiB: {:.1} s)",
+            f(&r["seconds"]),
+            f(&r["records_per_second"]),
+            f(&r["bytes"]) / (1 << 20) as f64,
+            f(&r["sha256sum_seconds"])
         ));
-        Ok(json!({
-            "records": leaves,
-            "seconds": secs,
-            "records_per_second": leaves as f64 / secs,
-            "bytes": bytes,
-            "sha256sum_seconds": sha,
-        }))
+        Ok(r)
     }
 
     fn size(&self, size: u64, o: &Options, first: bool) -> Result<Value> {
