@@ -11,6 +11,7 @@
 pub mod kube_server;
 pub mod openai_server;
 pub mod raw_http;
+pub mod replica;
 pub mod tls_postgres;
 
 use anyhow::{Context, Result};
@@ -371,6 +372,12 @@ impl Reply {
 /// The configuration of a test service over `database_url` (ports 0, the local model, 2 HTTP workers,
 /// 8 connections), with `extra` keys over it.
 pub fn test_config(database_url: &str, extra: &[(&str, &str)]) -> Result<Config> {
+    let env = test_env(database_url, extra);
+    Ok(Config::from_lookup(&|k| env.get(k).cloned())?)
+}
+
+/// The `DATASTORAGE_*` variables of [`test_config`] (for a service in a process of its own).
+pub fn test_env(database_url: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = HashMap::from([
         ("DATASTORAGE_DATABASE_URL".into(), database_url.to_owned()),
         (
@@ -395,7 +402,7 @@ pub fn test_config(database_url: &str, extra: &[(&str, &str)]) -> Result<Config>
     for (k, v) in extra {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
-    Ok(Config::from_lookup(&|k| env.get(k).cloned())?)
+    env
 }
 
 /// The checkpoint signing key of this test process's services.

@@ -790,3 +790,286 @@ async fn three_replicas_writing_at_once_build_one_consistent_tree() {
         Verdict::Tampered(f) => panic!("{f:?}"),
     }
 }
+
+/// What one write got: an answer (status, id when created), or no answer at all.
+#[derive(Debug)]
+enum Outcome {
+    Answered(u16, Option<i64>),
+    NoAnswer,
+}
+
+/// The sequencer's replica killed for real (`kill -9`) in the middle of a run, under concurrent
+/// writes to two replicas: the role passes to the survivor, every acknowledged record is appended
+/// exactly once, no answer is a server error, and the tree after the crash extends the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_sequencers_replica_mid_run_hands_the_role_over() {
+    use ds_tests::replica::Replica;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let db = ds_tests::TestDb::new().await.unwrap();
+    let env = ds_tests::test_env(
+        &db.runtime_url,
+        &[
+            ("DATASTORAGE_EMBEDDING_MODE", "deferred"),
+            ("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0"),
+        ],
+    );
+    let bin = env!("CARGO_BIN_EXE_replica");
+    let mut replicas = [
+        Replica::start(bin, "replica_a", &env).await.unwrap(),
+        Replica::start(bin, "replica_b", &env).await.unwrap(),
+    ];
+    let client = ds_tests::http_client();
+    let checkpoint_of = |addr: std::net::SocketAddr| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://{addr}/api/v1/log/checkpoint"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let note = r.text().await.unwrap();
+            (keys().open(note.as_bytes()).unwrap(), note)
+        }
+    };
+
+    // A signed tree from before the crash.
+    for n in 0..10u32 {
+        let r = client
+            .post(format!(
+                "http://{}/api/v1/audit/workflow",
+                replicas[n as usize % 2].addr
+            ))
+            .json(&fixtures::workflow(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let before = std::sync::Mutex::new(None);
+    until("a checkpoint covers the first ten records", || async {
+        let (c, note) = checkpoint_of(replicas[0].addr).await;
+        let covers = c.size >= 10;
+        *before.lock().unwrap() = Some((c, note));
+        covers
+    })
+    .await;
+    let (before, before_note) = before.into_inner().unwrap().unwrap();
+
+    // The owner holds a lock that appending leaves waits for: the next run stops in its middle,
+    // its records taken off the queue, the sequencer's role held.
+    let mut owner = AsyncPgConnection::establish(&db.url).await.unwrap();
+    owner
+        .batch_execute("BEGIN; LOCK TABLE tlog_leaves IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    // Three writers per replica, each until told to stop or until its replica stops answering.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..6u32)
+        .map(|w| {
+            let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
+            let addr = replicas[w as usize % 2].addr;
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut n = 1000 + w * 100_000;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let sent = client
+                        .post(format!("http://{addr}/api/v1/audit/workflow"))
+                        .json(&fixtures::workflow(n))
+                        .send()
+                        .await;
+                    let outcome = match sent {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let body: Value = r.json().await.unwrap_or(Value::Null);
+                            if status == 201 {
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Outcome::Answered(status, body["id"].as_i64())
+                        }
+                        Err(_) => Outcome::NoAnswer,
+                    };
+                    let gone = matches!(outcome, Outcome::NoAnswer);
+                    outcomes.push(outcome);
+                    if gone {
+                        break;
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+
+    // Whose run waits on the lock: that replica holds the sequencer's role.
+    until("a sequencer run waits on the owner's lock", || async {
+        sequencer_runs_waiting_on_a_lock(&db.url).await.len() == 1
+    })
+    .await;
+    let holder = sequencer_runs_waiting_on_a_lock(&db.url).await.remove(0);
+    let victim = replicas.iter().position(|r| r.name == holder).unwrap();
+    let survivor = 1 - victim;
+    until("writes are acknowledged while the run waits", || async {
+        acked.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+
+    replicas[victim].kill().await.unwrap();
+    let at_kill = acked.load(Ordering::Relaxed);
+    until(
+        "the survivor acknowledges writes after the kill",
+        || async { acked.load(Ordering::Relaxed) >= at_kill + 20 },
+    )
+    .await;
+    // The dead replica's backend still waits, holding the role; once the lock goes it finds its
+    // client gone and rolls back, its records back on the queue.
+    owner.batch_execute("ROLLBACK").await.unwrap();
+    let victim_name = replicas[victim].name.clone();
+    until("the dead replica's connections are gone", || async {
+        connections_named(&db.url, &victim_name).await == 0
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut outcomes = Vec::new();
+    for w in writers {
+        outcomes.extend(w.await.unwrap());
+    }
+
+    // Every answer was a 201 (a write cut by the kill got no answer, never an error).
+    let answered: Vec<(u16, Option<i64>)> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Answered(s, id) => Some((*s, *id)),
+            Outcome::NoAnswer => None,
+        })
+        .collect();
+    assert!(
+        answered.iter().all(|(s, id)| *s == 201 && id.is_some()),
+        "{answered:?}"
+    );
+    let acknowledged: Vec<i64> = answered.iter().filter_map(|(_, id)| *id).collect();
+    assert!(acknowledged.len() >= at_kill + 20);
+
+    // The survivor appends everything: the queue empties, one leaf per record, no gap.
+    let records = db.count("audit_records").await.unwrap() as u64;
+    let after = std::sync::Mutex::new(None);
+    until("the survivor's tree holds every record", || async {
+        let (c, note) = checkpoint_of(replicas[survivor].addr).await;
+        let all = c.size == records;
+        *after.lock().unwrap() = Some((c, note));
+        all
+    })
+    .await;
+    let (after, after_note) = after.into_inner().unwrap().unwrap();
+    let l = log_shape(&db.url, &acknowledged).await;
+    assert_eq!(
+        (l.distinct_records as u64, l.top as u64 + 1, l.pending),
+        (records, records, 0)
+    );
+    assert_eq!(l.acknowledged_in_log as usize, acknowledged.len());
+
+    // The tree after the crash extends the one before, by the survivor's own proof.
+    let r = client
+        .get(format!(
+            "http://{}/api/v1/log/proof/consistency?from={}&to={}",
+            replicas[survivor].addr, before.size, after.size
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let proof = proof_hashes(&r.json().await.unwrap());
+    assert!(check_consistency(
+        &proof,
+        before.size,
+        before.root,
+        after.size,
+        after.root
+    ));
+    // And the whole export verifies against both checkpoints.
+    let body = client
+        .get(format!(
+            "http://{}/api/v1/audit/export",
+            replicas[survivor].addr
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let export = temp("export-after-kill.ndjson", &body);
+    match verify_offline(&export, &[&before_note, &after_note]) {
+        Verdict::Verified(_) => {}
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+}
+
+async fn sequencer_runs_waiting_on_a_lock(url: &str) -> Vec<String> {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct App {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        application_name: String,
+    }
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query(
+        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tlog_leaves%'",
+    )
+    .load::<App>(&mut c)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|a| a.application_name)
+    .collect()
+}
+
+async fn connections_named(url: &str, name: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1")
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<N>(&mut c)
+        .await
+        .unwrap()
+        .n
+}
+
+#[derive(diesel::QueryableByName)]
+struct LogShape {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    distinct_records: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    top: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pending: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    acknowledged_in_log: i64,
+}
+
+/// Distinct records among the leaves, the highest log index, the queue's length, and how many of
+/// `acknowledged` have a leaf.
+async fn log_shape(url: &str, acknowledged: &[i64]) -> LogShape {
+    use diesel_async::RunQueryDsl;
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query(
+        "SELECT (SELECT count(DISTINCT record_id) FROM tlog_leaves) AS distinct_records,
+                (SELECT max(log_index) FROM tlog_leaves) AS top,
+                (SELECT count(*) FROM tlog_pending) AS pending,
+                (SELECT count(*) FROM tlog_leaves WHERE record_id = ANY($1)) AS acknowledged_in_log",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(acknowledged)
+    .get_result(&mut c)
+    .await
+    .unwrap()
+}
