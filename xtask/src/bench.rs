@@ -509,7 +509,7 @@ impl Bench {
             self.psql_in(
                 db,
                 "ALTER TABLE audit_records ENABLE TRIGGER audit_records_enqueue; \
-                 INSERT INTO tlog_pending (record_id) SELECT r.id FROM audit_records r \
+                 INSERT INTO tlog_pending (record_id, kind, leaf_hash) SELECT r.id, r.kind, r.leaf_hash FROM audit_records r \
                  WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) ON CONFLICT DO NOTHING",
             )?;
         } else {

@@ -31,6 +31,7 @@ diesel::table! {
         unknown_fields -> Jsonb,
         embedding_digest -> Bytea,
         embedding_id -> Nullable<Int8>,
+        leaf_hash -> Nullable<Bytea>,
     }
 }
 

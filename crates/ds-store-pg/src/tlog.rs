@@ -4,6 +4,11 @@
 //! filled by a trigger on every insert), `tlog_leaves` (log index → record), `tlog_hashes` (every
 //! complete subtree's hash at its linear index), `tlog_checkpoints` (every signed checkpoint).
 //!
+//! The leaf hash of a record the service writes is computed by its insert statement (migration
+//! `leaf_hash_at_write`: the service sends the record's canonical form, the statement adds the id and
+//! `receivedAt` it assigns) and travels in the queue: the sequencer appends it without reading the
+//! record. A record queued without one is read and hashed by the sequencer.
+//!
 //! One sequencer at a time: each run takes a transaction-scoped advisory lock
 //! (`pg_try_advisory_xact_lock`); a replica that does not get it skips the run, and a replica that
 //! dies mid-run loses the lock with its connection, its transaction rolled back. Appending, emptying
@@ -16,6 +21,7 @@ use async_trait::async_trait;
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Bool, Bytea, Double, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use ds_domain::ValidRecord;
 use ds_domain::kind::Kind;
 use ds_domain::log::{
     Checkpoint, ExportEntry, ExportFilter, Integrated, LeafPosition, LogStatus, LogStore,
@@ -24,6 +30,7 @@ use ds_domain::ports::{StoreError, StoredRecord};
 use ds_tlog::Hash;
 use ds_tlog::note::CheckpointSigner;
 use ds_tlog::tree::{self, StoredHashes};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -46,9 +53,19 @@ struct Size {
 }
 
 #[derive(QueryableByName)]
+struct RecordId {
+    #[diesel(sql_type = BigInt)]
+    record_id: i64,
+}
+
+#[derive(QueryableByName)]
 struct Pending {
     #[diesel(sql_type = BigInt)]
     record_id: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    kind: Option<String>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    leaf_hash: Option<Vec<u8>>,
 }
 
 #[derive(QueryableByName)]
@@ -159,6 +176,41 @@ pub(crate) fn leaf_hash(r: &StoredRecord) -> Hash {
     .hash()
 }
 
+/// The canonical form of `r` as a read of the stored row will show it (the `record` of its leaf),
+/// or `None` when that cannot be known before the insert: a number PostgreSQL would print back
+/// differently than serde_json wrote it (`jsonb` keeps exact decimals and drops the exponent and the
+/// sign of zero: `1e16` comes back `10000000000000000`, `-0.0` comes back `0.0`). The sequencer
+/// computes the leaf hash of those from the stored row.
+pub(crate) fn canonical_record(r: &ValidRecord) -> Option<Vec<u8>> {
+    fn round_trips(v: &Value) -> bool {
+        match v {
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if n.is_f64() => {
+                    let negative_zero = f == 0.0 && f.is_sign_negative();
+                    let exponent = n.to_string().contains(['e', 'E']);
+                    !(negative_zero || exponent)
+                }
+                _ => true,
+            },
+            Value::Array(items) => items.iter().all(round_trips),
+            Value::Object(m) => m.values().all(round_trips),
+            Value::Null | Value::Bool(_) | Value::String(_) => true,
+        }
+    }
+    if !r
+        .details
+        .values()
+        .chain(r.unknown.values())
+        .all(round_trips)
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(1024);
+    // Writing into a Vec cannot fail, nor can serializing a `Value`.
+    ds_tlog::canonical::write_object(&r.to_json(), &mut out).ok()?;
+    Some(out)
+}
+
 /// The stored hashes at `indexes`; all of them, or `Corrupt`. Level 0 (the leaf hashes) is
 /// `tlog_leaves.leaf_hash`, the levels above are rows of `tlog_hashes`: one query for both.
 async fn read_hashes(
@@ -251,38 +303,73 @@ async fn integrate(
         .await?
         .n;
     let size = to_u64(size, "tree size")?;
-    // The oldest queued records, taken off the queue (the transaction's rollback puts them back).
-    let pending: Vec<i64> = diesel::sql_query(
+    // The oldest queued records, taken off the queue (the transaction's rollback puts them back),
+    // with the leaf hash their insert computed when it did.
+    let mut pending: Vec<Pending> = diesel::sql_query(
         "DELETE FROM tlog_pending WHERE record_id IN \
-         (SELECT record_id FROM tlog_pending ORDER BY record_id LIMIT $1) RETURNING record_id",
+         (SELECT record_id FROM tlog_pending ORDER BY record_id LIMIT $1) \
+         RETURNING record_id, kind, leaf_hash",
     )
     .bind::<BigInt, _>(to_i64(max as u64))
     .load::<Pending>(c)
-    .await?
-    .into_iter()
-    .map(|p| p.record_id)
-    .collect();
-    // A record queued again by hand after it was logged is not appended twice.
-    let rows: Vec<RecordRow> = diesel::sql_query(format!(
-        "SELECT {RECORD_COLUMNS} FROM audit_records r WHERE r.id = ANY($1) \
-         AND NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) ORDER BY r.id"
-    ))
-    .bind::<Array<BigInt>, _>(&pending)
-    .load(c)
     .await?;
-    if rows.len() < pending.len() {
+    pending.sort_unstable_by_key(|p| p.record_id);
+    // A record queued again by hand after it was logged is not appended twice.
+    let ids: Vec<i64> = pending.iter().map(|p| p.record_id).collect();
+    let logged: std::collections::HashSet<i64> =
+        diesel::sql_query("SELECT record_id FROM tlog_leaves WHERE record_id = ANY($1)")
+            .bind::<Array<BigInt>, _>(&ids)
+            .load::<RecordId>(c)
+            .await?
+            .into_iter()
+            .map(|p| p.record_id)
+            .collect();
+    pending.retain(|p| !logged.contains(&p.record_id));
+    // Records queued without their leaf hash (another writer, an earlier version, or numbers the
+    // writer could not predict): computed from the stored row.
+    let without: Vec<i64> = pending
+        .iter()
+        .filter(|p| p.leaf_hash.is_none() || p.kind.is_none())
+        .map(|p| p.record_id)
+        .collect();
+    let mut computed: HashMap<i64, (Kind, Hash)> = HashMap::new();
+    if !without.is_empty() {
+        let rows: Vec<RecordRow> = diesel::sql_query(format!(
+            "SELECT {RECORD_COLUMNS} FROM audit_records r WHERE r.id = ANY($1)"
+        ))
+        .bind::<Array<BigInt>, _>(&without)
+        .load(c)
+        .await?;
+        for row in rows {
+            let r = PgStore::to_stored(row)?;
+            computed.insert(r.id, (r.kind, leaf_hash(&r)));
+        }
+    }
+    let mut records: Vec<(i64, Kind, Hash)> = Vec::with_capacity(pending.len());
+    let mut vanished = 0usize;
+    for p in pending {
+        match (p.kind, p.leaf_hash) {
+            (Some(kind), Some(h)) => {
+                let kind: Kind = kind
+                    .parse()
+                    .map_err(|e| PgStoreError::Corrupt(format!("{e}")))?;
+                records.push((p.record_id, kind, hash(&h)?));
+            }
+            _ => match computed.remove(&p.record_id) {
+                Some((kind, h)) => records.push((p.record_id, kind, h)),
+                None => vanished += 1,
+            },
+        }
+    }
+    if vanished > 0 {
         // A queued record that is gone was deleted before it could be logged (the triggers refuse
         // that to every role; only an owner who disabled them can): nothing to append for it.
         tracing::error!(
-            vanished = pending.len() - rows.len(),
+            vanished,
             "records queued for the transparency log are gone from audit_records: deleted before they were logged"
         );
     }
-    let records = rows
-        .into_iter()
-        .map(PgStore::to_stored)
-        .collect::<Result<Vec<_>, _>>()?;
-    let leaves: Vec<Hash> = records.iter().map(leaf_hash).collect();
+    let leaves: Vec<Hash> = records.iter().map(|r| r.2).collect();
     let appended = leaves.len();
     let new_size = size + appended as u64;
     let mut known = read_hashes(
@@ -293,8 +380,8 @@ async fn integrate(
     if appended > 0 {
         let new = tree::append(size, &leaves, &known).map_err(tlog)?;
         let indexes: Vec<i64> = (size..new_size).map(to_i64).collect();
-        let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
-        let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+        let ids: Vec<i64> = records.iter().map(|r| r.0).collect();
+        let kinds: Vec<&str> = records.iter().map(|r| r.1.as_str()).collect();
         let leaf_hashes: Vec<&[u8]> = leaves.iter().map(|h| h.0.as_slice()).collect();
         diesel::sql_query(
             "INSERT INTO tlog_leaves (log_index, record_id, kind, leaf_hash, integrated_at) \

@@ -227,6 +227,7 @@ async fn write_records(
             .bind::<Array<Bytea>, _>(jobs.iter().map(|j| j.digest.as_slice()).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(jobs.iter().map(|j| j.model.as_str()).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(jobs.iter().map(|j| j.text.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Bytea>>, _>(rows.record_canonical)
             .load(c)
             .await?;
         inserted.extend(
@@ -323,6 +324,9 @@ struct RecordColumns<'a> {
     details: Vec<Value>,
     unknown_fields: Vec<Value>,
     embedding_digest: Vec<&'a [u8]>,
+    /// The canonical form of each record as reads will show it, when it can be known before the
+    /// insert (the statement hashes it into the leaf hash with the id and `receivedAt` it assigns).
+    record_canonical: Vec<Option<Vec<u8>>>,
 }
 
 impl<'a> RecordColumns<'a> {
@@ -342,6 +346,7 @@ impl<'a> RecordColumns<'a> {
             details: Vec::with_capacity(n),
             unknown_fields: Vec::with_capacity(n),
             embedding_digest: Vec::with_capacity(n),
+            record_canonical: Vec::with_capacity(n),
         };
         for &(i, j) in order {
             let request: &'a WriteRequest = requests[i];
@@ -361,6 +366,7 @@ impl<'a> RecordColumns<'a> {
             c.unknown_fields.push(Value::Object(r.unknown.clone()));
             c.embedding_digest
                 .push(request.embedding_digests[j].as_slice());
+            c.record_canonical.push(crate::tlog::canonical_record(r));
         }
         c
     }
@@ -391,17 +397,30 @@ WITH jobs AS (
     ORDER BY j.ord
     ON CONFLICT (digest) DO NOTHING
 )
-INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at,
-    started_at, completed_at, content_digest, details, unknown_fields, embedding_digest, embedding_id)
-SELECT u.kind, u.name, u.namespace, u.phase, u.correlation_id, u.message, u.created_at,
-    u.started_at, u.completed_at, u.content_digest, u.details, u.unknown_fields, u.embedding_digest, e.id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::bytea[], $11::jsonb[],
-    $12::jsonb[], $13::bytea[])
-    WITH ORDINALITY AS u(kind, name, namespace, phase, correlation_id, message, created_at,
-        started_at, completed_at, content_digest, details, unknown_fields, embedding_digest, ord)
-LEFT JOIN embeddings e ON e.digest = u.embedding_digest
-ORDER BY u.ord
+INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id, message,
+    created_at, started_at, completed_at, content_digest, details, unknown_fields, embedding_digest,
+    embedding_id, leaf_hash)
+SELECT s.id, s.received_at, s.kind, s.name, s.namespace, s.phase, s.correlation_id, s.message,
+    s.created_at, s.started_at, s.completed_at, s.content_digest, s.details, s.unknown_fields,
+    s.embedding_digest, s.embedding_id,
+    -- The leaf hash (contract §8): SHA-256 of 0x00 and the canonical object of id, kind,
+    -- receivedAt and the record's canonical form from the service; NULL when it sent none.
+    sha256('\\x00'::bytea || convert_to('{\"id\":' || s.id || ',\"kind\":\"' || s.kind
+        || '\",\"receivedAt\":\"'
+        || to_char(s.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+        || '\",\"record\":', 'UTF8') || s.record || '\\x7d'::bytea)
+FROM (
+    SELECT nextval('audit_records_id_seq') AS id, now() AS received_at,
+        u.*, e.id AS embedding_id
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::bytea[], $11::jsonb[],
+        $12::jsonb[], $13::bytea[], $17::bytea[])
+        WITH ORDINALITY AS u(kind, name, namespace, phase, correlation_id, message, created_at,
+            started_at, completed_at, content_digest, details, unknown_fields, embedding_digest,
+            record, ord)
+    LEFT JOIN embeddings e ON e.digest = u.embedding_digest
+) s
+ORDER BY s.ord
 ON CONFLICT (content_digest) DO NOTHING
 RETURNING content_digest, id, received_at, embedding_id";
 
