@@ -1065,7 +1065,7 @@ async fn log_shape(url: &str, acknowledged: &[i64]) -> LogShape {
     diesel::sql_query(
         "SELECT (SELECT count(DISTINCT record_id) FROM tlog_leaves) AS distinct_records,
                 (SELECT max(log_index) FROM tlog_leaves) AS top,
-                (SELECT count(*) FROM tlog_pending) AS pending,
+                (SELECT count(*) FROM tlog_queue) AS pending,
                 (SELECT count(*) FROM tlog_leaves WHERE record_id = ANY($1)) AS acknowledged_in_log",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(acknowledged)

@@ -1,7 +1,7 @@
 //! The transparency log's storage (contract §8): the sequencer, checkpoints, stored hashes, export.
 //!
-//! Tables (migration `append_only_and_log`): `tlog_pending` (records committed and not yet in the log,
-//! filled by a trigger on every insert), `tlog_leaves` (log index → record), `tlog_hashes` (every
+//! Tables (migrations `append_only_and_log`, `leaf_hash_at_write`): `tlog_queue` (records committed
+//! and not yet in the log, one row per inserting statement, filled by a trigger on every insert), `tlog_leaves` (log index → record), `tlog_hashes` (every
 //! complete subtree's hash at its linear index), `tlog_checkpoints` (every signed checkpoint).
 //!
 //! The leaf hash of a record the service writes is computed by its insert statement (migration
@@ -58,13 +58,21 @@ struct RecordId {
     record_id: i64,
 }
 
+/// One inserting statement's records, as the queue holds them.
 #[derive(QueryableByName)]
+struct QueuedBatch {
+    #[diesel(sql_type = Array<BigInt>)]
+    record_ids: Vec<i64>,
+    #[diesel(sql_type = Array<Text>)]
+    kinds: Vec<String>,
+    #[diesel(sql_type = Array<Nullable<Bytea>>)]
+    leaf_hashes: Vec<Option<Vec<u8>>>,
+}
+
+/// A record taken off the queue.
 struct Pending {
-    #[diesel(sql_type = BigInt)]
     record_id: i64,
-    #[diesel(sql_type = Nullable<Text>)]
     kind: Option<String>,
-    #[diesel(sql_type = Nullable<Bytea>)]
     leaf_hash: Option<Vec<u8>>,
 }
 
@@ -303,16 +311,39 @@ async fn integrate(
         .await?
         .n;
     let size = to_u64(size, "tree size")?;
-    // The oldest queued records, taken off the queue (the transaction's rollback puts them back),
-    // with the leaf hash their insert computed when it did.
-    let mut pending: Vec<Pending> = diesel::sql_query(
-        "DELETE FROM tlog_pending WHERE record_id IN \
-         (SELECT record_id FROM tlog_pending ORDER BY record_id LIMIT $1) \
-         RETURNING record_id, kind, leaf_hash",
+    // The oldest queued statements' records (at least one statement, up to `max` records), taken
+    // off the queue (the transaction's rollback puts them back), with the leaf hash their insert
+    // computed when it did.
+    let batches: Vec<QueuedBatch> = diesel::sql_query(
+        "DELETE FROM tlog_queue WHERE batch IN ( \
+             SELECT batch FROM ( \
+                 SELECT batch, sum(cardinality(record_ids)) OVER (ORDER BY batch) AS upto \
+                 FROM (SELECT batch, record_ids FROM tlog_queue ORDER BY batch LIMIT $1) oldest \
+             ) q WHERE upto <= $1 OR batch = (SELECT min(batch) FROM tlog_queue)) \
+         RETURNING record_ids, kinds, leaf_hashes",
     )
     .bind::<BigInt, _>(to_i64(max as u64))
-    .load::<Pending>(c)
+    .load::<QueuedBatch>(c)
     .await?;
+    let mut pending: Vec<Pending> = Vec::new();
+    for b in batches {
+        if b.kinds.len() != b.record_ids.len() || b.leaf_hashes.len() != b.record_ids.len() {
+            return Err(PgStoreError::Corrupt(
+                "a queued batch whose arrays differ in length".into(),
+            ));
+        }
+        pending.extend(
+            b.record_ids
+                .into_iter()
+                .zip(b.kinds)
+                .zip(b.leaf_hashes)
+                .map(|((record_id, kind), leaf_hash)| Pending {
+                    record_id,
+                    kind: Some(kind),
+                    leaf_hash,
+                }),
+        );
+    }
     pending.sort_unstable_by_key(|p| p.record_id);
     // A record queued again by hand after it was logged is not appended twice.
     let ids: Vec<i64> = pending.iter().map(|p| p.record_id).collect();
@@ -467,9 +498,10 @@ LIMIT $3";
 
 const STATUS_SQL: &str = "\
 SELECT (SELECT COALESCE(max(log_index) + 1, 0) FROM tlog_leaves) AS tree_size,
-       (SELECT count(*) FROM (SELECT 1 FROM tlog_pending LIMIT 1000000) p) AS pending,
-       COALESCE(EXTRACT(EPOCH FROM now() - (SELECT r.received_at FROM audit_records r
-            WHERE r.id = (SELECT min(record_id) FROM tlog_pending))), 0)::float8 AS oldest_pending_seconds,
+       (SELECT COALESCE(sum(cardinality(record_ids)), 0)::bigint
+            FROM (SELECT record_ids FROM tlog_queue ORDER BY batch LIMIT 100000) q) AS pending,
+       COALESCE(EXTRACT(EPOCH FROM now() - (SELECT queued_at FROM tlog_queue
+            ORDER BY batch LIMIT 1)), 0)::float8 AS oldest_pending_seconds,
        COALESCE((SELECT max(tree_size) FROM tlog_checkpoints), 0) AS checkpoint_size,
        COALESCE(EXTRACT(EPOCH FROM now() - (SELECT created_at FROM tlog_checkpoints
             ORDER BY tree_size DESC LIMIT 1))::float8, 0) AS checkpoint_age_seconds";
