@@ -1228,3 +1228,46 @@ async fn the_leaf_hash_computed_at_write_is_the_one_the_verifier_recomputes() {
         Verdict::Tampered(f) => panic!("{f:?}"),
     }
 }
+
+/// A record inserted with the queue's trigger off (an administrator's session) is found by the
+/// sequencer's sweep: queued, appended, counted in `datastorage_log_unqueued_records_total`; and
+/// the log still verifies.
+#[tokio::test]
+async fn a_record_inserted_with_the_queue_off_is_swept_into_the_log_and_counted() {
+    use diesel_async::RunQueryDsl;
+    let app = spawn_app().await.unwrap();
+    let ids = write(&app, "rr-2026-11-30-sweepa", 1, 3).await;
+    checkpoint_covering(&app, 3).await;
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let mut c = owner(&app).await;
+    let sneaked: Id = diesel::sql_query(
+        "INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at,
+             started_at, completed_at, content_digest, details, unknown_fields, embedding_digest)
+         SELECT kind, name || '-unqueued', namespace, phase, correlation_id, message, created_at,
+             started_at, completed_at, sha256(content_digest), details, unknown_fields, embedding_digest
+         FROM audit_records WHERE id = $1 RETURNING id",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(ids[0])
+    .get_result(&mut c)
+    .await
+    .unwrap();
+    drop(c);
+    let (note, _) = checkpoint_covering(&app, 4).await;
+    assert_eq!(leaf_of(&app, sneaked.id).await, 3);
+    let metrics = app.metrics_text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "datastorage_log_unqueued_records_total 1"),
+        "{metrics}"
+    );
+    let (export, _) = export(&app).await;
+    match verify_offline(&export, &[&note]) {
+        Verdict::Verified(_) => {}
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+}

@@ -74,6 +74,9 @@ pub struct Integrated {
     pub tree_size: u64,
     /// The size of the checkpoint signed in this run, if one was.
     pub signed: Option<u64>,
+    /// Committed records the run found neither in the log nor queued (inserted with the queue's
+    /// trigger off), and queued.
+    pub unqueued: usize,
 }
 
 /// The log's state, for metrics and readiness.

@@ -280,11 +280,15 @@ async fn sequencer(log: LogService, settings: LogSettings, mut stop: watch::Rece
                         "appended to the transparency log"
                     );
                 }
+                if run.unqueued > 0 {
+                    metrics::counter!("datastorage_log_unqueued_records_total")
+                        .increment(run.unqueued as u64);
+                }
                 if let Some(size) = run.signed {
                     metrics::counter!("datastorage_log_checkpoints_signed_total").increment(1);
                     tracing::info!(tree_size = size, "checkpoint signed");
                 }
-                if run.appended == settings.batch {
+                if run.appended >= settings.batch {
                     continue;
                 }
             }

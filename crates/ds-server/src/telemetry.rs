@@ -210,6 +210,12 @@ pub const CATALOGUE: &[Metric] = &[
         "Leaves this replica's sequencer appended.",
     ),
     metric(
+        "datastorage_log_unqueued_records_total",
+        Counter,
+        &[],
+        "Committed records this replica's sequencer found neither in the transparency log nor queued (inserted with the queue's trigger off), and queued.",
+    ),
+    metric(
         "datastorage_log_checkpoints_signed_total",
         Counter,
         &[],
@@ -414,6 +420,7 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         "datastorage_database_write_errors_total",
         "datastorage_embedding_records_healed_total",
         "datastorage_log_leaves_appended_total",
+        "datastorage_log_unqueued_records_total",
         "datastorage_log_checkpoints_signed_total",
         "datastorage_log_sequencer_errors_total",
         "datastorage_rate_limit_exceeded_total",

@@ -79,6 +79,9 @@ pub struct PgStore {
     /// The transparency log's sequencer works on a connection of its own, outside the pool: requests
     /// never wait for it and it never waits for them. Opened on first use, dropped after a failure.
     pub(crate) sequencer: Arc<tokio::sync::Mutex<Option<AsyncPgConnection>>>,
+    /// The last record id the sequencer's sweep looked at (from 0 at start: a replica sweeps the
+    /// whole table once, `log.batch` records per run).
+    pub(crate) swept_to: Arc<std::sync::atomic::AtomicI64>,
     /// `statement_timeout` and connect timeout of connections opened outside the pool.
     pub(crate) own_connection: (Duration, Duration),
 }
@@ -134,6 +137,7 @@ impl PgStore {
             known_vectors: Arc::new(quick_cache::sync::Cache::new(KNOWN_VECTORS)),
             target,
             sequencer: Arc::default(),
+            swept_to: Arc::default(),
             own_connection: (settings.statement_timeout, settings.connect_timeout),
         })
     }

@@ -292,25 +292,73 @@ pub(crate) async fn attach_log_indexes(
     Ok(())
 }
 
+/// The sweep of one run: records after `after` (up to `max` of them, in id order) that are
+/// neither leaves nor queued are queued. Every committed record has one or the other (the trigger
+/// queues it in its own transaction; the sequencer dequeues it in the transaction that appends it),
+/// so any found was inserted with the trigger off. Returns how many it queued and the last id it
+/// looked at.
+const SWEEP_SQL: &str = "\
+WITH span AS (
+    SELECT id, kind, leaf_hash FROM audit_records WHERE id > $1 ORDER BY id LIMIT $2
+), missing AS (
+    SELECT s.id, s.kind, s.leaf_hash FROM span s
+    WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = s.id)
+      AND s.id NOT IN (SELECT unnest(record_ids) FROM tlog_queue)
+), queued AS (
+    INSERT INTO tlog_queue (record_ids, kinds, leaf_hashes)
+    SELECT array_agg(id ORDER BY id), array_agg(kind ORDER BY id), array_agg(leaf_hash ORDER BY id)
+    FROM missing HAVING count(*) > 0
+    RETURNING record_ids
+)
+SELECT (SELECT max(id) FROM span) AS upto,
+       (SELECT COALESCE(sum(cardinality(record_ids)), 0) FROM queued)::bigint AS found,
+       (SELECT min(u) FROM queued, unnest(record_ids) u) AS first";
+
+#[derive(QueryableByName)]
+struct Swept {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    upto: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    found: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    first: Option<i64>,
+}
+
 async fn integrate(
     c: &mut AsyncPgConnection,
     max: usize,
     signer: &CheckpointSigner,
     checkpoint_every: Duration,
-) -> Result<Integrated, PgStoreError> {
+    swept_to: &std::sync::atomic::AtomicI64,
+) -> Result<(Integrated, i64), PgStoreError> {
     let got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS got")
         .bind::<BigInt, _>(SEQUENCER_LOCK)
         .get_result::<Got>(c)
         .await?
         .got;
     if !got {
-        return Ok(Integrated::default());
+        let unchanged = swept_to.load(std::sync::atomic::Ordering::Acquire);
+        return Ok((Integrated::default(), unchanged));
     }
     let size = diesel::sql_query("SELECT COALESCE(max(log_index) + 1, 0) AS n FROM tlog_leaves")
         .get_result::<Size>(c)
         .await?
         .n;
     let size = to_u64(size, "tree size")?;
+    let after = swept_to.load(std::sync::atomic::Ordering::Acquire);
+    let swept: Swept = diesel::sql_query(SWEEP_SQL)
+        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(to_i64(max as u64))
+        .get_result(c)
+        .await?;
+    let unqueued = usize::try_from(swept.found).unwrap_or(0);
+    if unqueued > 0 {
+        tracing::error!(
+            records = unqueued,
+            first_id = swept.first,
+            "committed records were neither in the transparency log nor queued for it (inserted with its trigger off): queued now"
+        );
+    }
     // The oldest queued statements' records (at least one statement, up to `max` records), taken
     // off the queue (the transaction's rollback puts them back), with the leaf hash their insert
     // computed when it did.
@@ -477,12 +525,17 @@ async fn integrate(
         .await?;
         signed = Some(new_size);
     }
-    Ok(Integrated {
-        sequencer: true,
-        appended,
-        tree_size: new_size,
-        signed,
-    })
+    // The sweep moves on once the run commits (the caller stores where to).
+    Ok((
+        Integrated {
+            sequencer: true,
+            appended,
+            tree_size: new_size,
+            signed,
+            unqueued,
+        },
+        swept.upto.unwrap_or(after).max(after),
+    ))
 }
 
 const EXPORT_FILTERED_SQL: &str = "\
@@ -532,14 +585,22 @@ impl LogStore for PgStore {
         let Some(c) = own.as_mut() else {
             return Err(PgStoreError::Connect("no sequencer connection".into()).into());
         };
+        let swept_to = &self.swept_to;
         let run = c
-            .transaction(async |c| integrate(c, max, signer, checkpoint_every).await)
+            .transaction(async |c| integrate(c, max, signer, checkpoint_every, swept_to).await)
             .await;
-        if run.is_err() {
-            // Whatever failed, the next run starts on a fresh connection.
-            *own = None;
+        match run {
+            Ok((integrated, swept)) => {
+                self.swept_to
+                    .store(swept, std::sync::atomic::Ordering::Release);
+                Ok(integrated)
+            }
+            Err(e) => {
+                // Whatever failed, the next run starts on a fresh connection.
+                *own = None;
+                Err(e.into())
+            }
         }
-        Ok(run?)
     }
 
     async fn checkpoint(&self, size: Option<u64>) -> Result<Option<Checkpoint>, StoreError> {
