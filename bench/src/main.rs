@@ -56,6 +56,12 @@ enum Command {
     Export(tlog::ExportArgs),
     /// An export of N records and a signed checkpoint of it, for `datastorage verify`.
     SyntheticExport(tlog::SyntheticArgs),
+    /// Holds the transparency log's sequencer lock (no replica runs the sequencer or its sweep)
+    /// until stdin closes: the bench's "log off". Prints `held` once it holds it.
+    HoldSequencer {
+        #[arg(long)]
+        db_url: String,
+    },
     /// Wait until the service is ready; print its embedding model id.
     Ready {
         #[arg(long)]
@@ -107,6 +113,10 @@ fn main() -> Result<()> {
         Command::Proofs(args) => runtime.block_on(tlog::proofs(args))?,
         Command::Export(args) => runtime.block_on(tlog::export(args))?,
         Command::SyntheticExport(args) => tlog::synthetic(args)?,
+        Command::HoldSequencer { db_url } => {
+            runtime.block_on(tlog::hold_sequencer(&db_url))?;
+            return Ok(());
+        }
         Command::Baseline { what } => {
             print!("{}", data::baseline(&what)?);
             return Ok(());

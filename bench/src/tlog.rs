@@ -177,3 +177,22 @@ pub fn synthetic(args: SyntheticArgs) -> Result<Value> {
     let bytes = std::fs::metadata(args.dir.join("export.ndjson"))?.len();
     Ok(json!({"leaves": args.leaves, "bytes": bytes}))
 }
+
+/// Takes the sequencer's advisory lock on a connection of its own, says `held`, and keeps it until
+/// stdin closes (the process ends, the connection with it, and the lock is free again).
+pub async fn hold_sequencer(db_url: &str) -> Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    use std::io::Read;
+    let mut conn = AsyncPgConnection::establish(db_url).await?;
+    conn.batch_execute(&format!(
+        "SELECT pg_advisory_lock({})",
+        ds_store_pg::SEQUENCER_LOCK
+    ))
+    .await?;
+    let mut out = std::io::stdout();
+    writeln!(out, "held")?;
+    out.flush()?;
+    tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
+    drop(conn);
+    Ok(())
+}

@@ -20,14 +20,11 @@ fn keys() -> CheckpointVerifier {
     CheckpointVerifier::new(DEFAULT_LOG_ORIGIN, &[log_key().verifier_key.clone()]).unwrap()
 }
 
-/// Writes `n` workflow records of the trail `trail` (numbers from `first`), returns their ids.
-async fn write(app: &TestApp, trail: &str, first: u32, n: u32) -> Vec<i64> {
-    let records: Vec<Value> = (first..first + n)
-        .map(|i| {
-            let mut r = fixtures::workflow(i);
-            r["correlationId"] = json!(trail);
-            json!({"kind": "workflow", "record": r})
-        })
+/// Posts workflow `records` in one batch; returns their ids.
+async fn post_batch(app: &TestApp, records: Vec<Value>) -> Vec<i64> {
+    let records: Vec<Value> = records
+        .into_iter()
+        .map(|r| json!({"kind": "workflow", "record": r}))
         .collect();
     let r = app
         .post("/api/v1/audit/batch", &json!({ "records": records }))
@@ -40,6 +37,18 @@ async fn write(app: &TestApp, trail: &str, first: u32, n: u32) -> Vec<i64> {
         .iter()
         .map(|x| x["id"].as_i64().unwrap())
         .collect()
+}
+
+/// Writes `n` workflow records of the trail `trail` (numbers from `first`), returns their ids.
+async fn write(app: &TestApp, trail: &str, first: u32, n: u32) -> Vec<i64> {
+    let records = (first..first + n)
+        .map(|i| {
+            let mut r = fixtures::workflow(i);
+            r["correlationId"] = json!(trail);
+            r
+        })
+        .collect();
+    post_batch(app, records).await
 }
 
 /// The latest checkpoint, once one covers at least `size` leaves.
@@ -1165,23 +1174,17 @@ async fn the_leaf_hash_computed_at_write_is_the_one_the_verifier_recomputes() {
     let mut g = Gen(0x5eed);
     let mut written = 0u64;
     for batch in 0..8u32 {
-        let records: Vec<Value> = (0..25u32)
+        let records = (0..25u32)
             .map(|i| {
-                let n = batch * 100 + i;
-                let mut r = fixtures::workflow(n);
+                let mut r = fixtures::workflow(batch * 100 + i);
                 r["correlationId"] = json!("rr-2026-11-30-gen000");
                 for k in 0..3 {
                     r[format!("x-extra-{k}")] = g.value(0);
                 }
-                json!({"kind": "workflow", "record": r})
+                r
             })
             .collect();
-        let r = app
-            .post("/api/v1/audit/batch", &json!({ "records": records }))
-            .await
-            .unwrap();
-        assert_eq!(r.status, 201, "{}", r.body);
-        written += 25;
+        written += post_batch(&app, records).await.len() as u64;
     }
     checkpoint_covering(&app, written).await;
     let (export, lines) = export(&app).await;

@@ -10,7 +10,7 @@
 use crate::{Cluster, fetch_model, run, step};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -193,6 +193,8 @@ struct Bench {
     /// The checkpoint signing key of this run, and its verifier key.
     log_key: PathBuf,
     verifier_key: String,
+    /// While the log is off: the process holding the sequencer's lock.
+    log_off: std::sync::Mutex<Option<Child>>,
 }
 
 struct Service {
@@ -501,27 +503,55 @@ impl Bench {
         }
     }
 
-    /// Turns the trigger that queues inserted records for the transparency log off or on (off: the
-    /// raw insert baselines and the "log off" scenario). Turning it on queues what was written
-    /// meanwhile, so the log still gets every record.
+    /// Turns the transparency log off or on (off: the raw insert baselines and the "log off"
+    /// scenario): off, the trigger that queues inserted records is disabled and the sequencer's lock
+    /// is held (no run, no sweep); on, what was written meanwhile is queued, so the log still gets
+    /// every record, and the sequencer is let go.
     fn log_queue(&self, db: &str, on: bool) -> Result<()> {
+        let mut holder = self
+            .log_off
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the log switch's lock is poisoned"))?;
         if on {
             self.psql_in(
                 db,
                 "ALTER TABLE audit_records ENABLE TRIGGER audit_records_enqueue; \
-                 INSERT INTO tlog_queue (record_ids, kinds, leaf_hashes) \
-                 SELECT array_agg(r.id ORDER BY r.id), array_agg(r.kind ORDER BY r.id), \
-                        array_agg(r.leaf_hash ORDER BY r.id) \
-                 FROM audit_records r \
-                 WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) \
-                   AND r.id NOT IN (SELECT unnest(record_ids) FROM tlog_queue) \
-                 HAVING count(*) > 0",
+                 INSERT INTO tlog_queue (first_id, record_ids, kinds, leaf_hashes) \
+                 SELECT min(id), array_agg(id ORDER BY id), array_agg(kind ORDER BY id), \
+                        array_agg(leaf_hash ORDER BY id) \
+                 FROM (SELECT r.id, r.kind, r.leaf_hash, \
+                              (row_number() OVER (ORDER BY r.id) - 1) / 10000 AS chunk \
+                       FROM audit_records r \
+                       WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) \
+                         AND r.id NOT IN (SELECT unnest(record_ids) FROM tlog_queue)) m \
+                 GROUP BY chunk",
             )?;
+            // Then the sequencer runs again (its lock's holder ends, the lock with its connection):
+            // its sweep finds every record queued.
+            if let Some(mut h) = holder.take() {
+                drop(h.stdin.take());
+                h.wait()?;
+            }
         } else {
             self.psql_in(
                 db,
                 "ALTER TABLE audit_records DISABLE TRIGGER audit_records_enqueue",
             )?;
+            // No sequencer run and no sweep either: `ds-bench hold-sequencer` holds its lock.
+            if holder.is_none() {
+                let mut h = Command::new(self.bin.join("ds-bench"))
+                    .args(["hold-sequencer", "--db-url", &self.cluster.url(db)])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()?;
+                let mut line = String::new();
+                std::io::BufReader::new(h.stdout.take().context("hold-sequencer's stdout")?)
+                    .read_line(&mut line)?;
+                if line.trim() != "held" {
+                    bail!("ds-bench hold-sequencer did not take the lock");
+                }
+                *holder = Some(h);
+            }
         }
         Ok(())
     }
@@ -1077,6 +1107,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         bin: root.join("target/release"),
         log_key,
         verifier_key: String::from_utf8_lossy(&keygen.stdout).trim().to_owned(),
+        log_off: std::sync::Mutex::new(None),
     };
     let result = (|| -> Result<Value> {
         let machine = machine();

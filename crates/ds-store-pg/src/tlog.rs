@@ -295,24 +295,27 @@ pub(crate) async fn attach_log_indexes(
 /// The sweep of one run: records after `after` (up to `max` of them, in id order) that are
 /// neither leaves nor queued are queued. Every committed record has one or the other (the trigger
 /// queues it in its own transaction; the sequencer dequeues it in the transaction that appends it),
-/// so any found was inserted with the trigger off. Returns how many it queued and the last id it
-/// looked at.
+/// so any found was inserted with the trigger off. The sweep stays below the first queued id (no
+/// record there is queued, so only the leaves need asking; it moves on as the queue drains).
+/// Returns how many it queued, the first of them, and the last id it looked at.
 const SWEEP_SQL: &str = "\
 WITH span AS (
-    SELECT id, kind, leaf_hash FROM audit_records WHERE id > $1 ORDER BY id LIMIT $2
+    SELECT id, kind, leaf_hash FROM audit_records
+    WHERE id > $1 AND id < COALESCE((SELECT min(first_id) FROM tlog_queue), 9223372036854775807)
+    ORDER BY id LIMIT $2
 ), missing AS (
     SELECT s.id, s.kind, s.leaf_hash FROM span s
     WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = s.id)
-      AND s.id NOT IN (SELECT unnest(record_ids) FROM tlog_queue)
 ), queued AS (
-    INSERT INTO tlog_queue (record_ids, kinds, leaf_hashes)
-    SELECT array_agg(id ORDER BY id), array_agg(kind ORDER BY id), array_agg(leaf_hash ORDER BY id)
+    INSERT INTO tlog_queue (first_id, record_ids, kinds, leaf_hashes)
+    SELECT min(id), array_agg(id ORDER BY id), array_agg(kind ORDER BY id),
+           array_agg(leaf_hash ORDER BY id)
     FROM missing HAVING count(*) > 0
-    RETURNING record_ids
+    RETURNING first_id, cardinality(record_ids) AS n
 )
 SELECT (SELECT max(id) FROM span) AS upto,
-       (SELECT COALESCE(sum(cardinality(record_ids)), 0) FROM queued)::bigint AS found,
-       (SELECT min(u) FROM queued, unnest(record_ids) u) AS first";
+       (SELECT COALESCE(sum(n), 0) FROM queued)::bigint AS found,
+       (SELECT min(first_id) FROM queued) AS first";
 
 #[derive(QueryableByName)]
 struct Swept {
