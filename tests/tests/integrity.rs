@@ -1274,3 +1274,48 @@ async fn a_record_inserted_with_the_queue_off_is_swept_into_the_log_and_counted(
         Verdict::Tampered(f) => panic!("{f:?}"),
     }
 }
+
+/// One statement inserting 25,000 records (a COPY, a bulk insert) is queued in rows of at most
+/// 10,000, each a sequencer run can take, and all of it reaches the log.
+#[tokio::test]
+async fn a_large_insert_is_queued_in_rows_a_run_can_take() {
+    use diesel_async::RunQueryDsl;
+    let app = spawn_app().await.unwrap();
+    let ids = write(&app, "rr-2026-11-30-bulkaa", 1, 1).await;
+    checkpoint_covering(&app, 1).await;
+    // The sequencer's role held elsewhere while the statement commits: the queue is seen whole.
+    let mut holder = app.db.conn().await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            ds_store_pg::SEQUENCER_LOCK
+        ))
+        .await
+        .unwrap();
+    let mut c = app.db.conn().await.unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at,
+             started_at, completed_at, content_digest, details, unknown_fields, embedding_digest)
+         SELECT kind, name || '-' || g, namespace, phase, correlation_id, message, created_at,
+             started_at, completed_at, sha256(content_digest || int8send(g)), details, unknown_fields,
+             embedding_digest
+         FROM audit_records, generate_series(1, 25000) g WHERE id = {}",
+        ids[0]
+    ))
+    .await
+    .unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        n: i32,
+    }
+    let rows: Vec<Row> =
+        diesel::sql_query("SELECT cardinality(record_ids) AS n FROM tlog_queue ORDER BY batch")
+            .load(&mut c)
+            .await
+            .unwrap();
+    let sizes: Vec<i32> = rows.iter().map(|r| r.n).collect();
+    assert_eq!(sizes, [10_000, 10_000, 5_000]);
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    checkpoint_covering(&app, 25_001).await;
+}
