@@ -99,6 +99,13 @@ async fn export(app: &TestApp) -> (PathBuf, Vec<ExportLine>) {
     (temp("export.ndjson", &body), lines)
 }
 
+/// The offline verifier finds nothing wrong with `export` against `checkpoints`.
+fn assert_verifies(export: &Path, checkpoints: &[&str]) {
+    if let Verdict::Tampered(f) = verify_offline(export, checkpoints) {
+        panic!("{f:?}");
+    }
+}
+
 fn verify_offline(export: &Path, checkpoints: &[&str]) -> Verdict {
     let files: Vec<PathBuf> = checkpoints.iter().map(|c| temp("cp", c)).collect();
     offline(export, &files, &keys(), chrono::Duration::seconds(300)).unwrap()
@@ -794,10 +801,7 @@ async fn three_replicas_writing_at_once_build_one_consistent_tree() {
         .unwrap();
     let export = temp("export.ndjson", &body);
     let notes: Vec<&str> = cps.iter().map(|c| c.note.as_str()).collect();
-    match verify_offline(&export, &notes) {
-        Verdict::Verified(_) => {}
-        Verdict::Tampered(f) => panic!("{f:?}"),
-    }
+    assert_verifies(&export, &notes);
 }
 
 /// What one write got: an answer (status, id when created), or no answer at all.
@@ -1012,10 +1016,7 @@ async fn killing_the_sequencers_replica_mid_run_hands_the_role_over() {
         .await
         .unwrap();
     let export = temp("export-after-kill.ndjson", &body);
-    match verify_offline(&export, &[&before_note, &after_note]) {
-        Verdict::Verified(_) => {}
-        Verdict::Tampered(f) => panic!("{f:?}"),
-    }
+    assert_verifies(&export, &[&before_note, &after_note]);
 }
 
 async fn sequencer_runs_waiting_on_a_lock(url: &str) -> Vec<String> {
@@ -1226,10 +1227,7 @@ async fn the_leaf_hash_computed_at_write_is_the_one_the_verifier_recomputes() {
     }
     // Both paths ran: most records were hashed at write, those with unpredictable numbers later.
     assert!(fast > 100 && slow > 0, "fast {fast}, slow {slow}");
-    match verify_offline(&export, &[&checkpoint_covering(&app, written).await.0]) {
-        Verdict::Verified(_) => {}
-        Verdict::Tampered(f) => panic!("{f:?}"),
-    }
+    assert_verifies(&export, &[&checkpoint_covering(&app, written).await.0]);
 }
 
 /// A record inserted with the queue's trigger off (an administrator's session) is found by the
@@ -1269,10 +1267,7 @@ async fn a_record_inserted_with_the_queue_off_is_swept_into_the_log_and_counted(
         "{metrics}"
     );
     let (export, _) = export(&app).await;
-    match verify_offline(&export, &[&note]) {
-        Verdict::Verified(_) => {}
-        Verdict::Tampered(f) => panic!("{f:?}"),
-    }
+    assert_verifies(&export, &[&note]);
 }
 
 /// One statement inserting 25,000 records (a COPY, a bulk insert) is queued in rows of at most
