@@ -253,7 +253,8 @@ pub struct LogSettings {
     pub integrate_interval: Duration,
     /// `DATASTORAGE_LOG_CHECKPOINT_INTERVAL_MS`: at least this often a new checkpoint while the tree grows.
     pub checkpoint_interval: Duration,
-    /// `DATASTORAGE_LOG_BATCH`: most records appended per sequencer transaction.
+    /// `DATASTORAGE_LOG_BATCH`: most records appended per sequencer transaction (at least one queued
+    /// statement's), and the ids each run sweeps.
     pub batch: usize,
 }
 

@@ -139,7 +139,7 @@ pub const KEYS: &[Key] = &[
         "DATASTORAGE_LOG_BATCH",
         "log.batch",
         Value("10000"),
-        "Most records the sequencer appends in one transaction.",
+        "Most records the sequencer appends in one transaction (at least one queued statement's, at most 10,000), and how many record ids each run sweeps for records inserted around the queue.",
     ),
     // database
     secret(
