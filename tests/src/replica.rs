@@ -25,7 +25,7 @@ pub fn with_application_name(url: &str, name: &str) -> String {
 
 impl Replica {
     /// Starts `bin` (pass `env!("CARGO_BIN_EXE_replica")`) with exactly the variables `env` over a
-    /// clean environment, its connections named `name`; returns once it listens, its address read
+    /// clean environment, its connections named `name`; returns once it is ready, its address read
     /// from its `listening` log line.
     pub async fn start(bin: &str, name: &str, env: &HashMap<String, String>) -> Result<Replica> {
         let mut env = env.clone();
@@ -61,6 +61,19 @@ impl Replica {
         };
         // Keep reading its logs so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // It listens before its start-up ends: ready once `/readyz` says so.
+        let client = crate::http_client();
+        crate::until(&format!("replica {name} is ready"), || {
+            let client = client.clone();
+            async move {
+                client
+                    .get(format!("http://{addr}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
         Ok(Replica {
             child,
             addr,

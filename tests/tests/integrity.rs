@@ -859,7 +859,8 @@ async fn killing_the_sequencers_replica_mid_run_hands_the_role_over() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201);
+        let status = r.status();
+        assert_eq!(status, 201, "{}", r.text().await.unwrap_or_default());
     }
     let before = std::sync::Mutex::new(None);
     until("a checkpoint covers the first ten records", || async {
