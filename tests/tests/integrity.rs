@@ -120,6 +120,20 @@ async fn owner(app: &TestApp) -> AsyncPgConnection {
     c
 }
 
+/// A session holding the sequencer's lock in an open transaction (a replica in the middle of a
+/// run): no run appends until it ends (`ROLLBACK`, or dropping it).
+async fn hold_sequencer(app: &TestApp) -> AsyncPgConnection {
+    let mut holder = app.db.conn().await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            ds_store_pg::SEQUENCER_LOCK
+        ))
+        .await
+        .unwrap();
+    holder
+}
+
 /// The `hashes` of a proof answer.
 fn proof_hashes(answer: &Value) -> Vec<Hash> {
     answer["hashes"]
@@ -334,14 +348,7 @@ async fn records_get_a_log_index_and_proofs_that_verify_against_signed_checkpoin
 async fn a_record_not_yet_in_a_signed_tree_is_409_with_retry_after() {
     let app = spawn_app().await.unwrap();
     // The sequencer's role held elsewhere (a replica in the middle of a run): nothing is appended.
-    let mut holder = app.db.conn().await.unwrap();
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({})",
-            ds_store_pg::SEQUENCER_LOCK
-        ))
-        .await
-        .unwrap();
+    let mut holder = hold_sequencer(&app).await;
     let id = write(&app, "rr-2026-11-30-pendin", 1, 1).await[0];
     let r = app
         .get(&format!(
@@ -1280,14 +1287,7 @@ async fn a_large_insert_is_queued_in_rows_a_run_can_take() {
     let ids = write(&app, "rr-2026-11-30-bulkaa", 1, 1).await;
     checkpoint_covering(&app, 1).await;
     // The sequencer's role held elsewhere while the statement commits: the queue is seen whole.
-    let mut holder = app.db.conn().await.unwrap();
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({})",
-            ds_store_pg::SEQUENCER_LOCK
-        ))
-        .await
-        .unwrap();
+    let mut holder = hold_sequencer(&app).await;
     let mut c = app.db.conn().await.unwrap();
     c.batch_execute(&format!(
         "INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at,

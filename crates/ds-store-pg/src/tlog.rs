@@ -72,7 +72,7 @@ struct QueuedBatch {
 /// A record taken off the queue.
 struct Pending {
     record_id: i64,
-    kind: Option<String>,
+    kind: String,
     leaf_hash: Option<Vec<u8>>,
 }
 
@@ -390,7 +390,7 @@ async fn integrate(
                 .zip(b.leaf_hashes)
                 .map(|((record_id, kind), leaf_hash)| Pending {
                     record_id,
-                    kind: Some(kind),
+                    kind,
                     leaf_hash,
                 }),
         );
@@ -411,7 +411,7 @@ async fn integrate(
     // writer could not predict): computed from the stored row.
     let without: Vec<i64> = pending
         .iter()
-        .filter(|p| p.leaf_hash.is_none() || p.kind.is_none())
+        .filter(|p| p.leaf_hash.is_none())
         .map(|p| p.record_id)
         .collect();
     let mut computed: HashMap<i64, (Kind, Hash)> = HashMap::new();
@@ -430,14 +430,15 @@ async fn integrate(
     let mut records: Vec<(i64, Kind, Hash)> = Vec::with_capacity(pending.len());
     let mut vanished = 0usize;
     for p in pending {
-        match (p.kind, p.leaf_hash) {
-            (Some(kind), Some(h)) => {
-                let kind: Kind = kind
+        match p.leaf_hash {
+            Some(h) => {
+                let kind: Kind = p
+                    .kind
                     .parse()
                     .map_err(|e| PgStoreError::Corrupt(format!("{e}")))?;
                 records.push((p.record_id, kind, hash(&h)?));
             }
-            _ => match computed.remove(&p.record_id) {
+            None => match computed.remove(&p.record_id) {
                 Some((kind, h)) => records.push((p.record_id, kind, h)),
                 None => vanished += 1,
             },
