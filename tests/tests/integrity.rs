@@ -120,6 +120,47 @@ async fn owner(app: &TestApp) -> AsyncPgConnection {
     c
 }
 
+/// The log's leaves as the export shows them: (record, kind, leaf hash) in log order.
+fn leaves_of(lines: &[ExportLine]) -> Vec<(i64, String, Hash)> {
+    lines
+        .iter()
+        .map(|l| {
+            (
+                l.id,
+                l.kind.clone(),
+                hash_from_base64(&l.leaf_hash).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// As the owner: replaces the whole log (its segments and record → leaf rows) by `leaves`, with
+/// the stored hashes a sequencer would write for them: a log that is consistent in itself.
+async fn rewrite_log(c: &mut AsyncPgConnection, leaves: &[(i64, String, Hash)]) {
+    let hashes: Vec<Hash> = leaves.iter().map(|l| l.2).collect();
+    let stored = tree::append(0, &hashes, &StoredHashes::new()).unwrap();
+    let packed: String = stored.iter().map(|(_, h)| hex::encode(h.0)).collect();
+    let ids: Vec<String> = leaves.iter().map(|l| l.0.to_string()).collect();
+    let kinds: Vec<String> = leaves.iter().map(|l| l.1.clone()).collect();
+    let positions: Vec<String> = leaves
+        .iter()
+        .enumerate()
+        .map(|(n, l)| format!("({}, {n})", l.0))
+        .collect();
+    c.batch_execute(&format!(
+        "DELETE FROM tlog_segments; DELETE FROM tlog_leaves;
+         INSERT INTO tlog_segments (first_leaf, leaves, first_hash, hashes, record_ids, kinds)
+             VALUES (0, {}, 0, '\\x{packed}', '{{{}}}', '{{{}}}');
+         INSERT INTO tlog_leaves (record_id, log_index) VALUES {};",
+        leaves.len(),
+        ids.join(","),
+        kinds.join(","),
+        positions.join(",")
+    ))
+    .await
+    .unwrap();
+}
+
 /// A session holding the sequencer's lock in an open transaction (a replica in the middle of a
 /// run): no run appends until it ends (`ROLLBACK`, or dropping it).
 async fn hold_sequencer(app: &TestApp) -> AsyncPgConnection {
@@ -168,7 +209,7 @@ async fn the_runtime_role_cannot_change_or_delete_records_and_triggers_stop_the_
         format!("DELETE FROM audit_records WHERE id = {id}"),
         "TRUNCATE audit_records".to_owned(),
         "DELETE FROM tlog_leaves".to_owned(),
-        "UPDATE tlog_hashes SET hash = hash".to_owned(),
+        "UPDATE tlog_segments SET hashes = hashes".to_owned(),
         "DELETE FROM tlog_checkpoints".to_owned(),
         "ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only".to_owned(),
         "SET session_replication_role = replica".to_owned(),
@@ -194,8 +235,9 @@ async fn the_runtime_role_cannot_change_or_delete_records_and_triggers_stop_the_
         format!("UPDATE audit_records SET unknown_fields = '{{\"x\":1}}' WHERE id = {id}"),
         format!("DELETE FROM audit_records WHERE id = {id}"),
         "TRUNCATE audit_records CASCADE".to_owned(),
-        "UPDATE tlog_hashes SET hash = hash".to_owned(),
-        "UPDATE tlog_leaves SET leaf_hash = leaf_hash".to_owned(),
+        "UPDATE tlog_segments SET hashes = hashes".to_owned(),
+        "UPDATE tlog_leaves SET log_index = log_index".to_owned(),
+        "DELETE FROM tlog_segments".to_owned(),
         "DELETE FROM tlog_checkpoints".to_owned(),
     ] {
         let e = owner.batch_execute(&sql).await.unwrap_err().to_string();
@@ -550,35 +592,31 @@ async fn each_tampering_is_detected_and_named(#[case] t: Tampering) {
             ]
         }
         Tampering::ReorderTwoLeaves => {
-            // Leaves 8 and 11 swapped with their hashes: each leaf still matches its record.
-            let mut c = owner(app).await;
-            c.batch_execute(
-                "CREATE TEMP TABLE swap AS SELECT log_index, record_id, kind, leaf_hash FROM tlog_leaves WHERE log_index IN (8, 11);
-                 UPDATE tlog_leaves SET record_id = -1 WHERE log_index = 8;
-                 UPDATE tlog_leaves l SET record_id = s.record_id, kind = s.kind, leaf_hash = s.leaf_hash
-                     FROM swap s WHERE s.log_index = 8 AND l.log_index = 11;
-                 UPDATE tlog_leaves l SET record_id = s.record_id, kind = s.kind, leaf_hash = s.leaf_hash
-                     FROM swap s WHERE s.log_index = 11 AND l.log_index = 8;",
-            )
-            .await
-            .unwrap();
+            // Leaves 8 and 11 swapped with their hashes, the tree rebuilt to match: each leaf
+            // still matches its record.
+            let (_, lines) = export(app).await;
+            let mut leaves = leaves_of(&lines);
+            leaves.swap(8, 11);
+            rewrite_log(&mut owner(app).await, &leaves).await;
             vec![
                 "tree size 15:".to_owned(),
                 "rewritten between sizes 5 and 15".to_owned(),
             ]
         }
         Tampering::TruncateTheLog => {
-            owner(app)
-                .await
-                .batch_execute(&format!(
-                    "DELETE FROM audit_records WHERE id IN (SELECT record_id FROM tlog_leaves WHERE log_index >= 12);
-                     DELETE FROM tlog_hashes WHERE idx >= {};
-                     DELETE FROM tlog_leaves WHERE log_index >= 12;
-                     DELETE FROM tlog_checkpoints WHERE tree_size > 5;",
-                    tree::stored_hash_index(0, 12)
-                ))
-                .await
-                .unwrap();
+            // The last three leaves and their records gone, and the checkpoints that covered them.
+            let (_, lines) = export(app).await;
+            let leaves = leaves_of(&lines);
+            let mut c = owner(app).await;
+            rewrite_log(&mut c, &leaves[..12]).await;
+            let gone: Vec<String> = leaves[12..].iter().map(|l| l.0.to_string()).collect();
+            c.batch_execute(&format!(
+                "DELETE FROM audit_records WHERE id IN ({});
+                 DELETE FROM tlog_checkpoints WHERE tree_size > 5;",
+                gone.join(",")
+            ))
+            .await
+            .unwrap();
             vec![
                 "the log ends at size".to_owned(),
                 "has size 15: the log was truncated".to_owned(),
@@ -611,35 +649,11 @@ async fn each_tampering_is_detected_and_named(#[case] t: Tampering) {
             .await
             .unwrap();
             let (_, lines) = export(app).await;
-            let leaves: Vec<Hash> = lines
+            let leaves: Vec<(i64, String, Hash)> = lines
                 .iter()
-                .map(|l| l.record_leaf_hash().unwrap())
+                .map(|l| (l.id, l.kind.clone(), l.record_leaf_hash().unwrap()))
                 .collect();
-            let rebuilt = tree::append(0, &leaves, &StoredHashes::new()).unwrap();
-            let (level0, above): (Vec<_>, Vec<_>) = rebuilt
-                .iter()
-                .partition(|(i, _)| tree::split_stored_hash_index(*i).0 == 0);
-            let values: Vec<String> = above
-                .iter()
-                .map(|(i, h)| format!("({i}, '\\x{}')", hex::encode(h.0)))
-                .collect();
-            let leaf_updates: Vec<String> = level0
-                .iter()
-                .map(|(i, h)| {
-                    format!(
-                        "UPDATE tlog_leaves SET leaf_hash = '\\x{}' WHERE log_index = {};",
-                        hex::encode(h.0),
-                        tree::split_stored_hash_index(*i).1
-                    )
-                })
-                .collect();
-            c.batch_execute(&format!(
-                "DELETE FROM tlog_hashes; INSERT INTO tlog_hashes (idx, hash) VALUES {}; {}",
-                values.join(","),
-                leaf_updates.join(" ")
-            ))
-            .await
-            .unwrap();
+            rewrite_log(&mut c, &leaves).await;
             vec![
                 "tree size 15:".to_owned(),
                 "rewritten between sizes 5 and 15".to_owned(),
@@ -740,9 +754,9 @@ async fn three_replicas_writing_at_once_build_one_consistent_tree() {
     }
     use diesel_async::RunQueryDsl;
     let s: Sizes = diesel::sql_query(
-        "SELECT (SELECT count(DISTINCT record_id) FROM tlog_leaves) AS leaves,
+        "SELECT (SELECT count(DISTINCT id) FROM tlog_segments, unnest(record_ids) id) AS leaves,
                 (SELECT count(*) FROM audit_records) AS records,
-                (SELECT max(log_index) FROM tlog_leaves) AS top",
+                (SELECT max(first_leaf + leaves) - 1 FROM tlog_segments) AS top",
     )
     .get_result(&mut c)
     .await
@@ -1081,10 +1095,11 @@ async fn log_shape(url: &str, acknowledged: &[i64]) -> LogShape {
     use diesel_async::RunQueryDsl;
     let mut c = AsyncPgConnection::establish(url).await.unwrap();
     diesel::sql_query(
-        "SELECT (SELECT count(DISTINCT record_id) FROM tlog_leaves) AS distinct_records,
-                (SELECT max(log_index) FROM tlog_leaves) AS top,
+        "SELECT (SELECT count(DISTINCT id) FROM tlog_segments, unnest(record_ids) id) AS distinct_records,
+                (SELECT max(first_leaf + leaves) - 1 FROM tlog_segments) AS top,
                 (SELECT count(*) FROM tlog_queue) AS pending,
-                (SELECT count(*) FROM tlog_leaves WHERE record_id = ANY($1)) AS acknowledged_in_log",
+                (SELECT count(*) FROM tlog_segments, unnest(record_ids) id WHERE id = ANY($1))
+                    AS acknowledged_in_log",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(acknowledged)
     .get_result(&mut c)
@@ -1279,7 +1294,7 @@ async fn a_record_inserted_with_the_queue_off_is_swept_into_the_log_and_counted(
 }
 
 /// One statement inserting 25,000 records (a COPY, a bulk insert) is queued in rows of at most
-/// 10,000, each a sequencer run can take, and all of it reaches the log.
+/// 10,000 (one per 10,000 ids), each a sequencer run can take, and all of it reaches the log.
 #[tokio::test]
 async fn a_large_insert_is_queued_in_rows_a_run_can_take() {
     use diesel_async::RunQueryDsl;
@@ -1310,8 +1325,136 @@ async fn a_large_insert_is_queued_in_rows_a_run_can_take() {
             .load(&mut c)
             .await
             .unwrap();
+    // Rows by ids / 10,000: three or four rows (the ids need not start at a multiple).
     let sizes: Vec<i32> = rows.iter().map(|r| r.n).collect();
-    assert_eq!(sizes, [10_000, 10_000, 5_000]);
+    assert_eq!(sizes.iter().sum::<i32>(), 25_000, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 10_000), "{sizes:?}");
+    assert!((3..=4).contains(&sizes.len()), "{sizes:?}");
     holder.batch_execute("ROLLBACK").await.unwrap();
     checkpoint_covering(&app, 25_001).await;
+}
+
+/// The log as the migration `log_segments` found it (a row per leaf and per stored hash) moves in
+/// place: the store is taken back to that schema with its down migration, with records in the
+/// queue, then migrated again; the tree afterwards is the one signed before (the verifier checks
+/// consistency between the checkpoints) and grows on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_stored_a_row_per_leaf_migrates_to_segments_in_place() {
+    const DOWN: &str = include_str!("../../migrations/2026-12-03-000000_log_segments/down.sql");
+    let app = ds_tests::spawn_app_with(&[
+        ("DATASTORAGE_EMBEDDING_MODE", "deferred"),
+        ("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0"),
+    ])
+    .await
+    .unwrap();
+    // More than one segment of 1,024 leaves, appended by several runs.
+    let mut ids = Vec::new();
+    for k in 0..11 {
+        ids.extend(write(&app, "rr-2026-11-30-migrat", k * 100, 100).await);
+    }
+    let (first_note, first) = checkpoint_covering(&app, 1100).await;
+    let holder = hold_sequencer(&app).await;
+    let queued = write(&app, "rr-2026-11-30-migrbb", 5000, 40).await;
+
+    let mut c = owner(&app).await;
+    c.batch_execute(&format!(
+        "BEGIN; {DOWN}; DELETE FROM __diesel_schema_migrations WHERE version = '20261203000000'; COMMIT;"
+    ))
+    .await
+    .unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct OldShape {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        leaves: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        hashes: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        queued: i64,
+    }
+    use diesel_async::RunQueryDsl;
+    let old: OldShape = diesel::sql_query(
+        "SELECT (SELECT count(*) FROM tlog_leaves WHERE leaf_hash IS NOT NULL) AS leaves,
+                (SELECT count(*) FROM tlog_hashes) AS hashes,
+                (SELECT COALESCE(sum(cardinality(leaf_hashes)), 0)::bigint FROM tlog_queue) AS queued",
+    )
+    .get_result(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(old.leaves, first.size as i64);
+    assert!(
+        old.hashes >= old.leaves - 11,
+        "{} stored hashes",
+        old.hashes
+    );
+    assert_eq!(old.queued, 40);
+
+    let applied = ds_store_pg::run_migrations(&app.db.url).await.unwrap();
+    assert_eq!(applied, ["20261203000000"]);
+    drop(holder);
+    let (note, latest) = checkpoint_covering(&app, first.size + 40).await;
+    let (file, lines) = export(&app).await;
+    assert_verifies(&file, &[&first_note, &note]);
+    assert_eq!(lines.len() as u64, latest.size);
+    let logged: std::collections::HashSet<i64> = lines.iter().map(|l| l.id).collect();
+    assert!(ids.iter().chain(&queued).all(|id| logged.contains(id)));
+    // Proofs read the migrated segments: a record of each of the first two, against the latest.
+    for id in [ids[3], ids[1050]] {
+        let r = app
+            .get(&format!(
+                "/api/v1/log/proof/inclusion?kind=workflow&id={id}&treeSize={}",
+                latest.size
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let index = r.body["logIndex"].as_u64().unwrap();
+        let read = app
+            .get(&format!("/api/v1/audit/workflow/{id}"))
+            .await
+            .unwrap();
+        assert_eq!(read.body["logIndex"].as_u64(), Some(index));
+        let leaf = lines[index as usize].record_leaf_hash().unwrap();
+        assert!(check_inclusion(
+            &proof_hashes(&r.body),
+            latest.size,
+            latest.root,
+            index,
+            leaf
+        ));
+    }
+}
+
+/// A record queued again by hand after it was logged gets no second leaf: the run that meets it is
+/// redone without it (otherwise every run would fail on it and the log would stop), and what was
+/// queued with it is logged.
+#[tokio::test]
+async fn a_record_queued_again_by_hand_is_not_logged_twice() {
+    let app = spawn_app().await.unwrap();
+    let ids = write(&app, "rr-2026-11-30-requeu", 1, 3).await;
+    checkpoint_covering(&app, 3).await;
+    let holder = hold_sequencer(&app).await;
+    let later = write(&app, "rr-2026-11-30-requeu", 10, 2).await;
+    owner(&app)
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO tlog_queue (first_id, record_ids, kinds, leaf_hashes)
+             VALUES ({id}, ARRAY[{id}::bigint], ARRAY['workflow'], decode(repeat('00', 32), 'hex'))",
+            id = ids[1]
+        ))
+        .await
+        .unwrap();
+    drop(holder);
+    let (note, _) = checkpoint_covering(&app, 5).await;
+    let after = write(&app, "rr-2026-11-30-requeu", 20, 1).await;
+    let (last, latest) = checkpoint_covering(&app, 6).await;
+    assert_eq!(latest.size, 6);
+    let (file, lines) = export(&app).await;
+    let mut logged: Vec<i64> = lines.iter().map(|l| l.id).collect();
+    logged.sort_unstable();
+    let mut written: Vec<i64> = ids.iter().chain(&later).chain(&after).copied().collect();
+    written.sort_unstable();
+    assert_eq!(logged, written);
+    assert_verifies(&file, &[&note, &last]);
+    let shape = log_shape(&app.db.url, &written).await;
+    assert_eq!(shape.pending, 0);
 }

@@ -517,14 +517,12 @@ impl Bench {
                 db,
                 "ALTER TABLE audit_records ENABLE TRIGGER audit_records_enqueue; \
                  INSERT INTO tlog_queue (first_id, record_ids, kinds, leaf_hashes) \
-                 SELECT min(id), array_agg(id ORDER BY id), array_agg(kind ORDER BY id), \
-                        array_agg(leaf_hash ORDER BY id) \
-                 FROM (SELECT r.id, r.kind, r.leaf_hash, \
-                              (row_number() OVER (ORDER BY r.id) - 1) / 10000 AS chunk \
-                       FROM audit_records r \
-                       WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) \
-                         AND r.id NOT IN (SELECT unnest(record_ids) FROM tlog_queue)) m \
-                 GROUP BY chunk",
+                 SELECT min(r.id), array_agg(r.id), array_agg(r.kind), \
+                        string_agg(COALESCE(r.leaf_hash, decode(repeat('00', 32), 'hex')), ''::bytea) \
+                 FROM audit_records r \
+                 WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id) \
+                   AND r.id NOT IN (SELECT unnest(record_ids) FROM tlog_queue) \
+                 GROUP BY r.id / 10000",
             )?;
             // Then the sequencer runs again (its lock's holder ends, the lock with its connection):
             // its sweep finds every record queued.
@@ -583,8 +581,10 @@ impl Bench {
             &format!(
                 "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), \
                         percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag) \
-                 FROM (SELECT extract(epoch FROM l.integrated_at - r.received_at) AS lag \
+                 FROM (SELECT extract(epoch FROM s.integrated_at - r.received_at) AS lag \
                        FROM tlog_leaves l JOIN audit_records r ON r.id = l.record_id \
+                       CROSS JOIN LATERAL (SELECT integrated_at FROM tlog_segments \
+                           WHERE first_leaf <= l.log_index ORDER BY first_leaf DESC LIMIT 1) s \
                        WHERE r.received_at >= '{since}') t"
             ),
         )?;
@@ -751,7 +751,7 @@ impl Bench {
             let span: f64 = self
                 .psql_in(
                     &db,
-                    "SELECT extract(epoch FROM max(integrated_at) - min(integrated_at)) FROM tlog_leaves",
+                    "SELECT extract(epoch FROM max(integrated_at) - min(integrated_at)) FROM tlog_segments",
                 )?
                 .parse()?;
             report["log_prefill"] =

@@ -1,8 +1,10 @@
 //! The transparency log's storage (contract §8): the sequencer, checkpoints, stored hashes, export.
 //!
-//! Tables (migrations `append_only_and_log`, `leaf_hash_at_write`): `tlog_queue` (records committed
-//! and not yet in the log, one row per inserting statement, filled by a trigger on every insert), `tlog_leaves` (log index → record), `tlog_hashes` (every
-//! complete subtree's hash at its linear index), `tlog_checkpoints` (every signed checkpoint).
+//! Tables (migrations `append_only_and_log`, `leaf_hash_at_write`, `log_segments`): `tlog_queue`
+//! (records committed and not yet in the log, one row per inserting statement, filled by a trigger
+//! on every insert), `tlog_segments` (the log: up to 1,024 consecutive leaves per row, with their
+//! records and every stored hash their append created), `tlog_leaves` (record → log index),
+//! `tlog_checkpoints` (every signed checkpoint).
 //!
 //! The leaf hash of a record the service writes is computed by its insert statement (migration
 //! `leaf_hash_at_write`: the service sends the record's canonical form, the statement adds the id and
@@ -58,22 +60,26 @@ struct RecordId {
     record_id: i64,
 }
 
-/// One inserting statement's records, as the queue holds them.
+/// Most leaves in one `tlog_segments` row (the migration's CHECK says the same).
+const SEGMENT_LEAVES: usize = 1024;
+
+/// One inserting statement's records, as the queue holds them: `leaf_hashes` is 32 bytes per
+/// record, zeros where the insert did not compute it.
 #[derive(QueryableByName)]
 struct QueuedBatch {
     #[diesel(sql_type = Array<BigInt>)]
     record_ids: Vec<i64>,
     #[diesel(sql_type = Array<Text>)]
     kinds: Vec<String>,
-    #[diesel(sql_type = Array<Nullable<Bytea>>)]
-    leaf_hashes: Vec<Option<Vec<u8>>>,
+    #[diesel(sql_type = Bytea)]
+    leaf_hashes: Vec<u8>,
 }
 
 /// A record taken off the queue.
 struct Pending {
     record_id: i64,
     kind: String,
-    leaf_hash: Option<Vec<u8>>,
+    leaf_hash: Option<Hash>,
 }
 
 #[derive(QueryableByName)]
@@ -82,6 +88,38 @@ struct StoredHash {
     idx: i64,
     #[diesel(sql_type = Bytea)]
     hash: Vec<u8>,
+}
+
+/// A `tlog_segments` row.
+#[derive(QueryableByName)]
+struct Segment {
+    #[diesel(sql_type = BigInt)]
+    first_leaf: i64,
+    #[diesel(sql_type = BigInt)]
+    first_hash: i64,
+    #[diesel(sql_type = Bytea)]
+    hashes: Vec<u8>,
+    #[diesel(sql_type = Array<BigInt>)]
+    record_ids: Vec<i64>,
+    #[diesel(sql_type = Array<Text>)]
+    kinds: Vec<String>,
+}
+
+impl Segment {
+    /// The leaf hash of leaf `n` of the log, when this segment holds it.
+    fn leaf_hash(&self, n: u64) -> Result<Hash, PgStoreError> {
+        let at = tree::stored_hash_index(0, n)
+            .checked_sub(to_u64(self.first_hash, "hash index")?)
+            .and_then(|k| usize::try_from(k).ok())
+            .and_then(|k| self.hashes.get(k * 32..k * 32 + 32))
+            .ok_or_else(|| {
+                PgStoreError::Corrupt(format!(
+                    "the log segment at {} lacks the hash of leaf {n}",
+                    self.first_leaf
+                ))
+            })?;
+        hash(at)
+    }
 }
 
 #[derive(QueryableByName)]
@@ -100,18 +138,6 @@ struct CheckpointRow {
     root_hash: Vec<u8>,
     #[diesel(sql_type = Text)]
     note: String,
-}
-
-#[derive(QueryableByName)]
-struct LeafRow {
-    #[diesel(sql_type = BigInt)]
-    log_index: i64,
-    #[diesel(sql_type = BigInt)]
-    record_id: i64,
-    #[diesel(sql_type = Text)]
-    kind: String,
-    #[diesel(sql_type = Bytea)]
-    leaf_hash: Vec<u8>,
 }
 
 #[derive(QueryableByName)]
@@ -219,8 +245,8 @@ pub(crate) fn canonical_record(r: &ValidRecord) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The stored hashes at `indexes`; all of them, or `Corrupt`. Level 0 (the leaf hashes) is
-/// `tlog_leaves.leaf_hash`, the levels above are rows of `tlog_hashes`: one query for both.
+/// The stored hashes at `indexes`; all of them, or `Corrupt`. Each is a 32-byte slice of the
+/// segment that appended the leaf that stored it (one primary-key probe and one TOAST chunk each).
 async fn read_hashes(
     c: &mut AsyncPgConnection,
     indexes: &[u64],
@@ -228,30 +254,25 @@ async fn read_hashes(
     if indexes.is_empty() {
         return Ok(StoredHashes::new());
     }
-    let (mut leaves, mut above) = (Vec::new(), Vec::new());
-    for &i in indexes {
-        match tree::split_stored_hash_index(i) {
-            (0, n) => leaves.push(to_i64(n)),
-            _ => above.push(to_i64(i)),
-        }
-    }
+    let wanted: Vec<i64> = indexes.iter().map(|&i| to_i64(i)).collect();
+    let leaves: Vec<i64> = indexes
+        .iter()
+        .map(|&i| to_i64(tree::stored_by_leaf(i)))
+        .collect();
     let rows: Vec<StoredHash> = diesel::sql_query(
-        "SELECT idx, hash FROM tlog_hashes WHERE idx = ANY($1) \
-         UNION ALL SELECT -1 - log_index, leaf_hash FROM tlog_leaves WHERE log_index = ANY($2)",
+        "SELECT q.i AS idx, substring(s.hashes FROM ((q.i - s.first_hash) * 32 + 1)::integer FOR 32) AS hash \
+         FROM unnest($1::bigint[], $2::bigint[]) AS q(i, leaf) \
+         CROSS JOIN LATERAL (SELECT first_leaf, leaves, first_hash, hashes FROM tlog_segments \
+                             WHERE first_leaf <= q.leaf ORDER BY first_leaf DESC LIMIT 1) s \
+         WHERE q.leaf < s.first_leaf + s.leaves",
     )
-    .bind::<Array<BigInt>, _>(&above)
+    .bind::<Array<BigInt>, _>(&wanted)
     .bind::<Array<BigInt>, _>(&leaves)
     .load(c)
     .await?;
     let mut out = StoredHashes::with_capacity(rows.len());
     for r in rows {
-        // Leaves come back as -1 - log index (a stored hash index is never negative).
-        let index = if r.idx < 0 {
-            tree::stored_hash_index(0, to_u64(-1 - r.idx, "log index")?)
-        } else {
-            to_u64(r.idx, "hash index")?
-        };
-        out.insert(index, hash(&r.hash)?);
+        out.insert(to_u64(r.idx, "hash index")?, hash(&r.hash)?);
     }
     if let Some(missing) = indexes.iter().find(|i| !out.contains_key(i)) {
         return Err(PgStoreError::Corrupt(format!(
@@ -259,6 +280,71 @@ async fn read_hashes(
         )));
     }
     Ok(out)
+}
+
+/// The size of the log: the end of its last segment.
+const SIZE_SQL: &str = "SELECT COALESCE((SELECT first_leaf + leaves FROM tlog_segments \
+     ORDER BY first_leaf DESC LIMIT 1), 0) AS n";
+
+/// Writes the leaves `records` (record, kind, leaf hash) at `size` and the stored hashes their
+/// append created (`new`: every index from that of leaf `size` on, in order): the record → leaf
+/// rows, then one segment per [`SEGMENT_LEAVES`] leaves.
+async fn write_leaves(
+    c: &mut AsyncPgConnection,
+    size: u64,
+    records: &[(i64, Kind, Hash)],
+    new: &[(u64, Hash)],
+) -> Result<(), PgStoreError> {
+    let first_new = tree::stored_hash_index(0, size);
+    if new.first().is_some_and(|(i, _)| *i != first_new)
+        || new.windows(2).any(|w| w[1].0 != w[0].0 + 1)
+    {
+        return Err(PgStoreError::Corrupt(
+            "appended hashes that are not one run of indexes".into(),
+        ));
+    }
+    let ids: Vec<i64> = records.iter().map(|r| r.0).collect();
+    let indexes: Vec<i64> = (size..).take(records.len()).map(to_i64).collect();
+    diesel::sql_query(
+        "INSERT INTO tlog_leaves (record_id, log_index) SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&indexes)
+    .execute(c)
+    .await?;
+    let mut first = size;
+    for chunk in records.chunks(SEGMENT_LEAVES) {
+        let end = first + chunk.len() as u64;
+        let (from, to) = (
+            tree::stored_hash_index(0, first) - first_new,
+            tree::stored_hash_index(0, end) - first_new,
+        );
+        let hashes: Vec<u8> = new
+            .get(
+                usize::try_from(from).unwrap_or(usize::MAX)
+                    ..usize::try_from(to).unwrap_or(usize::MAX),
+            )
+            .ok_or_else(|| PgStoreError::Corrupt("fewer appended hashes than leaves need".into()))?
+            .iter()
+            .flat_map(|(_, h)| h.0)
+            .collect();
+        let ids: Vec<i64> = chunk.iter().map(|r| r.0).collect();
+        let kinds: Vec<&str> = chunk.iter().map(|r| r.1.as_str()).collect();
+        diesel::sql_query(
+            "INSERT INTO tlog_segments (first_leaf, leaves, first_hash, hashes, record_ids, kinds, integrated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())",
+        )
+        .bind::<BigInt, _>(to_i64(first))
+        .bind::<diesel::sql_types::Integer, _>(i32::try_from(chunk.len()).unwrap_or(i32::MAX))
+        .bind::<BigInt, _>(to_i64(tree::stored_hash_index(0, first)))
+        .bind::<Bytea, _>(&hashes)
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<Text>, _>(&kinds)
+        .execute(c)
+        .await?;
+        first = end;
+    }
+    Ok(())
 }
 
 /// The log index of each record that has one.
@@ -309,7 +395,7 @@ WITH span AS (
 ), queued AS (
     INSERT INTO tlog_queue (first_id, record_ids, kinds, leaf_hashes)
     SELECT min(id), array_agg(id ORDER BY id), array_agg(kind ORDER BY id),
-           array_agg(leaf_hash ORDER BY id)
+           string_agg(COALESCE(leaf_hash, decode(repeat('00', 32), 'hex')), ''::bytea ORDER BY id)
     FROM missing HAVING count(*) > 0
     RETURNING first_id, cardinality(record_ids) AS n
 )
@@ -333,6 +419,7 @@ async fn integrate(
     signer: &CheckpointSigner,
     checkpoint_every: Duration,
     swept_to: &std::sync::atomic::AtomicI64,
+    filter_logged: bool,
 ) -> Result<(Integrated, i64), PgStoreError> {
     let got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS got")
         .bind::<BigInt, _>(SEQUENCER_LOCK)
@@ -343,10 +430,7 @@ async fn integrate(
         let unchanged = swept_to.load(std::sync::atomic::Ordering::Acquire);
         return Ok((Integrated::default(), unchanged));
     }
-    let size = diesel::sql_query("SELECT COALESCE(max(log_index) + 1, 0) AS n FROM tlog_leaves")
-        .get_result::<Size>(c)
-        .await?
-        .n;
+    let size = diesel::sql_query(SIZE_SQL).get_result::<Size>(c).await?.n;
     let size = to_u64(size, "tree size")?;
     let after = swept_to.load(std::sync::atomic::Ordering::Acquire);
     let swept: Swept = diesel::sql_query(SWEEP_SQL)
@@ -378,35 +462,41 @@ async fn integrate(
     .await?;
     let mut pending: Vec<Pending> = Vec::new();
     for b in batches {
-        if b.kinds.len() != b.record_ids.len() || b.leaf_hashes.len() != b.record_ids.len() {
+        if b.kinds.len() != b.record_ids.len() || b.leaf_hashes.len() != 32 * b.record_ids.len() {
             return Err(PgStoreError::Corrupt(
                 "a queued batch whose arrays differ in length".into(),
             ));
         }
-        pending.extend(
-            b.record_ids
-                .into_iter()
-                .zip(b.kinds)
-                .zip(b.leaf_hashes)
-                .map(|((record_id, kind), leaf_hash)| Pending {
-                    record_id,
-                    kind,
-                    leaf_hash,
-                }),
-        );
+        for ((record_id, kind), h) in b
+            .record_ids
+            .into_iter()
+            .zip(b.kinds)
+            .zip(b.leaf_hashes.chunks_exact(32))
+        {
+            // 32 zero bytes: the insert did not compute it (no SHA-256 output is that).
+            let leaf_hash = (h != [0; 32]).then(|| hash(h)).transpose()?;
+            pending.push(Pending {
+                record_id,
+                kind,
+                leaf_hash,
+            });
+        }
     }
     pending.sort_unstable_by_key(|p| p.record_id);
-    // A record queued again by hand after it was logged is not appended twice.
-    let ids: Vec<i64> = pending.iter().map(|p| p.record_id).collect();
-    let logged: std::collections::HashSet<i64> =
-        diesel::sql_query("SELECT record_id FROM tlog_leaves WHERE record_id = ANY($1)")
-            .bind::<Array<BigInt>, _>(&ids)
-            .load::<RecordId>(c)
-            .await?
-            .into_iter()
-            .map(|p| p.record_id)
-            .collect();
-    pending.retain(|p| !logged.contains(&p.record_id));
+    if filter_logged {
+        // A record queued again by hand after it was logged is not appended twice (without this,
+        // its second leaf fails the run on `tlog_leaves`' primary key; the caller then asks).
+        let ids: Vec<i64> = pending.iter().map(|p| p.record_id).collect();
+        let logged: std::collections::HashSet<i64> =
+            diesel::sql_query("SELECT record_id FROM tlog_leaves WHERE record_id = ANY($1)")
+                .bind::<Array<BigInt>, _>(&ids)
+                .load::<RecordId>(c)
+                .await?
+                .into_iter()
+                .map(|p| p.record_id)
+                .collect();
+        pending.retain(|p| !logged.contains(&p.record_id));
+    }
     // Records queued without their leaf hash (another writer, an earlier version, or numbers the
     // writer could not predict): computed from the stored row.
     let without: Vec<i64> = pending
@@ -436,7 +526,7 @@ async fn integrate(
                     .kind
                     .parse()
                     .map_err(|e| PgStoreError::Corrupt(format!("{e}")))?;
-                records.push((p.record_id, kind, hash(&h)?));
+                records.push((p.record_id, kind, h));
             }
             None => match computed.remove(&p.record_id) {
                 Some((kind, h)) => records.push((p.record_id, kind, h)),
@@ -462,34 +552,7 @@ async fn integrate(
     .await?;
     if appended > 0 {
         let new = tree::append(size, &leaves, &known).map_err(tlog)?;
-        let indexes: Vec<i64> = (size..new_size).map(to_i64).collect();
-        let ids: Vec<i64> = records.iter().map(|r| r.0).collect();
-        let kinds: Vec<&str> = records.iter().map(|r| r.1.as_str()).collect();
-        let leaf_hashes: Vec<&[u8]> = leaves.iter().map(|h| h.0.as_slice()).collect();
-        diesel::sql_query(
-            "INSERT INTO tlog_leaves (log_index, record_id, kind, leaf_hash, integrated_at) \
-             SELECT *, clock_timestamp() FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
-        )
-        .bind::<Array<BigInt>, _>(&indexes)
-        .bind::<Array<BigInt>, _>(&ids)
-        .bind::<Array<Text>, _>(&kinds)
-        .bind::<Array<Bytea>, _>(&leaf_hashes)
-        .execute(c)
-        .await?;
-        // Level 0 is in tlog_leaves: the levels above only.
-        let above: Vec<&(u64, Hash)> = new
-            .iter()
-            .filter(|(i, _)| tree::split_stored_hash_index(*i).0 > 0)
-            .collect();
-        let hash_ids: Vec<i64> = above.iter().map(|(i, _)| to_i64(*i)).collect();
-        let hashes: Vec<&[u8]> = above.iter().map(|(_, h)| h.0.as_slice()).collect();
-        diesel::sql_query(
-            "INSERT INTO tlog_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-        )
-        .bind::<Array<BigInt>, _>(&hash_ids)
-        .bind::<Array<Bytea>, _>(&hashes)
-        .execute(c)
-        .await?;
+        write_leaves(c, size, &records, &new).await?;
         known.extend(new);
     }
     let last: Option<LastCheckpoint> = diesel::sql_query(
@@ -542,19 +605,34 @@ async fn integrate(
     ))
 }
 
+/// A run that would give a record a second leaf (`tlog_leaves`' primary key refused it).
+fn is_second_leaf(e: &PgStoreError) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(e, PgStoreError::Query(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+        if info.constraint_name() == Some("tlog_leaves_pkey"))
+}
+
+/// Leaves in `[$1, $2)` whose records pass the filter, in log order: the segments in order, each
+/// leaf's record probed by id (a segment overlapping `$1` starts at most 1,023 leaves before it).
 const EXPORT_FILTERED_SQL: &str = "\
-SELECT l.log_index, l.leaf_hash, {RECORD_COLUMNS}
-FROM tlog_leaves l JOIN audit_records r ON r.id = l.record_id
-WHERE l.log_index >= $1 AND l.log_index < $2
+SELECT x.n AS log_index,
+       substring(s.hashes FROM ((2 * x.n - bit_count(x.n::bit(64)) - s.first_hash) * 32 + 1)::integer FOR 32) AS leaf_hash,
+       {RECORD_COLUMNS}
+FROM tlog_segments s
+CROSS JOIN LATERAL unnest(s.record_ids) WITH ORDINALITY AS u(id, o)
+CROSS JOIN LATERAL (SELECT s.first_leaf + u.o - 1 AS n) x
+JOIN audit_records r ON r.id = u.id
+WHERE s.first_leaf >= $1 - 1023 AND s.first_leaf < $2 AND x.n >= $1 AND x.n < $2
   AND ($4::timestamptz IS NULL OR r.received_at >= $4)
   AND ($5::timestamptz IS NULL OR r.received_at < $5)
   AND ($6::text IS NULL OR r.correlation_id = $6)
   AND (cardinality($7::text[]) = 0 OR r.kind = ANY($7))
-ORDER BY l.log_index
+ORDER BY s.first_leaf, u.o
 LIMIT $3";
 
 const STATUS_SQL: &str = "\
-SELECT (SELECT COALESCE(max(log_index) + 1, 0) FROM tlog_leaves) AS tree_size,
+SELECT COALESCE((SELECT first_leaf + leaves FROM tlog_segments
+            ORDER BY first_leaf DESC LIMIT 1), 0) AS tree_size,
        (SELECT COALESCE(sum(cardinality(record_ids)), 0)::bigint
             FROM (SELECT record_ids FROM tlog_queue ORDER BY batch LIMIT 100000) q) AS pending,
        COALESCE(EXTRACT(EPOCH FROM now() - (SELECT queued_at FROM tlog_queue
@@ -590,9 +668,23 @@ impl LogStore for PgStore {
             return Err(PgStoreError::Connect("no sequencer connection".into()).into());
         };
         let swept_to = &self.swept_to;
-        let run = c
-            .transaction(async |c| integrate(c, max, signer, checkpoint_every, swept_to).await)
+        let mut run = c
+            .transaction(async |c| {
+                integrate(c, max, signer, checkpoint_every, swept_to, false).await
+            })
             .await;
+        if run.as_ref().is_err_and(is_second_leaf) {
+            // Records queued again after they were logged (by hand: every insert queues a record
+            // once): the run is redone leaving out those already in the log.
+            tracing::warn!(
+                "records queued for the transparency log were already in it (queued again by hand): left out"
+            );
+            run = c
+                .transaction(async |c| {
+                    integrate(c, max, signer, checkpoint_every, swept_to, true).await
+                })
+                .await;
+        }
         match run {
             Ok((integrated, swept)) => {
                 self.swept_to
@@ -701,16 +793,34 @@ async fn export(
         };
     if filter.is_everything() {
         // Every leaf, records gone included: what the offline verifier rebuilds the tree from.
-        let leaves: Vec<LeafRow> = diesel::sql_query(
-            "SELECT log_index, record_id, kind, leaf_hash FROM tlog_leaves \
-             WHERE log_index >= $1 AND log_index < $2 ORDER BY log_index LIMIT $3",
+        let segments: Vec<Segment> = diesel::sql_query(
+            "SELECT first_leaf, first_hash, hashes, record_ids, kinds FROM tlog_segments \
+             WHERE first_leaf >= $1 - 1023 AND first_leaf < $2 AND first_leaf + leaves > $1 \
+             ORDER BY first_leaf LIMIT $3",
         )
         .bind::<BigInt, _>(to_i64(from))
         .bind::<BigInt, _>(to_i64(below))
         .bind::<BigInt, _>(limit)
         .load(c)
         .await?;
-        let ids: Vec<i64> = leaves.iter().map(|l| l.record_id).collect();
+        let mut leaves: Vec<(u64, i64, String, Hash)> = Vec::new();
+        for s in &segments {
+            if s.kinds.len() != s.record_ids.len() {
+                return Err(PgStoreError::Corrupt(format!(
+                    "the log segment at {} has {} records and {} kinds",
+                    s.first_leaf,
+                    s.record_ids.len(),
+                    s.kinds.len()
+                )));
+            }
+            let first = to_u64(s.first_leaf, "log index")?;
+            for ((n, id), kind) in (first..).zip(&s.record_ids).zip(&s.kinds) {
+                if n >= from && n < below && leaves.len() < usize::try_from(limit).unwrap_or(0) {
+                    leaves.push((n, *id, kind.clone(), s.leaf_hash(n)?));
+                }
+            }
+        }
+        let ids: Vec<i64> = leaves.iter().map(|l| l.1).collect();
         let rows: Vec<RecordRow> = diesel::sql_query(format!(
             "SELECT {RECORD_COLUMNS} FROM audit_records r WHERE r.id = ANY($1)"
         ))
@@ -724,15 +834,15 @@ async fn export(
         }
         leaves
             .into_iter()
-            .map(|l| {
+            .map(|(n, id, leaf_kind, leaf_hash)| {
                 // A record's kind is content: the line shows the stored record's (a kind changed
                 // after logging then fails the leaf check); the leaf's own kind only for a record
                 // gone.
-                let record = by_id.remove(&l.record_id);
+                let record = by_id.remove(&id);
                 let kind = record
                     .as_ref()
-                    .map_or(l.kind, |r| r.kind.as_str().to_owned());
-                entry(l.log_index, kind, l.record_id, &l.leaf_hash, record)
+                    .map_or(leaf_kind, |r| r.kind.as_str().to_owned());
+                entry(to_i64(n), kind, id, &leaf_hash.0, record)
             })
             .collect()
     } else {

@@ -143,6 +143,16 @@ pub fn append_indexes(size: u64, count: u64) -> Result<Vec<u64>, TlogError> {
     Ok(indexes)
 }
 
+/// The leaf whose append stores hash `index`: the last leaf of the complete subtree it is the hash
+/// of. Appending leaves `[a, b)` stores exactly the hashes with indexes
+/// `[stored_hash_index(0, a), stored_hash_index(0, b))`, so a store that keeps each run's new hashes
+/// together finds hash `index` with the run that appended this leaf.
+pub fn stored_by_leaf(index: u64) -> u64 {
+    let (level, n) = split_stored_hash_index(index);
+    let last = ((u128::from(n) + 1) << level) - 1;
+    u64::try_from(last).unwrap_or(u64::MAX)
+}
+
 /// Appends `leaves` (leaf hashes) to a tree of `size` leaves: the stored hashes to write, by index,
 /// in index order. `stored` holds at least the hashes [`append_indexes`] named.
 pub fn append(

@@ -308,3 +308,19 @@ fn appending_in_batches_stores_what_appending_one_by_one_stores() {
         "missing siblings"
     );
 }
+
+#[test]
+fn each_stored_hash_is_found_with_the_leaf_whose_append_stored_it() {
+    let leaves: Vec<Hash> = (0..1100).map(|n| record_hash(&bytes(n))).collect();
+    let mut known = StoredHashes::new();
+    for (n, leaf) in (0u64..).zip(&leaves) {
+        let written = append(n, std::slice::from_ref(leaf), &known).unwrap();
+        let (first, end) = (stored_hash_index(0, n), stored_hash_index(0, n + 1));
+        assert_eq!(written.first().map(|w| w.0), Some(first));
+        assert_eq!(written.len() as u64, end - first);
+        for (i, h) in written {
+            assert_eq!(stored_by_leaf(i), n, "stored hash {i}");
+            known.insert(i, h);
+        }
+    }
+}
