@@ -52,6 +52,7 @@ BEGIN
 END
 $$;
 ALTER TABLE tlog_queue DROP CONSTRAINT tlog_queue_shape;
+DROP INDEX tlog_queue_first_id;
 ALTER TABLE tlog_queue ADD COLUMN unpacked bytea[];
 UPDATE tlog_queue q SET
     (first_id, record_ids, kinds, unpacked) = (

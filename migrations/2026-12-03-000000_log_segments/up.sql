@@ -21,6 +21,10 @@ ALTER TABLE tlog_queue ADD CONSTRAINT tlog_queue_shape CHECK (
     AND cardinality(kinds) = cardinality(record_ids)
     AND octet_length(leaf_hashes) = 32 * cardinality(record_ids));
 
+-- The sweep of every sequencer run stays below the least queued id: found by this index rather than
+-- by reading the whole queue (a heap that churns a row per inserting statement).
+CREATE INDEX tlog_queue_first_id ON tlog_queue (first_id);
+
 -- One queue row per inserting statement and per 10,000 ids of it, without sorting: a group
 -- commit's statement is one row, a COPY of millions becomes rows a sequencer run can take.
 CREATE OR REPLACE FUNCTION tlog_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -386,11 +386,12 @@ pub(crate) async fn attach_log_indexes(
 /// Returns how many it queued, the first of them, and the last id it looked at.
 const SWEEP_SQL: &str = "\
 WITH span AS (
-    SELECT id, kind, leaf_hash FROM audit_records
-    WHERE id > $1 AND id < COALESCE((SELECT min(first_id) FROM tlog_queue), 9223372036854775807)
+    SELECT id FROM audit_records
+    WHERE id > $1 AND id < COALESCE((SELECT first_id FROM tlog_queue ORDER BY first_id LIMIT 1),
+                                    9223372036854775807)
     ORDER BY id LIMIT $2
 ), missing AS (
-    SELECT s.id, s.kind, s.leaf_hash FROM span s
+    SELECT r.id, r.kind, r.leaf_hash FROM span s JOIN audit_records r ON r.id = s.id
     WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = s.id)
 ), queued AS (
     INSERT INTO tlog_queue (first_id, record_ids, kinds, leaf_hashes)
@@ -483,6 +484,8 @@ async fn integrate(
         }
     }
     pending.sort_unstable_by_key(|p| p.record_id);
+    // A record queued twice (by hand) is one leaf.
+    pending.dedup_by_key(|p| p.record_id);
     if filter_logged {
         // A record queued again by hand after it was logged is not appended twice (without this,
         // its second leaf fails the run on `tlog_leaves`' primary key; the caller then asks).
@@ -796,11 +799,13 @@ async fn export(
         let segments: Vec<Segment> = diesel::sql_query(
             "SELECT first_leaf, first_hash, hashes, record_ids, kinds FROM tlog_segments \
              WHERE first_leaf >= $1 - 1023 AND first_leaf < $2 AND first_leaf + leaves > $1 \
-             ORDER BY first_leaf LIMIT $3",
+             ORDER BY first_leaf",
         )
         .bind::<BigInt, _>(to_i64(from))
-        .bind::<BigInt, _>(to_i64(below))
-        .bind::<BigInt, _>(limit)
+        // The segments holding the leaves [from, from + limit), not more.
+        .bind::<BigInt, _>(to_i64(
+            below.min(from.saturating_add(to_u64(limit, "limit")?)),
+        ))
         .load(c)
         .await?;
         let mut leaves: Vec<(u64, i64, String, Hash)> = Vec::new();
