@@ -175,3 +175,51 @@ async fn a_worker_batch_larger_than_one_statement_stores_every_vector() {
         0
     );
 }
+
+/// The embedding sweep links pending records whose vector is stored a bounded slice at a time
+/// (four pending records read per record it may link, in digest order), and its slices go round:
+/// every such record is linked, no other, never more than the limit in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_links_pending_records_a_bounded_slice_at_a_time() {
+    let db = TestDb::new().await.unwrap();
+    let s = store(&db).await;
+    let mut req = request((1..=40).map(record).collect(), 384);
+    req.new_embeddings.clear();
+    s.write(req).await.unwrap();
+    // Vectors arrive for half of the texts and nothing links their records (as after a worker that
+    // died between storing and linking).
+    db.conn()
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO embeddings (digest, model, embedding)
+             SELECT embedding_digest, 'test-model', array_fill(0.5::real, ARRAY[384])::vector
+             FROM audit_records WHERE id % 2 = 0",
+        )
+        .await
+        .unwrap();
+    let grace = std::time::Duration::from_secs(86_400);
+    let mut calls = Vec::new();
+    while calls.iter().sum::<u64>() < 20 {
+        assert!(calls.len() < 100, "the sweep stopped linking: {calls:?}");
+        let n = s.heal_embeddings(2, grace).await.unwrap();
+        assert!(n <= 2, "{n} linked in one call");
+        calls.push(n);
+    }
+    // Once round again: nothing left to link.
+    for _ in 0..6 {
+        assert_eq!(s.heal_embeddings(2, grace).await.unwrap(), 0);
+    }
+    assert_eq!(
+        db.count("audit_records WHERE embedding_id IS NULL AND id % 2 = 1")
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(
+        db.count("audit_records WHERE embedding_id IS NOT NULL AND id % 2 = 0")
+            .await
+            .unwrap(),
+        20
+    );
+}

@@ -39,16 +39,46 @@ SET attempts = j.attempts + 1, last_error = f.error, leased_until = NULL,
 FROM unnest($1::bytea[], $2::float8[], $3::bool[], $4::text[]) AS f(digest, wait, park, error)
 WHERE j.digest = f.digest AND j.done_at IS NULL";
 
-/// The sweep: links up to `$1` pending records whose vector is stored (whatever left them pending).
+/// The sweep, one slice at a time: the next `$3` pending records in digest order after `$2` (the
+/// partial index `audit_records_pending`), and of those, up to `$1` whose vector is stored are
+/// linked. Returns how many it linked, the last digest of the slice and the slice's size (fewer
+/// than `$3`: the sweep went round, the next starts from the first digest). A sweep over every
+/// pending record at once read them all each time: 250–470 ms with 128,000 records waiting for the
+/// worker, and past the statement timeout with a million.
 const HEAL_SQL: &str = "\
-UPDATE audit_records r SET embedding_id = e.id
-FROM embeddings e
-WHERE r.id IN (
-        SELECT p.id FROM audit_records p JOIN embeddings v ON v.digest = p.embedding_digest
-        WHERE p.embedding_id IS NULL
-        LIMIT $1
-        FOR UPDATE OF p SKIP LOCKED)
-  AND e.digest = r.embedding_digest AND r.embedding_id IS NULL";
+WITH slice AS (
+    SELECT embedding_digest AS digest FROM audit_records
+    WHERE embedding_id IS NULL AND embedding_digest > $2
+    ORDER BY embedding_digest LIMIT $3
+), picked AS MATERIALIZED (
+    -- Chosen once (a subquery in the UPDATE's WHERE may be scanned again, and each scan skips the
+    -- rows it just linked: more than `$1` a call).
+    SELECT p.id FROM audit_records p JOIN embeddings v ON v.digest = p.embedding_digest
+    WHERE p.embedding_id IS NULL AND p.embedding_digest IN (SELECT digest FROM slice)
+    LIMIT $1
+    FOR UPDATE OF p SKIP LOCKED
+), healed AS (
+    UPDATE audit_records r SET embedding_id = e.id
+    FROM picked k, embeddings e
+    WHERE r.id = k.id AND e.digest = r.embedding_digest AND r.embedding_id IS NULL
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM healed) AS healed,
+       (SELECT digest FROM slice ORDER BY digest DESC LIMIT 1) AS upto,
+       (SELECT count(*) FROM slice) AS seen";
+
+/// How many pending records one sweep call looks at, per record it may link.
+const HEAL_SLICE_PER_LINK: i64 = 4;
+
+#[derive(QueryableByName)]
+struct Healed {
+    #[diesel(sql_type = BigInt)]
+    healed: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bytea>)]
+    upto: Option<Vec<u8>>,
+    #[diesel(sql_type = BigInt)]
+    seen: i64,
+}
 
 /// Retirement: deletes the jobs done more than `$1` seconds ago and links their records once more (a
 /// writer that saw such a job committed within the grace period, so this statement sees its record).
@@ -209,29 +239,42 @@ pub(crate) async fn release(
     Ok(())
 }
 
-/// The sweep, then the retirement; how many records they linked. Housekeeping never queues behind a
-/// lock for long (rows locked by writers are skipped; a table lock gives up after 2 s): it runs again
-/// in a few seconds.
+/// The sweep's next slice, then the retirement; how many records they linked. `from` is where the
+/// sweep goes on (the last digest of the previous slice; empty: from the first), moved along.
+/// Housekeeping never queues behind a lock for long (rows locked by writers are skipped; a table
+/// lock gives up after 2 s): it runs again in a few seconds.
 pub(crate) async fn heal(
     c: &mut AsyncPgConnection,
     limit: usize,
     grace: Duration,
+    from: &mut Vec<u8>,
 ) -> Result<u64, PgStoreError> {
-    c.transaction(async |c| -> Result<u64, PgStoreError> {
-        diesel::sql_query("SET LOCAL lock_timeout = '2s'")
-            .execute(c)
-            .await?;
-        let healed = diesel::sql_query(HEAL_SQL)
-            .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
-            .execute(c)
-            .await?;
-        let retired = diesel::sql_query(RETIRE_SQL)
-            .bind::<Double, _>(grace.as_secs_f64())
-            .execute(c)
-            .await?;
-        Ok((healed + retired) as u64)
-    })
-    .await
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX / HEAL_SLICE_PER_LINK);
+    let slice = limit.saturating_mul(HEAL_SLICE_PER_LINK);
+    let (linked, next) = c
+        .transaction(async |c| -> Result<(u64, Vec<u8>), PgStoreError> {
+            diesel::sql_query("SET LOCAL lock_timeout = '2s'")
+                .execute(c)
+                .await?;
+            let h: Healed = diesel::sql_query(HEAL_SQL)
+                .bind::<BigInt, _>(limit)
+                .bind::<diesel::sql_types::Bytea, _>(from.as_slice())
+                .bind::<BigInt, _>(slice)
+                .get_result(c)
+                .await?;
+            let retired = diesel::sql_query(RETIRE_SQL)
+                .bind::<Double, _>(grace.as_secs_f64())
+                .execute(c)
+                .await?;
+            let next = match h.upto {
+                Some(upto) if h.seen >= slice => upto,
+                _ => Vec::new(),
+            };
+            Ok((u64::try_from(h.healed).unwrap_or(0) + retired as u64, next))
+        })
+        .await?;
+    *from = next;
+    Ok(linked)
 }
 
 pub(crate) async fn list(

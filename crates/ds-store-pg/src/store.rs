@@ -82,6 +82,8 @@ pub struct PgStore {
     /// The last record id the sequencer's sweep looked at (from 0 at start: a replica sweeps the
     /// whole table once, `log.batch` records per run).
     pub(crate) swept_to: Arc<std::sync::atomic::AtomicI64>,
+    /// Where the embedding sweep goes on: the last digest of its previous slice (empty: the first).
+    pub(crate) heal_from: Arc<tokio::sync::Mutex<Vec<u8>>>,
     /// `statement_timeout` and connect timeout of connections opened outside the pool.
     pub(crate) own_connection: (Duration, Duration),
 }
@@ -138,6 +140,7 @@ impl PgStore {
             target,
             sequencer: Arc::default(),
             swept_to: Arc::default(),
+            heal_from: Arc::default(),
             own_connection: (settings.statement_timeout, settings.connect_timeout),
         })
     }
@@ -490,7 +493,8 @@ impl AuditStore for PgStore {
 
     async fn heal_embeddings(&self, limit: usize, grace: Duration) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
-        Ok(crate::jobs::heal(&mut conn, limit, grace).await?)
+        let mut from = self.heal_from.lock().await;
+        Ok(crate::jobs::heal(&mut conn, limit, grace, &mut from).await?)
     }
 
     async fn embedding_backlog(&self) -> Result<Backlog, StoreError> {
