@@ -531,6 +531,10 @@ impl Bench {
                 h.wait()?;
             }
         } else {
+            // What is queued is appended first: once the lock is held, nothing would.
+            if holder.is_none() {
+                self.wait_for_log(db, Duration::from_secs(600))?;
+            }
             self.psql_in(
                 db,
                 "ALTER TABLE audit_records DISABLE TRIGGER audit_records_enqueue",
