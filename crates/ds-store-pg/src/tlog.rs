@@ -608,6 +608,12 @@ async fn integrate(
     ))
 }
 
+/// The earliest `first_leaf` of a segment that may hold leaf `n` (a segment has at most
+/// [`SEGMENT_LEAVES`]): the lower bound that lets a range of leaves be read by primary key.
+fn segments_from(n: u64) -> i64 {
+    to_i64(n.saturating_sub(SEGMENT_LEAVES as u64 - 1))
+}
+
 /// A run that would give a record a second leaf (`tlog_leaves`' primary key refused it).
 fn is_second_leaf(e: &PgStoreError) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
@@ -615,8 +621,9 @@ fn is_second_leaf(e: &PgStoreError) -> bool {
         if info.constraint_name() == Some("tlog_leaves_pkey"))
 }
 
-/// Leaves in `[$1, $2)` whose records pass the filter, in log order: the segments in order, each
-/// leaf's record probed by id (a segment overlapping `$1` starts at most 1,023 leaves before it).
+/// Leaves in `[$1, $2)` whose records pass the filter, in log order: the segments in order from
+/// `$8` (the earliest start of a segment holding leaf `$1`, [`segments_from`]), each leaf's record
+/// probed by id.
 const EXPORT_FILTERED_SQL: &str = "\
 SELECT x.n AS log_index,
        substring(s.hashes FROM ((2 * x.n - bit_count(x.n::bit(64)) - s.first_hash) * 32 + 1)::integer FOR 32) AS leaf_hash,
@@ -625,7 +632,7 @@ FROM tlog_segments s
 CROSS JOIN LATERAL unnest(s.record_ids) WITH ORDINALITY AS u(id, o)
 CROSS JOIN LATERAL (SELECT s.first_leaf + u.o - 1 AS n) x
 JOIN audit_records r ON r.id = u.id
-WHERE s.first_leaf >= $1 - 1023 AND s.first_leaf < $2 AND x.n >= $1 AND x.n < $2
+WHERE s.first_leaf >= $8 AND s.first_leaf < $2 AND x.n >= $1 AND x.n < $2
   AND ($4::timestamptz IS NULL OR r.received_at >= $4)
   AND ($5::timestamptz IS NULL OR r.received_at < $5)
   AND ($6::text IS NULL OR r.correlation_id = $6)
@@ -798,7 +805,7 @@ async fn export(
         // Every leaf, records gone included: what the offline verifier rebuilds the tree from.
         let segments: Vec<Segment> = diesel::sql_query(
             "SELECT first_leaf, first_hash, hashes, record_ids, kinds FROM tlog_segments \
-             WHERE first_leaf >= $1 - 1023 AND first_leaf < $2 AND first_leaf + leaves > $1 \
+             WHERE first_leaf >= $3 AND first_leaf < $2 AND first_leaf + leaves > $1 \
              ORDER BY first_leaf",
         )
         .bind::<BigInt, _>(to_i64(from))
@@ -806,6 +813,7 @@ async fn export(
         .bind::<BigInt, _>(to_i64(
             below.min(from.saturating_add(to_u64(limit, "limit")?)),
         ))
+        .bind::<BigInt, _>(segments_from(from))
         .load(c)
         .await?;
         let mut leaves: Vec<(u64, i64, String, Hash)> = Vec::new();
@@ -861,6 +869,7 @@ async fn export(
                 .bind::<Nullable<Timestamptz>, _>(filter.until.map(|t| t.as_utc()))
                 .bind::<Nullable<Text>, _>(filter.correlation_id.as_deref())
                 .bind::<Array<Text>, _>(&kinds)
+                .bind::<BigInt, _>(segments_from(from))
                 .load(c)
                 .await?;
         rows.into_iter()
