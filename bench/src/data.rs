@@ -299,14 +299,20 @@ pub fn baseline(what: &str) -> Result<String> {
             let body: serde_json::Value =
                 serde_json::from_str(&record("remediation", "pgbench", 1, true))?;
             let details = body.to_string().replace('\'', "''");
+            // The content digest first (idempotency across partitions, as the service does), then
+            // the record.
             format!(
                 "\\set n random(1, 2000000000)\n\
-                 INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at, \
+                 WITH d AS (INSERT INTO audit_digests (content_digest, record_id, received_at) \
+                 VALUES (sha256(('pgb-' || :client_id || '-' || :n || '-' || random())::text::bytea), \
+                 nextval('audit_records_id_seq'), now()) \
+                 ON CONFLICT (content_digest) DO NOTHING RETURNING content_digest, record_id, received_at) \
+                 INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id, message, created_at, \
                  started_at, completed_at, content_digest, details, unknown_fields, embedding_digest, embedding_id) \
-                 VALUES ('remediation', 'pgb-' || :client_id || '-' || :n, 'payments', 'Completed', 'rr-pgb-' || :n, \
-                 '{msg}', now(), now(), now(), sha256(('pgb-' || :client_id || '-' || :n || '-' || random())::text::bytea), \
-                 '{details}'::jsonb, '{{}}'::jsonb, sha256('pgbench'::bytea), NULL) \
-                 ON CONFLICT (content_digest) DO NOTHING RETURNING id, received_at, embedding_id;\n",
+                 SELECT d.record_id, d.received_at, 'remediation', 'pgb-' || :client_id || '-' || :n, 'payments', 'Completed', \
+                 'rr-pgb-' || :n, '{msg}', now(), now(), now(), d.content_digest, \
+                 '{details}'::jsonb, '{{}}'::jsonb, sha256('pgbench'::bytea), NULL FROM d \
+                 RETURNING id, received_at, embedding_id;\n",
                 msg = HOT[0],
             )
         }

@@ -736,7 +736,11 @@ impl Bench {
                 &model,
                 &o.vectors,
             )?;
-            self.psql_in(&db, "SELECT setval('embeddings_id_seq', (SELECT max(id) FROM embeddings)); SELECT setval('audit_records_id_seq', (SELECT max(id) FROM audit_records))")?;
+            // The digests of the copied records (the service's writes insert theirs).
+            self.psql_in(&db, "INSERT INTO audit_digests (content_digest, record_id, received_at) \
+                               SELECT content_digest, id, received_at FROM audit_records; \
+                               SELECT setval('embeddings_id_seq', (SELECT max(id) FROM embeddings)); \
+                               SELECT setval('audit_records_id_seq', (SELECT max(id) FROM audit_records))")?;
             report["copy_seconds"] = json!(t.elapsed().as_secs_f64());
             step(&format!("{db}: building the HNSW index"));
             let t = Instant::now();

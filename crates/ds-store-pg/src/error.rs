@@ -24,6 +24,14 @@ pub enum PgStoreError {
 }
 
 impl PgStoreError {
+    /// An insert into `audit_records` found no partition for its `received_at` (PostgreSQL's
+    /// check violation "no partition of relation ... found for row").
+    pub fn is_missing_partition(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        matches!(self, PgStoreError::Query(Error::DatabaseError(DatabaseErrorKind::CheckViolation, info))
+            if info.message().starts_with("no partition of relation"))
+    }
+
     /// Serialization failures and deadlocks: the transaction may simply be run again.
     pub fn is_retryable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};

@@ -49,3 +49,10 @@ pub struct SearchRow {
     #[diesel(sql_type = diesel::sql_types::Double)]
     pub distance: f64,
 }
+
+/// One text column `name` (e.g. the partition a function created).
+#[derive(QueryableByName)]
+pub struct Name {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub name: String,
+}

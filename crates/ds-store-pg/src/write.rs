@@ -16,7 +16,7 @@
 use crate::error::PgStoreError;
 use crate::pgv::Embedding;
 use crate::rows::{NewEmbeddingRow, NewKeyRow};
-use crate::schema::{audit_records, embeddings, idempotency_keys};
+use crate::schema::{embeddings, idempotency_keys};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bytea, Jsonb, Nullable, Text, Timestamptz};
@@ -36,8 +36,6 @@ const TX_ATTEMPTS: usize = 3;
 
 /// What the database answered for one stored record.
 type StoredRow = (i64, DateTime<Utc>, Option<i64>);
-/// A stored record's content digest and [`StoredRow`].
-type DigestRow = (Vec<u8>, i64, DateTime<Utc>, Option<i64>);
 
 /// Runs [`write_group`], again on a serialization failure or a deadlock (at most [`TX_ATTEMPTS`]).
 pub(crate) async fn write_group_retrying(
@@ -50,6 +48,17 @@ pub(crate) async fn write_group_retrying(
         match write_group(conn, requests).await {
             Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => {
                 tracing::warn!(attempt, error = %e, "retrying write transaction");
+            }
+            Err(e) if e.is_missing_partition() && attempt < TX_ATTEMPTS => {
+                // The maintenance task keeps months ahead; a write that finds none creates it.
+                let created: crate::rows::Name =
+                    diesel::sql_query("SELECT audit_partition_ensure(now()) AS name")
+                        .get_result(conn)
+                        .await?;
+                tracing::warn!(
+                    partition = %created.name,
+                    "a write found no partition for its month: created it (the maintenance task keeps months ahead; see docs/troubleshooting.md)"
+                );
             }
             other => return other,
         }
@@ -208,8 +217,14 @@ async fn write_records(
         da.cmp(&requests[b.0].records[b.1].content_digest)
     });
     let mut inserted: HashMap<Vec<u8>, StoredRow> = HashMap::new();
-    if !order.is_empty() {
-        let rows = RecordColumns::of(requests, &order);
+    // Each content once (`order` is sorted by digest): a repeat within the group is a duplicate of
+    // the first.
+    let mut distinct = order.clone();
+    distinct.dedup_by(|a, b| {
+        requests[a.0].records[a.1].content_digest == requests[b.0].records[b.1].content_digest
+    });
+    if !distinct.is_empty() {
+        let rows = RecordColumns::of(requests, &distinct);
         let created: Vec<Inserted> = diesel::sql_query(WRITE_SQL)
             .bind::<Array<Text>, _>(rows.kind)
             .bind::<Array<Text>, _>(rows.name)
@@ -245,17 +260,15 @@ async fn write_records(
     earlier.dedup();
     let mut existing: HashMap<Vec<u8>, StoredRow> = HashMap::new();
     for chunk in earlier.chunks(ROWS_PER_STATEMENT) {
-        let found: Vec<DigestRow> = audit_records::table
-            .filter(audit_records::content_digest.eq_any(chunk))
-            .select((
-                audit_records::content_digest,
-                audit_records::id,
-                audit_records::received_at,
-                audit_records::embedding_id,
-            ))
+        let found: Vec<Inserted> = diesel::sql_query(EXISTING_SQL)
+            .bind::<Array<Bytea>, _>(chunk)
             .load(c)
             .await?;
-        existing.extend(found.into_iter().map(|(d, id, at, e)| (d, (id, at, e))));
+        existing.extend(
+            found
+                .into_iter()
+                .map(|r| (r.content_digest, (r.id, r.received_at, r.embedding_id))),
+        );
     }
 
     // The first occurrence of a record this statement inserted is `created`.
@@ -372,6 +385,13 @@ impl<'a> RecordColumns<'a> {
     }
 }
 
+/// Stored records by content digest (their partition found from the digest's `received_at`).
+const EXISTING_SQL: &str = "\
+SELECT d.content_digest, r.id, r.received_at, r.embedding_id
+FROM audit_digests d
+JOIN audit_records r ON r.id = d.record_id AND r.received_at = d.received_at
+WHERE d.content_digest = ANY($1)";
+
 /// What the record insert returns for each row it inserted.
 #[derive(QueryableByName)]
 struct Inserted {
@@ -396,32 +416,37 @@ WITH jobs AS (
     WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.digest = j.digest)
     ORDER BY j.ord
     ON CONFLICT (digest) DO NOTHING
-)
-INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id, message,
-    created_at, started_at, completed_at, content_digest, details, unknown_fields, embedding_digest,
-    embedding_id, leaf_hash)
-SELECT s.id, s.received_at, s.kind, s.name, s.namespace, s.phase, s.correlation_id, s.message,
-    s.created_at, s.started_at, s.completed_at, s.content_digest, s.details, s.unknown_fields,
-    s.embedding_digest, s.embedding_id,
-    -- The leaf hash (contract §8): SHA-256 of 0x00 and the canonical object of id, kind,
-    -- receivedAt and the record's canonical form from the service; NULL when it sent none.
-    sha256('\\x00'::bytea || convert_to('{\"id\":' || s.id || ',\"kind\":\"' || s.kind
-        || '\",\"receivedAt\":\"'
-        || to_char(s.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
-        || '\",\"record\":', 'UTF8') || s.record || '\\x7d'::bytea)
-FROM (
-    SELECT nextval('audit_records_id_seq') AS id, now() AS received_at,
-        u.*, e.id AS embedding_id
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+), u AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::bytea[], $11::jsonb[],
         $12::jsonb[], $13::bytea[], $17::bytea[])
         WITH ORDINALITY AS u(kind, name, namespace, phase, correlation_id, message, created_at,
             started_at, completed_at, content_digest, details, unknown_fields, embedding_digest,
             record, ord)
-    LEFT JOIN embeddings e ON e.digest = u.embedding_digest
-) s
-ORDER BY s.ord
-ON CONFLICT (content_digest) DO NOTHING
+), fresh AS (
+    -- The contents not stored yet: a digest another writer inserted first (committed, or
+    -- committing: this waits for it) is left out, and its record looked up afterwards.
+    INSERT INTO audit_digests (content_digest, record_id, received_at)
+    SELECT u.content_digest, nextval('audit_records_id_seq'), now() FROM u ORDER BY u.ord
+    ON CONFLICT (content_digest) DO NOTHING
+    RETURNING content_digest, record_id, received_at
+)
+INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id, message,
+    created_at, started_at, completed_at, content_digest, details, unknown_fields, embedding_digest,
+    embedding_id, leaf_hash)
+SELECT f.record_id, f.received_at, u.kind, u.name, u.namespace, u.phase, u.correlation_id,
+    u.message, u.created_at, u.started_at, u.completed_at, u.content_digest, u.details,
+    u.unknown_fields, u.embedding_digest, e.id,
+    -- The leaf hash (contract §8): SHA-256 of 0x00 and the canonical object of id, kind,
+    -- receivedAt and the record's canonical form from the service; NULL when it sent none.
+    sha256('\\x00'::bytea || convert_to('{\"id\":' || f.record_id || ',\"kind\":\"' || u.kind
+        || '\",\"receivedAt\":\"'
+        || to_char(f.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+        || '\",\"record\":', 'UTF8') || u.record || '\\x7d'::bytea)
+FROM fresh f
+JOIN u ON u.content_digest = f.content_digest
+LEFT JOIN embeddings e ON e.digest = u.embedding_digest
+ORDER BY u.ord
 RETURNING content_digest, id, received_at, embedding_id";
 
 /// A record is `stored` exactly when it is linked to its vector.

@@ -1,0 +1,599 @@
+//! Retention and legal hold (contract §9), in the database: month partitions, a write that finds
+//! no partition, the existing store partitioned in place, the purge function that is the one way
+//! records are deleted, and holds that it never crosses — a race with it forced by holding its
+//! lock between the steps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use ds_tests::{TestApp, fixtures, spawn_app, spawn_app_with};
+use serde_json::{Value, json};
+
+/// Posts `n` records of `kind` to the trail `trail` (numbers from `first`) in one batch; their ids.
+async fn write(app: &TestApp, kind: &str, trail: &str, first: u32, n: u32) -> Vec<i64> {
+    let records: Vec<Value> = (first..first + n)
+        .map(|i| {
+            let mut r = fixtures::of(kind, i);
+            r["correlationId"] = json!(trail);
+            json!({"kind": kind, "record": r})
+        })
+        .collect();
+    let r = app
+        .post("/api/v1/audit/batch", &json!({ "records": records }))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[derive(QueryableByName, Debug)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName, Debug)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+async fn count(c: &mut AsyncPgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql).get_result::<N>(c).await.unwrap().n
+}
+
+async fn names(c: &mut AsyncPgConnection, sql: &str) -> Vec<String> {
+    diesel::sql_query(sql)
+        .load::<Name>(c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}
+
+/// The partition each of `ids` is stored in.
+async fn partitions_of(c: &mut AsyncPgConnection, ids: &[i64]) -> Vec<String> {
+    let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    names(
+        c,
+        &format!(
+            "SELECT DISTINCT tableoid::regclass::text AS name FROM audit_records WHERE id IN ({})",
+            list.join(",")
+        ),
+    )
+    .await
+}
+
+async fn runtime(app: &TestApp) -> AsyncPgConnection {
+    AsyncPgConnection::establish(&app.db.runtime_url)
+        .await
+        .unwrap()
+}
+
+/// Places a hold the way the service does: under the lock purge batches take.
+async fn place_hold(c: &mut AsyncPgConnection, trail: &str) -> i64 {
+    c.batch_execute("BEGIN; SELECT audit_holds_lock()")
+        .await
+        .unwrap();
+    let id = count(
+        c,
+        &format!(
+            "INSERT INTO legal_holds (correlation_id, reason, placed_by)
+             VALUES ('{trail}', 'litigation', 'system:serviceaccount:legal:counsel') RETURNING id AS n"
+        ),
+    )
+    .await;
+    c.batch_execute("COMMIT").await.unwrap();
+    id
+}
+
+#[derive(QueryableByName, Debug)]
+struct Batch {
+    #[diesel(sql_type = BigInt)]
+    examined: i64,
+    #[diesel(sql_type = BigInt)]
+    purged: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    next_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    next_id: Option<i64>,
+}
+
+/// Every record of `kind` received before `days_ahead` days from now is past its retention (a
+/// clock the test moves: the cutoff the purge is given); batches of `max_rows` until the end.
+/// Returns (records examined, records purged, batches).
+async fn purge_all(
+    c: &mut AsyncPgConnection,
+    kind: &str,
+    days_ahead: i64,
+    max_rows: i64,
+) -> (i64, i64, usize) {
+    let (mut examined, mut purged, mut batches) = (0, 0, 0);
+    let mut after: (Option<chrono::DateTime<chrono::Utc>>, Option<i64>) = (None, None);
+    loop {
+        let b: Batch = diesel::sql_query(
+            "SELECT * FROM audit_purge(jsonb_build_object($1::text, now() + make_interval(days => $2::int)),
+                                       '{\"days\": {\"default\": 90}}'::jsonb, $3, $4, $5::int)",
+        )
+        .bind::<Text, _>(kind)
+        .bind::<BigInt, _>(days_ahead)
+        .bind::<Nullable<Timestamptz>, _>(after.0)
+        .bind::<Nullable<BigInt>, _>(after.1)
+        .bind::<BigInt, _>(max_rows)
+        .get_result(c)
+        .await
+        .unwrap();
+        examined += b.examined;
+        purged += b.purged;
+        batches += 1;
+        assert!(b.examined <= max_rows);
+        match (b.next_at, b.next_id) {
+            (Some(at), Some(id)) => after = (Some(at), Some(id)),
+            _ => return (examined, purged, batches),
+        }
+    }
+}
+
+#[tokio::test]
+async fn records_are_stored_in_the_partition_of_their_month_and_months_ahead_can_be_ensured() {
+    let app = spawn_app().await.unwrap();
+    let ids = write(&app, "workflow", "rr-2026-11-30-parts0", 1, 3).await;
+    let mut c = app.db.conn().await.unwrap();
+    // This month's partition (on a fresh store, the one the migration made of the existing table).
+    let this_month = names(&mut c, "SELECT audit_partition_ensure(now()) AS name").await;
+    assert_eq!(partitions_of(&mut c, &ids).await, this_month);
+    assert_eq!(
+        names(
+            &mut c,
+            "SELECT relkind::text AS name FROM pg_class WHERE relname = 'audit_records'"
+        )
+        .await,
+        ["p"]
+    );
+    // Four months from this one: four partitions, each created once however often it is asked.
+    let mut months = Vec::new();
+    for _ in 0..2 {
+        months = names(
+            &mut c,
+            "SELECT audit_partition_ensure(now() + make_interval(months => m)) AS name
+             FROM generate_series(0, 3) m ORDER BY m",
+        )
+        .await;
+    }
+    let distinct: std::collections::HashSet<_> = months.iter().collect();
+    assert_eq!(distinct.len(), 4, "{months:?}");
+    let attached = count(
+        &mut c,
+        "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'audit_records'::regclass",
+    )
+    .await;
+    assert!(attached >= 4, "{attached} partitions");
+    // Each ahead covers its month: a record received then would go there.
+    for (m, name) in months.iter().enumerate().skip(1) {
+        let found = names(
+            &mut c,
+            &format!(
+                "SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'audit_records'::regclass AND c.relname = '{name}'
+                   AND pg_get_expr(c.relpartbound, c.oid) LIKE '%' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + interval '{m} months', 'YYYY-MM-01') || '%'"
+            ),
+        )
+        .await;
+        assert_eq!(found, std::slice::from_ref(name), "month +{m}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_that_finds_no_partition_for_its_month_creates_it() {
+    let sink = ds_tests::LogSink::default();
+    let writer = sink.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .init();
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    let mut c = app.db.conn().await.unwrap();
+    // This month's partition taken away (empty on a fresh store), as if maintenance had not run.
+    let this_month = names(&mut c, "SELECT audit_partition_ensure(now()) AS name").await;
+    c.batch_execute(&format!(
+        "ALTER TABLE audit_records DETACH PARTITION {}; DROP TABLE {}",
+        this_month[0], this_month[0]
+    ))
+    .await
+    .unwrap();
+    let ids = write(&app, "execution", "rr-2026-11-30-nopart", 1, 2).await;
+    let now = partitions_of(&mut c, &ids).await;
+    assert_eq!(now.len(), 1);
+    assert!(now[0].starts_with("audit_records_y"), "{now:?}");
+    assert!(
+        sink.text()
+            .contains("a write found no partition for its month: created it"),
+        "{}",
+        sink.text()
+    );
+    // Read back, and a replay is still a replay.
+    let r = app
+        .get(&format!("/api/v1/audit/execution/{}", ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let again = write(&app, "execution", "rr-2026-11-30-nopart", 1, 2).await;
+    assert_eq!(again, ids);
+}
+
+#[tokio::test]
+async fn an_existing_store_is_partitioned_in_place_keeping_every_record_its_replays_and_its_log() {
+    const DOWN: &str =
+        include_str!("../../migrations/2026-12-04-000000_retention_and_holds/down.sql");
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    let mut c = app.db.conn().await.unwrap();
+    // Today's schema, with data in it: records of every kind, then back to that schema with the
+    // down migration (which copies them into one table), and one more inserted there the way
+    // today's service does (its conflict arbiter: the content digest's unique index).
+    let mut ids = Vec::new();
+    for kind in ["remediation", "aianalysis", "workflow", "execution"] {
+        ids.extend(write(&app, kind, "rr-2026-11-30-inplce", 1, 5).await);
+    }
+    c.batch_execute(&format!(
+        "BEGIN; {DOWN}; DELETE FROM __diesel_schema_migrations WHERE version = '20261204000000'; COMMIT;"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        names(
+            &mut c,
+            "SELECT relkind::text AS name FROM pg_class WHERE relname = 'audit_records'"
+        )
+        .await,
+        ["r"]
+    );
+    let old = count(
+        &mut c,
+        &format!(
+            "INSERT INTO audit_records (kind, name, namespace, phase, correlation_id, message, created_at,
+                 started_at, completed_at, content_digest, details, unknown_fields, embedding_digest)
+             SELECT kind, name || '-old', namespace, phase, correlation_id, message, created_at,
+                 started_at, completed_at, sha256(content_digest), details, unknown_fields, embedding_digest
+             FROM audit_records WHERE id = {}
+             ON CONFLICT (content_digest) DO NOTHING RETURNING id AS n",
+            ids[0]
+        ),
+    )
+    .await;
+    ids.push(old);
+
+    let applied = ds_store_pg::run_migrations(&app.db.url).await.unwrap();
+    assert_eq!(applied, ["20261204000000"]);
+    assert_eq!(
+        names(
+            &mut c,
+            "SELECT relkind::text AS name FROM pg_class WHERE relname = 'audit_records'"
+        )
+        .await,
+        ["p"]
+    );
+    // Not copied: the table itself is the first partition.
+    assert_eq!(partitions_of(&mut c, &ids).await, ["audit_records_first"]);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
+        21
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_digests").await,
+        21
+    );
+    // A replay finds its original; a new record is new.
+    let again = write(&app, "workflow", "rr-2026-11-30-inplce", 1, 5).await;
+    assert_eq!(again, ids[10..15]);
+    let new = write(&app, "workflow", "rr-2026-11-30-inplce", 100, 1).await;
+    assert!(new[0] > *ids.iter().max().unwrap());
+    // The content is what was written.
+    let r = app
+        .get(&format!("/api/v1/audit/aianalysis/{}", ids[5]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["correlationId"], "rr-2026-11-30-inplce");
+    // The migrated table keeps its guards: append-only and queued for the log.
+    let e = c
+        .batch_execute(&format!("DELETE FROM audit_records WHERE id = {}", ids[0]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("append-only"), "{e}");
+    let e = c
+        .batch_execute("TRUNCATE audit_records_first")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("append-only"), "{e}");
+    assert_eq!(
+        count(
+            &mut c,
+            &format!(
+                "SELECT count(*) AS n FROM tlog_queue WHERE {} = ANY(record_ids)",
+                new[0]
+            )
+        )
+        .await
+            + count(
+                &mut c,
+                &format!(
+                    "SELECT count(*) AS n FROM tlog_leaves WHERE record_id = {}",
+                    new[0]
+                )
+            )
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_purge_deletes_expired_records_no_hold_covers_in_bounded_batches_and_logs_them() {
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    let free = write(&app, "workflow", "rr-2026-11-30-purgea", 1, 7).await;
+    let mut rt = runtime(&app).await;
+    place_hold(&mut rt, "rr-2026-11-30-purgeb").await;
+    // Written after the hold was placed: covered too.
+    let held = write(&app, "workflow", "rr-2026-11-30-purgeb", 1, 4).await;
+    // Another kind, whose retention has not run out.
+    let other = write(&app, "execution", "rr-2026-11-30-purgea", 1, 3).await;
+
+    // The service's role may not delete, even saying it purges; only the function may.
+    let e = rt
+        .batch_execute(&format!(
+            "SET datastorage.purge = 'on'; DELETE FROM audit_records WHERE id = {}",
+            free[0]
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("permission denied"), "{e}");
+    rt.batch_execute("RESET datastorage.purge").await.unwrap();
+
+    // Workflows past retention (the cutoff a day ahead), batches of 3; the sequencer held, so
+    // that what the purge queued for the log stays in the queue to be seen.
+    let mut holder = app.db.conn().await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            ds_store_pg::SEQUENCER_LOCK
+        ))
+        .await
+        .unwrap();
+    let (examined, purged, batches) = purge_all(&mut rt, "workflow", 1, 3).await;
+    assert_eq!(purged, 7);
+    assert!(batches >= 4, "{batches} batches");
+    assert!(examined >= 11, "{examined} examined");
+    let mut c = app.db.conn().await.unwrap();
+    let left: Vec<i64> = diesel::sql_query("SELECT id AS n FROM audit_records ORDER BY id")
+        .load::<N>(&mut c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.n)
+        .collect();
+    let mut kept: Vec<i64> = held.iter().chain(&other).copied().collect();
+    kept.sort_unstable();
+    assert_eq!(left, kept);
+    // Their digests went with them: the same content again is a new record.
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_digests").await,
+        7
+    );
+    let again = write(&app, "workflow", "rr-2026-11-30-purgea", 1, 1).await;
+    assert!(!free.contains(&again[0]));
+    // Each batch that removed records is a purge entry naming them, queued for the log.
+    #[derive(QueryableByName)]
+    struct Entry {
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        body: Value,
+    }
+    let entries: Vec<Entry> =
+        diesel::sql_query("SELECT body FROM log_entries WHERE kind = 'purge' ORDER BY id")
+            .load(&mut c)
+            .await
+            .unwrap();
+    let named: Vec<i64> = entries
+        .iter()
+        .flat_map(|e| e.body["records"].as_array().unwrap().clone())
+        .map(|r| r.as_i64().unwrap())
+        .collect();
+    let mut expected = free.clone();
+    expected.sort_unstable();
+    assert_eq!(named, expected);
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.body["count"].as_i64().unwrap())
+            .sum::<i64>(),
+        7
+    );
+    assert_eq!(entries[0].body["reason"], "retention");
+    assert!(entries[0].body["cutoffs"]["workflow"].is_string());
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM tlog_queue q JOIN log_entries e ON e.id = ANY(q.record_ids)
+             WHERE q.kinds = ARRAY['purge']"
+        )
+        .await,
+        entries.len() as i64
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    // Released, the held trail goes at the next purge; the release is recorded once, never undone.
+    rt.batch_execute(
+        "UPDATE legal_holds SET released_by = 'system:serviceaccount:legal:counsel',
+                released_at = now(), release_reason = 'case closed'
+         WHERE correlation_id = 'rr-2026-11-30-purgeb'",
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "UPDATE legal_holds SET release_reason = 'another reason'",
+        "UPDATE legal_holds SET reason = 'rewritten'",
+        "DELETE FROM legal_holds",
+    ] {
+        let e = c.batch_execute(sql).await.unwrap_err().to_string();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    let (_, purged, _) = purge_all(&mut rt, "workflow", 1, 100).await;
+    assert_eq!(purged, 5); // the held four and the one written again
+}
+
+#[tokio::test]
+async fn a_hold_placed_while_a_purge_batch_waits_protects_its_records_from_that_batch() {
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    let ids = write(&app, "remediation", "rr-2026-11-30-racehd", 1, 3).await;
+    // The hold's transaction has the lock and its row, not committed yet...
+    let mut placing = runtime(&app).await;
+    placing
+        .batch_execute(
+            "BEGIN; SELECT audit_holds_lock();
+             INSERT INTO legal_holds (correlation_id, reason, placed_by)
+             VALUES ('rr-2026-11-30-racehd', 'incident review', 'system:serviceaccount:sre:oncall')",
+        )
+        .await
+        .unwrap();
+    // ...when a purge batch starts: it waits for the lock.
+    let url = app.db.runtime_url.clone();
+    let purge = tokio::spawn(async move {
+        let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+        purge_all(&mut c, "remediation", 1, 100).await
+    });
+    let mut c = app.db.conn().await.unwrap();
+    ds_tests::until("the purge batch waits for the holds' lock", || {
+        let url = app.db.url.clone();
+        async move {
+            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+            count(
+                &mut c,
+                "SELECT count(*) AS n FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%audit_purge%'",
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
+    placing.batch_execute("COMMIT").await.unwrap();
+    let (_, purged, _) = purge.await.unwrap();
+    assert_eq!(purged, 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
+        ids.len() as i64
+    );
+}
+
+#[tokio::test]
+async fn a_partition_is_dropped_whole_only_when_all_its_records_expired_and_none_is_held() {
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    let mut ids = write(&app, "workflow", "rr-2026-11-30-dropa0", 1, 6).await;
+    ids.extend(write(&app, "aianalysis", "rr-2026-11-30-dropb0", 1, 2).await);
+    let mut rt = runtime(&app).await;
+    let hold = place_hold(&mut rt, "rr-2026-11-30-dropb0").await;
+    let mut c = app.db.conn().await.unwrap();
+    let part = partitions_of(&mut c, &ids).await;
+    assert_eq!(part.len(), 1);
+    let url = app.db.runtime_url.clone();
+    let drop = |cutoffs: &'static str| {
+        let (part, url) = (part[0].clone(), url.clone());
+        async move {
+            let mut rt = AsyncPgConnection::establish(&url).await.unwrap();
+            #[derive(QueryableByName)]
+            struct Dropped {
+                #[diesel(sql_type = Nullable<BigInt>)]
+                n: Option<i64>,
+            }
+            diesel::sql_query(format!(
+                "SELECT audit_purge_partition($1, {cutoffs}, '{{\"days\": {{\"default\": 90}}}}'::jsonb, 2000) AS n"
+            ))
+            .bind::<Text, _>(part)
+            .get_result::<Dropped>(&mut rt)
+            .await
+            .unwrap()
+            .n
+        }
+    };
+    let both = "jsonb_build_object('workflow', now() + interval '1 day', 'aianalysis', now() + interval '1 day')";
+    // One held record keeps the whole partition.
+    assert_eq!(drop(both).await, None);
+    // So does one record whose kind is kept longer (here: forever, no cutoff).
+    rt.batch_execute(&format!(
+        "UPDATE legal_holds SET released_by = 'system:serviceaccount:legal:counsel',
+                released_at = now(), release_reason = 'case closed' WHERE id = {hold}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        drop("jsonb_build_object('workflow', now() + interval '1 day')").await,
+        None
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
+        8
+    );
+    // All expired, none held: dropped, its digests and records gone, one entry with its ranges.
+    assert_eq!(drop(both).await, Some(8));
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
+        0
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_digests").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            &format!(
+                "SELECT count(*) AS n FROM pg_class WHERE relname = '{}'",
+                part[0]
+            )
+        )
+        .await,
+        0
+    );
+    #[derive(QueryableByName)]
+    struct Entry {
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        body: Value,
+    }
+    let e: Entry = diesel::sql_query("SELECT body FROM log_entries WHERE kind = 'purge'")
+        .get_result(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(e.body["count"], 8);
+    assert_eq!(e.body["partition"]["name"], part[0].as_str());
+    let mut covered: Vec<i64> = Vec::new();
+    for r in e.body["ranges"].as_array().unwrap() {
+        let (lo, hi) = (r[0].as_i64().unwrap(), r[1].as_i64().unwrap());
+        covered.extend(lo..=hi);
+    }
+    covered.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(covered, ids);
+    // A write afterwards finds (or makes) its month's partition again.
+    let after = write(&app, "workflow", "rr-2026-11-30-dropa0", 50, 1).await;
+    assert_eq!(after.len(), 1);
+}
