@@ -9,6 +9,7 @@
 //! testcontainers-modules (machines with a Docker engine only).
 
 pub mod kube_server;
+pub mod log;
 pub mod openai_server;
 pub mod raw_http;
 pub mod replica;

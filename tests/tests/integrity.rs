@@ -6,19 +6,17 @@
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use ds_server::config::DEFAULT_LOG_ORIGIN;
-use ds_server::verify::{Verdict, offline, online};
-use ds_tests::{TestApp, fixtures, log_key, spawn_app, until};
-use ds_tlog::note::{CheckpointSigner, CheckpointVerifier, SignedCheckpoint, generate_key};
+use ds_server::verify::{Verdict, online};
+use ds_tests::log::{
+    assert_verifies, checkpoint_covering, export, keys, temp, text, verify_offline,
+};
+use ds_tests::{TestApp, fixtures, spawn_app, until};
+use ds_tlog::note::{CheckpointSigner, SignedCheckpoint, generate_key};
 use ds_tlog::tree::{self, StoredHashes, check_consistency, check_inclusion};
 use ds_tlog::verify::ExportLine;
 use ds_tlog::{Hash, Leaf, hash_from_base64};
 use rstest::rstest;
 use serde_json::{Map, Value, json};
-use std::path::{Path, PathBuf};
-
-fn keys() -> CheckpointVerifier {
-    CheckpointVerifier::new(DEFAULT_LOG_ORIGIN, &[log_key().verifier_key.clone()]).unwrap()
-}
 
 /// Posts workflow `records` in one batch; returns their ids.
 async fn post_batch(app: &TestApp, records: Vec<Value>) -> Vec<i64> {
@@ -49,66 +47,6 @@ async fn write(app: &TestApp, trail: &str, first: u32, n: u32) -> Vec<i64> {
         })
         .collect();
     post_batch(app, records).await
-}
-
-/// The latest checkpoint, once one covers at least `size` leaves.
-async fn checkpoint_covering(app: &TestApp, size: u64) -> (String, SignedCheckpoint) {
-    let found = std::sync::Mutex::new(None);
-    until(&format!("a signed checkpoint covers {size} leaves"), || {
-        let found = &found;
-        async move {
-            let r = app
-                .client
-                .get(app.url("/api/v1/log/checkpoint"))
-                .send()
-                .await
-                .unwrap();
-            if r.status() != 200 {
-                return false;
-            }
-            let note = r.text().await.unwrap();
-            let c = keys().open(note.as_bytes()).unwrap();
-            let covers = c.size >= size;
-            *found.lock().unwrap() = Some((note, c));
-            covers
-        }
-    })
-    .await;
-    found.into_inner().unwrap().unwrap()
-}
-
-async fn text(app: &TestApp, path: &str) -> (u16, String) {
-    let r = app.client.get(app.url(path)).send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-fn temp(name: &str, contents: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("ds-integrity-{}-{name}", uuid::Uuid::new_v4()));
-    std::fs::write(&p, contents).unwrap();
-    p
-}
-
-/// The whole export, as a file.
-async fn export(app: &TestApp) -> (PathBuf, Vec<ExportLine>) {
-    let (status, body) = text(app, "/api/v1/audit/export").await;
-    assert_eq!(status, 200, "{body}");
-    let lines = body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (temp("export.ndjson", &body), lines)
-}
-
-/// The offline verifier finds nothing wrong with `export` against `checkpoints`.
-fn assert_verifies(export: &Path, checkpoints: &[&str]) {
-    if let Verdict::Tampered(f) = verify_offline(export, checkpoints) {
-        panic!("{f:?}");
-    }
-}
-
-fn verify_offline(export: &Path, checkpoints: &[&str]) -> Verdict {
-    let files: Vec<PathBuf> = checkpoints.iter().map(|c| temp("cp", c)).collect();
-    offline(export, &files, &keys(), chrono::Duration::seconds(300)).unwrap()
 }
 
 async fn owner(app: &TestApp) -> AsyncPgConnection {

@@ -597,3 +597,91 @@ async fn a_partition_is_dropped_whole_only_when_all_its_records_expired_and_none
     let after = write(&app, "workflow", "rr-2026-11-30-dropa0", 50, 1).await;
     assert_eq!(after.len(), 1);
 }
+
+#[tokio::test]
+async fn the_verifier_tells_a_purge_by_policy_from_a_deletion() {
+    use ds_server::verify::Verdict;
+    use ds_tests::log::{checkpoint_covering, export, verify_offline};
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    let purged = write(&app, "workflow", "rr-2026-11-30-vfypga", 1, 6).await;
+    // Kept (the purge is for workflows), logged before the held ones: what bounds when they were
+    // received, once the records logged before them are gone.
+    write(&app, "execution", "rr-2026-11-30-vfypga", 1, 1).await;
+    let (_, _) = checkpoint_covering(&app, 7).await;
+    let held = write(&app, "workflow", "rr-2026-11-30-vfypgb", 1, 3).await;
+    let (first_note, _) = checkpoint_covering(&app, 10).await;
+    let mut rt = runtime(&app).await;
+    place_hold(&mut rt, "rr-2026-11-30-vfypgb").await;
+    let (_, n, _) = purge_all(&mut rt, "workflow", 1, 100).await;
+    assert_eq!(n, 6);
+    // The purge entry is a leaf like the records: logged, signed, exported.
+    let (note, cp) = checkpoint_covering(&app, 11).await;
+    assert_eq!(cp.size, 11);
+    let (file, lines) = export(&app).await;
+    assert_eq!(lines.len(), 11);
+    let gone: Vec<i64> = lines
+        .iter()
+        .filter(|l| l.record.is_none())
+        .map(|l| l.id)
+        .collect();
+    let mut expected = purged.clone();
+    expected.sort_unstable();
+    let mut gone_sorted = gone.clone();
+    gone_sorted.sort_unstable();
+    assert_eq!(gone_sorted, expected);
+    let entry = lines.iter().find(|l| l.kind == "purge").unwrap();
+    assert_eq!(entry.record.as_ref().unwrap()["count"], 6);
+    match verify_offline(&file, &[&first_note, &note]) {
+        Verdict::Verified(summary) => assert!(
+            summary.contains(&format!(
+                "6 records purged by policy on {} (purge at logIndex {})",
+                entry.received_at.as_deref().unwrap(),
+                entry.log_index
+            )),
+            "{summary}"
+        ),
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+
+    // An administrator deletes two held records, one of them named by a purge entry forged for it
+    // (with a cutoff its receipt does not precede): both are deletions.
+    let mut c = app.db.conn().await.unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO log_entries (kind, body) VALUES ('purge',
+             '{{\"reason\": \"retention\", \"cutoffs\": {{\"workflow\": \"2020-01-01T00:00:00Z\"}},
+               \"count\": 1, \"records\": [{}]}}');
+         SET session_replication_role = replica;
+         DELETE FROM audit_records WHERE id IN ({}, {});",
+        held[0], held[0], held[1]
+    ))
+    .await
+    .unwrap();
+    let (forged_note, _) = checkpoint_covering(&app, 12).await;
+    let (file, lines) = export(&app).await;
+    let index_of = |id: i64| lines.iter().find(|l| l.id == id).unwrap().log_index;
+    match verify_offline(&file, &[&first_note, &note, &forged_note]) {
+        Verdict::Tampered(findings) => {
+            assert_eq!(findings.len(), 2, "{findings:?}");
+            assert!(
+                findings.iter().any(|f| f.starts_with(&format!(
+                    "logIndex {} (workflow {}): the store does not have the record; the purge at logIndex 11 names it, but it was received after that purge's cutoff",
+                    index_of(held[0]),
+                    held[0]
+                ))),
+                "{findings:?}"
+            );
+            assert!(
+                findings.iter().any(|f| f
+                    == &format!(
+                        "logIndex {} (workflow {}): the log has the record but the store does not: deleted",
+                        index_of(held[1]),
+                        held[1]
+                    )),
+                "{findings:?}"
+            );
+        }
+        Verdict::Verified(s) => panic!("verified: {s}"),
+    }
+}

@@ -60,8 +60,26 @@ pub struct ExportEntry {
     pub id: i64,
     /// The leaf hash the log holds.
     pub leaf_hash: Hash,
-    /// The record, or `None` when the store no longer holds it.
-    pub record: Option<StoredRecord>,
+    /// What the leaf commits to, or `None` when the store no longer holds it (a record purged, or
+    /// deleted).
+    pub content: Option<LeafContent>,
+}
+
+/// What a leaf commits to besides its kind and id: a record's fields, or the body of one of the
+/// log's own entries (`purge`, `hold`, `release`: contract §9), and when the store received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeafContent {
+    pub received_at: Timestamp,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<StoredRecord> for LeafContent {
+    fn from(r: StoredRecord) -> Self {
+        LeafContent {
+            received_at: r.received_at,
+            fields: r.record,
+        }
+    }
 }
 
 /// What one run of the sequencer did.

@@ -144,8 +144,8 @@ pub(crate) async fn consistency(
 }
 
 fn line(e: ExportEntry) -> ExportLine {
-    let (received_at, record) = match e.record {
-        Some(r) => (Some(r.received_at.to_rfc3339()), Some(r.record)),
+    let (received_at, record) = match e.content {
+        Some(c) => (Some(c.received_at.to_rfc3339()), Some(c.fields)),
         None => (None, None),
     };
     ExportLine {

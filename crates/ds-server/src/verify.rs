@@ -107,10 +107,15 @@ fn read_checkpoints(
 fn verdict(report: Report, mut findings: Vec<String>) -> Verdict {
     findings.extend(report.findings.iter().map(ToString::to_string));
     if findings.is_empty() && report.verified() {
-        Verdict::Verified(format!(
+        let mut summary = format!(
             "verified: {} leaves; signed roots match at tree sizes {:?}",
             report.size, report.verified_sizes
-        ))
+        );
+        // Records gone by policy are not tampering: said, not hidden.
+        for p in &report.purges {
+            summary.push_str(&format!("; {p}"));
+        }
+        Verdict::Verified(summary)
     } else if findings.is_empty() {
         Verdict::Tampered(vec![format!(
             "no signed checkpoint has a size within the export's {} leaves: nothing could be verified",

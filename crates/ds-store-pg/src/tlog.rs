@@ -26,7 +26,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use ds_domain::ValidRecord;
 use ds_domain::kind::Kind;
 use ds_domain::log::{
-    Checkpoint, ExportEntry, ExportFilter, Integrated, LeafPosition, LogStatus, LogStore,
+    Checkpoint, ExportEntry, ExportFilter, Integrated, LeafContent, LeafPosition, LogStatus,
+    LogStore,
 };
 use ds_domain::ports::{StoreError, StoredRecord};
 use ds_tlog::Hash;
@@ -292,7 +293,7 @@ const SIZE_SQL: &str = "SELECT COALESCE((SELECT first_leaf + leaves FROM tlog_se
 async fn write_leaves(
     c: &mut AsyncPgConnection,
     size: u64,
-    records: &[(i64, Kind, Hash)],
+    records: &[(i64, String, Hash)],
     new: &[(u64, Hash)],
 ) -> Result<(), PgStoreError> {
     let first_new = tree::stored_hash_index(0, size);
@@ -507,7 +508,7 @@ async fn integrate(
         .filter(|p| p.leaf_hash.is_none())
         .map(|p| p.record_id)
         .collect();
-    let mut computed: HashMap<i64, (Kind, Hash)> = HashMap::new();
+    let mut computed: HashMap<i64, (String, Hash)> = HashMap::new();
     if !without.is_empty() {
         let rows: Vec<RecordRow> = diesel::sql_query(format!(
             "SELECT {RECORD_COLUMNS} FROM audit_records r WHERE r.id = ANY($1)"
@@ -517,19 +518,32 @@ async fn integrate(
         .await?;
         for row in rows {
             let r = PgStore::to_stored(row)?;
-            computed.insert(r.id, (r.kind, leaf_hash(&r)));
+            computed.insert(r.id, (r.kind.as_str().to_owned(), leaf_hash(&r)));
+        }
+        // The log's own entries (purges, holds, releases) are queued without a leaf hash.
+        let entries: Vec<i64> = without
+            .iter()
+            .copied()
+            .filter(|id| !computed.contains_key(id))
+            .collect();
+        if !entries.is_empty() {
+            for (id, kind, content) in log_entries(c, &entries).await? {
+                let h = content_leaf_hash(&kind, id, &content);
+                computed.insert(id, (kind, h));
+            }
         }
     }
-    let mut records: Vec<(i64, Kind, Hash)> = Vec::with_capacity(pending.len());
+    let mut records: Vec<(i64, String, Hash)> = Vec::with_capacity(pending.len());
     let mut vanished = 0usize;
     for p in pending {
         match p.leaf_hash {
             Some(h) => {
+                // A record's kind, as its insert queued it.
                 let kind: Kind = p
                     .kind
                     .parse()
                     .map_err(|e| PgStoreError::Corrupt(format!("{e}")))?;
-                records.push((p.record_id, kind, h));
+                records.push((p.record_id, kind.as_str().to_owned(), h));
             }
             None => match computed.remove(&p.record_id) {
                 Some((kind, h)) => records.push((p.record_id, kind, h)),
@@ -779,6 +793,61 @@ impl LogStore for PgStore {
     }
 }
 
+#[derive(QueryableByName)]
+struct EntryRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    body: Value,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The log's own entries among `ids` (contract §9: purges, holds, releases): id, kind, and what
+/// their leaf commits to (the body, received when created).
+async fn log_entries(
+    c: &mut AsyncPgConnection,
+    ids: &[i64],
+) -> Result<Vec<(i64, String, LeafContent)>, PgStoreError> {
+    let rows: Vec<EntryRow> =
+        diesel::sql_query("SELECT id, kind, body, created_at FROM log_entries WHERE id = ANY($1)")
+            .bind::<Array<BigInt>, _>(ids)
+            .load(c)
+            .await?;
+    rows.into_iter()
+        .map(|r| {
+            let Value::Object(fields) = r.body else {
+                return Err(PgStoreError::Corrupt(format!(
+                    "the log entry {} has a body that is not an object",
+                    r.id
+                )));
+            };
+            Ok((
+                r.id,
+                r.kind,
+                LeafContent {
+                    received_at: ds_domain::time::Timestamp::from_utc(r.created_at),
+                    fields,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The leaf hash of a leaf's content: what the verifier recomputes from its export line.
+fn content_leaf_hash(kind: &str, id: i64, content: &LeafContent) -> Hash {
+    let received_at = content.received_at.to_rfc3339();
+    ds_tlog::Leaf {
+        kind,
+        id,
+        received_at: &received_at,
+        record: &content.fields,
+    }
+    .hash()
+}
+
 async fn export(
     c: &mut AsyncPgConnection,
     filter: &ExportFilter,
@@ -788,17 +857,14 @@ async fn export(
 ) -> Result<Vec<ExportEntry>, PgStoreError> {
     let limit = to_i64(limit as u64);
     let entry =
-        |log_index: i64, kind: String, id: i64, leaf_hash: &[u8], record: Option<StoredRecord>| {
+        |log_index: i64, kind: String, id: i64, leaf_hash: &[u8], content: Option<LeafContent>| {
             let log_index = to_u64(log_index, "log index")?;
             Ok::<_, PgStoreError>(ExportEntry {
                 log_index,
                 kind,
                 id,
                 leaf_hash: hash(leaf_hash)?,
-                record: record.map(|mut r| {
-                    r.log_index = Some(log_index);
-                    r
-                }),
+                content,
             })
         };
     if filter.is_everything() {
@@ -840,10 +906,21 @@ async fn export(
         .bind::<Array<BigInt>, _>(&ids)
         .load(c)
         .await?;
-        let mut by_id: HashMap<i64, StoredRecord> = HashMap::with_capacity(rows.len());
+        let mut by_id: HashMap<i64, (String, LeafContent)> = HashMap::with_capacity(rows.len());
         for row in rows {
             let r = PgStore::to_stored(row)?;
-            by_id.insert(r.id, r);
+            by_id.insert(r.id, (r.kind.as_str().to_owned(), r.into()));
+        }
+        // The log's own entries (purges, holds, releases): ids the records do not have.
+        let others: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !by_id.contains_key(id))
+            .collect();
+        if !others.is_empty() {
+            for e in log_entries(c, &others).await? {
+                by_id.insert(e.0, (e.1, e.2));
+            }
         }
         leaves
             .into_iter()
@@ -851,11 +928,11 @@ async fn export(
                 // A record's kind is content: the line shows the stored record's (a kind changed
                 // after logging then fails the leaf check); the leaf's own kind only for a record
                 // gone.
-                let record = by_id.remove(&id);
-                let kind = record
-                    .as_ref()
-                    .map_or(leaf_kind, |r| r.kind.as_str().to_owned());
-                entry(to_i64(n), kind, id, &leaf_hash.0, record)
+                let (kind, content) = match by_id.remove(&id) {
+                    Some((kind, content)) => (kind, Some(content)),
+                    None => (leaf_kind, None),
+                };
+                entry(to_i64(n), kind, id, &leaf_hash.0, content)
             })
             .collect()
     } else {
@@ -880,7 +957,7 @@ async fn export(
                     r.kind.as_str().to_owned(),
                     r.id,
                     &row.leaf_hash,
-                    Some(r),
+                    Some(r.into()),
                 )
             })
             .collect()

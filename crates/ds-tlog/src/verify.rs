@@ -84,6 +84,16 @@ pub enum Finding {
     },
     /// A checkpoint signs more leaves than the export holds.
     Truncated { size: u64, signed_size: u64 },
+    /// The store no longer has the record and a purge entry names it, but the record was received
+    /// after that purge's cutoff for its kind (no later than records logged before it): not
+    /// removed by the policy the entry states.
+    DeletedBeforeExpiry {
+        log_index: u64,
+        kind: String,
+        id: i64,
+        purge_log_index: u64,
+        cutoff: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -138,6 +148,16 @@ impl fmt::Display for Finding {
                 f,
                 "the log ends at size {size} but a signed checkpoint has size {signed_size}: the log was truncated"
             ),
+            Finding::DeletedBeforeExpiry {
+                log_index,
+                kind,
+                id,
+                purge_log_index,
+                cutoff,
+            } => write!(
+                f,
+                "logIndex {log_index} ({kind} {id}): the store does not have the record; the purge at logIndex {purge_log_index} names it, but it was received after that purge's cutoff ({cutoff}): deleted"
+            ),
         }
     }
 }
@@ -150,6 +170,29 @@ pub struct Report {
     /// Sizes whose signed root matched the rebuilt tree.
     pub verified_sizes: Vec<u64>,
     pub findings: Vec<Finding>,
+    /// Purges by policy (contract §9) that explain records the store no longer has.
+    pub purges: Vec<Purge>,
+}
+
+/// One purge entry of the log and the records gone that it explains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purge {
+    /// The entry's position in the log.
+    pub log_index: u64,
+    /// When the store purged (the entry's `receivedAt`).
+    pub at: String,
+    /// Records of the export the store no longer has that this purge names.
+    pub records: u64,
+}
+
+impl fmt::Display for Purge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} records purged by policy on {} (purge at logIndex {})",
+            self.records, self.at, self.log_index
+        )
+    }
 }
 
 impl Report {
@@ -171,7 +214,34 @@ pub struct Verifier {
     max_skew: Duration,
     /// After a leaf out of sequence the rebuilt tree no longer describes the log.
     broken: bool,
+    /// Records gone, in runs, until the purge entries (later in the log) can explain them.
+    gone: Vec<GoneRun>,
+    /// The ids each purge entry names, as ranges: lo -> (hi, index into `purge_entries`).
+    covered: BTreeMap<i64, (i64, usize)>,
+    purge_entries: Vec<PurgeEntry>,
     report: Report,
+}
+
+/// Consecutive leaves of records gone with consecutive ids.
+#[derive(Debug)]
+struct GoneRun {
+    first_index: u64,
+    first_id: i64,
+    len: u64,
+    /// The kinds of the run's records, with the index of their first leaf.
+    kinds: Vec<(String, u64)>,
+    /// No record of the run was received before this (the latest `receivedAt` logged before the
+    /// run, less the allowed skew).
+    received_after: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug)]
+struct PurgeEntry {
+    log_index: u64,
+    at: String,
+    /// Kind -> cutoff (records received before it were past retention).
+    cutoffs: BTreeMap<String, DateTime<Utc>>,
+    explained: u64,
 }
 
 impl Verifier {
@@ -186,6 +256,9 @@ impl Verifier {
             latest: None,
             max_skew,
             broken: false,
+            gone: Vec::new(),
+            covered: BTreeMap::new(),
+            purge_entries: Vec::new(),
             report: Report::default(),
         };
         // A checkpoint of the empty tree is checked before any line.
@@ -218,12 +291,14 @@ impl Verifier {
                     });
                 }
                 self.check_time(line, received_at)?;
+                if line.kind == "purge"
+                    && let Some(body) = &line.record
+                {
+                    self.purge_entry(line.log_index, received_at, body);
+                }
             }
-            _ => self.report.findings.push(Finding::Deleted {
-                log_index: line.log_index,
-                kind: line.kind.clone(),
-                id: line.id,
-            }),
+            // Gone: deleted, unless a purge entry of the log names it (known at the end).
+            _ => self.gone(line),
         }
         self.range.push(logged);
         self.report.size += 1;
@@ -231,6 +306,130 @@ impl Verifier {
             self.check_root();
         }
         Ok(())
+    }
+
+    fn gone(&mut self, line: &ExportLine) {
+        if let Some(run) = self.gone.last_mut()
+            && run.first_index + run.len == line.log_index
+            && run.first_id + run.len as i64 == line.id
+        {
+            run.len += 1;
+            if run.kinds.iter().all(|(k, _)| *k != line.kind) {
+                run.kinds.push((line.kind.clone(), line.log_index));
+            }
+            return;
+        }
+        self.gone.push(GoneRun {
+            first_index: line.log_index,
+            first_id: line.id,
+            len: 1,
+            kinds: vec![(line.kind.clone(), line.log_index)],
+            received_after: self.latest.map(|t| t - self.max_skew),
+        });
+    }
+
+    /// A purge entry's body (contract §9): `cutoffs` (kind -> timestamp), and the ids it removed,
+    /// listed (`records`) or as `[lo, hi]` ranges (`ranges`, a partition dropped whole).
+    fn purge_entry(&mut self, log_index: u64, at: &str, body: &Map<String, Value>) {
+        let n = self.purge_entries.len();
+        let cutoffs = body
+            .get("cutoffs")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        let t = DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
+                        Some((k.clone(), t.with_timezone(&Utc)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.purge_entries.push(PurgeEntry {
+            log_index,
+            at: at.to_owned(),
+            cutoffs,
+            explained: 0,
+        });
+        let ids = body.get("records").and_then(Value::as_array);
+        for id in ids.into_iter().flatten().filter_map(Value::as_i64) {
+            self.covered.entry(id).or_insert((id, n));
+        }
+        let ranges = body.get("ranges").and_then(Value::as_array);
+        for r in ranges.into_iter().flatten() {
+            if let (Some(lo), Some(hi)) = (
+                r.get(0).and_then(Value::as_i64),
+                r.get(1).and_then(Value::as_i64),
+            ) && lo <= hi
+            {
+                self.covered.entry(lo).or_insert((hi, n));
+            }
+        }
+    }
+
+    /// The purge entry naming `id`, if any.
+    fn purge_of(&self, id: i64) -> Option<usize> {
+        // Ranges may overlap (a batch after a partition's drop names none of its ids, but a log
+        // written by hand might): every range starting at or before `id` is a candidate.
+        self.covered
+            .range(..=id)
+            .rev()
+            .find(|(_, (hi, _))| *hi >= id)
+            .map(|(_, (_, n))| *n)
+    }
+
+    /// Records gone: explained by a purge entry whose cutoff their receipt can precede, or deleted.
+    fn explain_gone(&mut self) {
+        let gone = std::mem::take(&mut self.gone);
+        for run in gone {
+            for k in 0..run.len {
+                let (log_index, id) = (run.first_index + k, run.first_id + k as i64);
+                // The kind of this leaf: the run's kinds change only where listed.
+                let kind = run
+                    .kinds
+                    .iter()
+                    .rev()
+                    .find(|(_, first)| *first <= log_index)
+                    .map_or("", |(kind, _)| kind.as_str())
+                    .to_owned();
+                let Some(n) = self.purge_of(id) else {
+                    self.report.findings.push(Finding::Deleted {
+                        log_index,
+                        kind,
+                        id,
+                    });
+                    continue;
+                };
+                let entry = &mut self.purge_entries[n];
+                match (entry.cutoffs.get(&kind), run.received_after) {
+                    // Received no earlier than `after`, which is not before the cutoff.
+                    (Some(cutoff), Some(after)) if after >= *cutoff => {
+                        self.report.findings.push(Finding::DeletedBeforeExpiry {
+                            log_index,
+                            kind,
+                            id,
+                            purge_log_index: entry.log_index,
+                            cutoff: cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        });
+                    }
+                    // A kind the purge keeps forever: not its to remove.
+                    (None, _) => self.report.findings.push(Finding::DeletedBeforeExpiry {
+                        log_index,
+                        kind,
+                        id,
+                        purge_log_index: entry.log_index,
+                        cutoff: "none: the purge keeps this kind".to_owned(),
+                    }),
+                    _ => entry.explained += 1,
+                }
+            }
+        }
+        for e in &self.purge_entries {
+            self.report.purges.push(Purge {
+                log_index: e.log_index,
+                at: e.at.clone(),
+                records: e.explained,
+            });
+        }
     }
 
     fn check_time(&mut self, line: &ExportLine, received_at: &str) -> Result<(), String> {
@@ -275,6 +474,7 @@ impl Verifier {
 
     /// The report, once every line was pushed.
     pub fn finish(mut self) -> Report {
+        self.explain_gone();
         if !self.broken
             && let Some((&signed_size, _)) = self.pending.last_key_value()
         {
@@ -324,6 +524,11 @@ mod tests {
     /// A log of `n` records and signed checkpoints at `sizes`, as the service would produce them.
     fn log(n: u64, sizes: &[u64]) -> (Vec<ExportLine>, Vec<SignedCheckpoint>) {
         let lines: Vec<ExportLine> = (0..n).map(|i| line(i, i as i64)).collect();
+        signed(lines, sizes)
+    }
+
+    /// `lines` and checkpoints of their log signed at `sizes`.
+    fn signed(lines: Vec<ExportLine>, sizes: &[u64]) -> (Vec<ExportLine>, Vec<SignedCheckpoint>) {
         let (private, public) = generate_key("test", [9; 32]).unwrap();
         let signer = CheckpointSigner::new(ORIGIN, &private).unwrap();
         let keys = CheckpointVerifier::new(ORIGIN, &[public]).unwrap();
@@ -422,6 +627,96 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, vec![3, 4, 5]);
+    }
+
+    /// A purge entry (contract §9) at `i`, received `seconds` after 12:00, with `body`.
+    fn purge_line(i: u64, seconds: i64, body: Value) -> ExportLine {
+        let mut l = line(i, seconds);
+        l.kind = "purge".into();
+        l.id = 10_000 + i as i64;
+        l.record = Some(serde_json::from_value(body).unwrap());
+        relogged(l)
+    }
+
+    #[test]
+    fn records_a_purge_names_are_purged_and_the_others_gone_are_deleted() {
+        // Records ten minutes apart from 12:00; a purge at 17:00 with the cutoff 13:40.
+        let mut lines: Vec<ExportLine> = (0..30).map(|i| line(i, i as i64 * 600)).collect();
+        lines.push(purge_line(
+            30,
+            5 * 3600,
+            serde_json::json!({
+                "reason": "retention", "count": 4,
+                "cutoffs": {"workflow": "2026-11-30T13:40:00.000000Z"},
+                "records": [103, 104, 105, 125]
+            }),
+        ));
+        lines.push(purge_line(
+            31,
+            5 * 3600 + 1,
+            serde_json::json!({
+                "reason": "retention", "count": 2,
+                "cutoffs": {"workflow": "2026-11-30T13:40:00.000000Z"},
+                "partition": {"name": "audit_records_y2026m11"},
+                "ranges": [[108, 109]]
+            }),
+        ));
+        let (mut lines, cps) = signed(lines, &[32]);
+        // Gone: three the first purge names and received before its cutoff; two a partition's
+        // drop names; one it names but received at 16:10 (after records logged before it, at
+        // 16:00): not expired; one no purge names.
+        for i in [3usize, 4, 5, 8, 9, 25, 27] {
+            lines[i].record = None;
+            lines[i].received_at = None;
+        }
+        let r = verify(&lines, &cps);
+        assert_eq!(r.verified_sizes, vec![32]);
+        assert_eq!(
+            r.findings,
+            vec![
+                Finding::DeletedBeforeExpiry {
+                    log_index: 25,
+                    kind: "workflow".into(),
+                    id: 125,
+                    purge_log_index: 30,
+                    cutoff: "2026-11-30T13:40:00.000000Z".into(),
+                },
+                Finding::Deleted {
+                    log_index: 27,
+                    kind: "workflow".into(),
+                    id: 127,
+                },
+            ]
+        );
+        assert_eq!(
+            r.purges,
+            vec![
+                Purge {
+                    log_index: 30,
+                    at: "2026-11-30T17:00:00.000000Z".into(),
+                    records: 3
+                },
+                Purge {
+                    log_index: 31,
+                    at: "2026-11-30T17:00:01.000000Z".into(),
+                    records: 2
+                },
+            ]
+        );
+        assert_eq!(
+            r.purges[0].to_string(),
+            "3 records purged by policy on 2026-11-30T17:00:00.000000Z (purge at logIndex 30)"
+        );
+        // A purge entry changed after it was logged is a changed leaf like any other.
+        let mut forged = lines.clone();
+        forged[30].record.as_mut().unwrap()["records"] =
+            serde_json::json!([103, 104, 105, 125, 127]);
+        let r = verify(&forged, &cps);
+        assert!(r.findings.contains(&Finding::Changed {
+            log_index: 30,
+            kind: "purge".into(),
+            id: 10_030,
+        }));
     }
 
     #[test]
