@@ -295,10 +295,13 @@ BEGIN
     IF blocking THEN
         RETURN NULL;
     END IF;
+    EXECUTE format('SELECT count(*) FROM %s', part) INTO n;
     EXECUTE format('DELETE FROM audit_digests a USING %s r WHERE a.content_digest = r.content_digest', part);
     -- Its records' ids as ranges: runs of consecutive ids, joined across gaps where no record
     -- of another partition lies (ids skipped by duplicates, the log's own entries), so that a
     -- range names exactly this partition's records among those stored.
+    -- An empty partition goes without an entry: nothing of the log's is removed.
+    IF n > 0 THEN
     EXECUTE format(
         'INSERT INTO log_entries (kind, body)
          WITH islands AS (
@@ -323,6 +326,7 @@ BEGIN
                     ''ranges'', COALESCE((SELECT jsonb_agg(jsonb_build_array(lo, hi) ORDER BY lo) FROM ranges), ''[]''::jsonb))
          RETURNING (body ->> ''count'')::bigint',
         part, part::oid, policy, cutoffs, name, bounds) INTO n;
+    END IF;
     PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
     BEGIN
         EXECUTE format('DROP TABLE %s', part);

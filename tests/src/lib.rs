@@ -200,9 +200,24 @@ pub fn with_user(url: &str, user: &str, password: &str) -> String {
 }
 
 /// The template's name changes with the set of migrations, so a new migration gets a new template.
+/// The template's name: a digest of the migrations' versions and of their SQL as the source tree
+/// has it, so that an edited migration gets a template of its own.
 fn template_name() -> String {
-    let versions = ds_store_pg::known_migrations().join(",");
-    let digest = ds_domain::digest::sha256(versions.as_bytes());
+    let mut key = ds_store_pg::known_migrations().join(",").into_bytes();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .flat_map(|e| [e.path().join("up.sql"), e.path().join("down.sql")])
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        key.extend(std::fs::read(&f).unwrap_or_default());
+    }
+    let digest = ds_domain::digest::sha256(&key);
     format!("ds_template_{}", hex_prefix(&digest))
 }
 

@@ -268,11 +268,13 @@ async fn oversized_headers_get_431_in_the_contract_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_pool_is_a_503_after_the_wait_timeout_not_a_hang() {
-    // The embedding worker stays off: its housekeeping would compete for the one connection.
+    // The embedding worker and the maintenance task stay off: their housekeeping would compete
+    // for the one connection.
     let app = spawn_app_with(&[
         ("DATASTORAGE_DB_POOL_SIZE", "1"),
         ("DATASTORAGE_DB_WAIT_TIMEOUT_MS", "300"),
         ("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0"),
+        ("DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS", "0"),
     ])
     .await
     .unwrap();

@@ -685,3 +685,165 @@ async fn the_verifier_tells_a_purge_by_policy_from_a_deletion() {
         Verdict::Verified(s) => panic!("verified: {s}"),
     }
 }
+
+fn policy(days: &[(ds_domain::Kind, u32)]) -> ds_domain::retention::RetentionPolicy {
+    ds_domain::retention::RetentionPolicy {
+        default_days: 90,
+        kinds: days.iter().copied().collect(),
+    }
+}
+
+#[tokio::test]
+async fn maintenance_on_a_clock_the_test_moves_purges_what_expired_and_keeps_what_is_held() {
+    use ds_domain::Kind;
+    use ds_domain::retention::{MaintenanceSettings, RetentionStore};
+    use ds_server::verify::Verdict;
+    use ds_tests::log::{checkpoint_covering, export, verify_offline};
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    let expired = write(&app, "workflow", "rr-2026-11-30-mainta", 1, 6).await;
+    let held = write(&app, "execution", "rr-2026-11-30-maintb", 1, 3).await;
+    let forever = write(&app, "remediation", "rr-2026-11-30-maintc", 1, 2).await;
+    let mut rt = runtime(&app).await;
+    let hold = place_hold(&mut rt, "rr-2026-11-30-maintb").await;
+    // The service's own store, as the service's role.
+    let store =
+        ds_store_pg::PgStore::new(&app.db.runtime_url, &ds_store_pg::PoolSettings::default())
+            .unwrap();
+    let settings = MaintenanceSettings {
+        months_ahead: 3,
+        batch: 2,
+        pause: std::time::Duration::ZERO,
+        drop_lock_wait: std::time::Duration::from_millis(200),
+    };
+
+    // Forty days on, workflows and executions are kept 30 days, remediations forever: the
+    // workflows go (in batches of two), the held executions and the remediations stay, and so
+    // does their partition.
+    let now = chrono::Utc::now() + chrono::Duration::days(40);
+    let p = policy(&[
+        (Kind::Workflow, 30),
+        (Kind::Execution, 30),
+        (Kind::Remediation, 0),
+    ]);
+    let run = store.maintain(&p, &settings, now, true).await.unwrap();
+    assert!(run.ran);
+    assert!(run.months_ahead >= 3, "{run:?}");
+    assert_eq!(run.records_purged, 6, "{run:?}");
+    assert_eq!(run.partitions_dropped, 0, "{run:?}");
+    assert!(run.batches >= 3, "{run:?}");
+    let mut c = app.db.conn().await.unwrap();
+    let left = count(&mut c, "SELECT count(*) AS n FROM audit_records").await;
+    assert_eq!(left, (held.len() + forever.len()) as i64);
+    // Without `purge` a run only keeps partitions ahead.
+    let again = store.maintain(&p, &settings, now, false).await.unwrap();
+    assert_eq!((again.records_purged, again.partitions_dropped), (0, 0));
+
+    // The hold released and remediations kept 30 days too, seventy days on: the partition holds
+    // nothing that may stay, and is dropped whole.
+    rt.batch_execute(&format!(
+        "UPDATE legal_holds SET released_by = 'system:serviceaccount:legal:counsel',
+                released_at = now(), release_reason = 'case closed' WHERE id = {hold}"
+    ))
+    .await
+    .unwrap();
+    let now = chrono::Utc::now() + chrono::Duration::days(70);
+    let p = policy(&[
+        (Kind::Workflow, 30),
+        (Kind::Execution, 30),
+        (Kind::Remediation, 30),
+    ]);
+    let run = store.maintain(&p, &settings, now, true).await.unwrap();
+    // (And any month partition that ended before the cutoff empty: dropped without an entry.)
+    assert!(run.partitions_dropped >= 1, "{run:?}");
+    assert_eq!(run.records_dropped, 5, "{run:?}");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
+        0
+    );
+    let status = store.status(chrono::Utc::now()).await.unwrap();
+    assert_eq!(status.holds_active, 0);
+
+    // Every purge (each batch that removed records, and the partition) is a leaf; the verifier
+    // explains every record gone by them and finds nothing deleted.
+    let entries = count(&mut c, "SELECT count(*) AS n FROM log_entries").await;
+    assert!(entries >= 4, "{entries} entries"); // three batches of two workflows, one partition
+    let (note, _) = checkpoint_covering(&app, 11 + entries as u64).await;
+    let (file, lines) = export(&app).await;
+    let purges: Vec<_> = lines.iter().filter(|l| l.kind == "purge").collect();
+    assert_eq!(purges.len() as i64, entries);
+    assert_eq!(
+        purges
+            .iter()
+            .map(|l| l.record.as_ref().unwrap()["count"].as_i64().unwrap())
+            .sum::<i64>(),
+        11
+    );
+    match verify_offline(&file, &[&note]) {
+        Verdict::Verified(summary) => {
+            assert!(summary.contains("5 records purged by policy"), "{summary}");
+            assert_eq!(
+                summary.matches("2 records purged by policy").count(),
+                3,
+                "{summary}"
+            );
+        }
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+    let all: Vec<i64> = expired
+        .iter()
+        .chain(&held)
+        .chain(&forever)
+        .copied()
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .filter(|l| all.contains(&l.id))
+            .all(|l| l.record.is_none())
+    );
+}
+
+#[tokio::test]
+async fn the_service_keeps_months_ahead_and_reports_them() {
+    let app = spawn_app_with(&[("DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS", "50")])
+        .await
+        .unwrap();
+    let mut c = app.db.conn().await.unwrap();
+    // The third month ahead taken away (empty), as if the task had not run for months.
+    let third = names(
+        &mut c,
+        "SELECT audit_partition_ensure(now() + interval '3 months') AS name",
+    )
+    .await;
+    c.batch_execute(&format!(
+        "ALTER TABLE audit_records DETACH PARTITION {0}; DROP TABLE {0}",
+        third[0]
+    ))
+    .await
+    .unwrap();
+    ds_tests::until("the maintenance task creates the partition again", || {
+        let url = app.db.url.clone();
+        let name = third[0].clone();
+        async move {
+            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+            count(
+                &mut c,
+                &format!("SELECT count(*) AS n FROM pg_class WHERE relname = '{name}'"),
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
+    let text = app.metrics_text().await.unwrap();
+    let ahead: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("datastorage_retention_months_ahead "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ahead >= 3.0, "{ahead}");
+    assert!(text.contains("datastorage_legal_holds_active 0"), "{text}");
+}

@@ -15,6 +15,7 @@ pub mod lenient;
 pub mod log;
 pub mod ports;
 pub mod record;
+pub mod retention;
 pub mod sanitize;
 pub mod search;
 pub mod service;

@@ -237,6 +237,23 @@ pub struct Config {
     pub admission: ds_http::guard::AdmissionSettings,
     /// The transparency log: `log.*`.
     pub log: LogSettings,
+    /// Retention and the maintenance task: `retention.*`.
+    pub retention: RetentionSettings,
+}
+
+/// Retention (contract §9): `retention.*` keys.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// `DATASTORAGE_RETENTION_DAYS` (default 90, 0 = forever) and `DATASTORAGE_RETENTION_DAYS_<KIND>`.
+    pub policy: ds_domain::retention::RetentionPolicy,
+    /// `DATASTORAGE_RETENTION_MONTHS_AHEAD`, `DATASTORAGE_RETENTION_BATCH`,
+    /// `DATASTORAGE_RETENTION_BATCH_PAUSE_MS`, `DATASTORAGE_RETENTION_DROP_LOCK_WAIT_MS`.
+    pub maintenance: ds_domain::retention::MaintenanceSettings,
+    /// `DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS`: how often partitions ahead are checked
+    /// (0: this replica does not run the maintenance task).
+    pub interval: Duration,
+    /// `DATASTORAGE_RETENTION_PURGE_INTERVAL_MS`: how often the purge runs (daily).
+    pub purge_interval: Duration,
 }
 
 /// The transparency log (contract §8): `log.*` keys.
@@ -526,6 +543,7 @@ impl Config {
             limits: Self::limits(get)?,
             admission: Self::admission(get, db_pool_size.max(1))?,
             log: Self::log(get)?,
+            retention: Self::retention(get)?,
             database_url: DatabaseUrl(database_url),
             http_addr: parse(
                 get,
@@ -716,6 +734,73 @@ impl Config {
             });
         }
         Ok(a)
+    }
+
+    fn retention(get: &dyn Fn(&str) -> Option<String>) -> Result<RetentionSettings, ConfigError> {
+        use ds_domain::Kind;
+        let mut policy = ds_domain::retention::RetentionPolicy {
+            default_days: parse(get, "DATASTORAGE_RETENTION_DAYS", 90)?,
+            kinds: std::collections::BTreeMap::new(),
+        };
+        for (kind, key) in [
+            (Kind::Remediation, "DATASTORAGE_RETENTION_DAYS_REMEDIATION"),
+            (Kind::AiAnalysis, "DATASTORAGE_RETENTION_DAYS_AIANALYSIS"),
+            (Kind::Workflow, "DATASTORAGE_RETENTION_DAYS_WORKFLOW"),
+            (Kind::Execution, "DATASTORAGE_RETENTION_DAYS_EXECUTION"),
+        ] {
+            if get(key).is_some() {
+                policy.kinds.insert(kind, parse(get, key, 0)?);
+            }
+        }
+        let maintenance = ds_domain::retention::MaintenanceSettings {
+            months_ahead: parse(get, "DATASTORAGE_RETENTION_MONTHS_AHEAD", 3)?,
+            batch: parse(get, "DATASTORAGE_RETENTION_BATCH", 1000)?,
+            pause: Duration::from_millis(parse(get, "DATASTORAGE_RETENTION_BATCH_PAUSE_MS", 100)?),
+            drop_lock_wait: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_RETENTION_DROP_LOCK_WAIT_MS",
+                200,
+            )?),
+        };
+        let settings = RetentionSettings {
+            policy,
+            maintenance,
+            interval: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS",
+                3_600_000,
+            )?),
+            purge_interval: Duration::from_millis(parse(
+                get,
+                "DATASTORAGE_RETENTION_PURGE_INTERVAL_MS",
+                86_400_000,
+            )?),
+        };
+        for (key, bad, reason) in [
+            (
+                "DATASTORAGE_RETENTION_MONTHS_AHEAD",
+                !(1..=24).contains(&settings.maintenance.months_ahead),
+                "must be 1 to 24",
+            ),
+            (
+                "DATASTORAGE_RETENTION_BATCH",
+                !(1..=100_000).contains(&settings.maintenance.batch),
+                "must be 1 to 100000",
+            ),
+            (
+                "DATASTORAGE_RETENTION_PURGE_INTERVAL_MS",
+                settings.purge_interval.is_zero(),
+                "must be at least 1",
+            ),
+        ] {
+            if bad {
+                return Err(ConfigError {
+                    key,
+                    reason: reason.into(),
+                });
+            }
+        }
+        Ok(settings)
     }
 
     fn log(get: &dyn Fn(&str) -> Option<String>) -> Result<LogSettings, ConfigError> {

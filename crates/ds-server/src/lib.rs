@@ -315,6 +315,62 @@ struct StartupPlan {
     worker_batch: usize,
     worker_interval: Duration,
     log: LogSettings,
+    retention: crate::config::RetentionSettings,
+}
+
+/// The maintenance task (contract §9): every `interval`, keeps month partitions ahead, and when a
+/// purge is due (`purge_interval` after this replica's last), purges what expired. One replica at
+/// a time, decided by the database; a failed run is retried at the next interval.
+async fn maintenance(
+    store: PgStore,
+    settings: crate::config::RetentionSettings,
+    mut stop: watch::Receiver<bool>,
+) {
+    use ds_domain::retention::RetentionStore;
+    if settings.interval.is_zero() {
+        return;
+    }
+    let mut last_purge: Option<tokio::time::Instant> = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let due = last_purge.is_none_or(|t| t.elapsed() >= settings.purge_interval);
+        match store
+            .maintain(
+                &settings.policy,
+                &settings.maintenance,
+                chrono::Utc::now(),
+                due,
+            )
+            .await
+        {
+            Ok(run) => {
+                if run.ran && due {
+                    last_purge = Some(tokio::time::Instant::now());
+                }
+                metrics::counter!("datastorage_retention_records_purged_total")
+                    .increment(run.records_purged + run.records_dropped);
+                metrics::counter!("datastorage_retention_partitions_dropped_total")
+                    .increment(u64::from(run.partitions_dropped));
+                if run.partitions_created > 0 {
+                    tracing::info!(
+                        created = run.partitions_created,
+                        months_ahead = run.months_ahead,
+                        "retention: created month partitions ahead"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics::counter!("datastorage_retention_errors_total").increment(1);
+                tracing::warn!(error = %e, "retention: the maintenance run failed; it runs again at the next interval");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settings.interval) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
 }
 
 /// Waits for the database (with exponential backoff, reported by readiness), migrates when
@@ -340,11 +396,17 @@ async fn background(
     let _ = outcome.send(Outcome::Started);
     tracing::info!("started: the database is ready");
     let sequencer = tokio::spawn(sequencer(log, plan.log.clone(), stop.clone()));
+    let maintenance = tokio::spawn(maintenance(
+        store.clone(),
+        plan.retention.clone(),
+        stop.clone(),
+    ));
     if plan.worker_interval.is_zero() || plan.workers == 0 {
         stopped(&mut stop).await;
         sequencer
             .await
             .context("the transparency log's sequencer")?;
+        maintenance.await.context("the maintenance task")?;
         return Ok(());
     }
     let workers: Vec<_> = (0..plan.workers)
@@ -363,6 +425,7 @@ async fn background(
     sequencer
         .await
         .context("the transparency log's sequencer")?;
+    maintenance.await.context("the maintenance task")?;
     Ok(())
 }
 
@@ -743,6 +806,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         worker_batch: config.embedding_worker_batch,
         worker_interval: config.embedding_worker_interval,
         log: config.log.clone(),
+        retention: config.retention.clone(),
     };
     let background = tokio::spawn(background(
         plan,

@@ -228,6 +228,36 @@ pub const CATALOGUE: &[Metric] = &[
         "Sequencer runs that failed (the run rolled back; its records stay queued).",
     ),
     metric(
+        "datastorage_retention_months_ahead",
+        Gauge,
+        &[],
+        "Month partitions of audit_records that exist after the current one, without a gap (contract §9: at least 3).",
+    ),
+    metric(
+        "datastorage_legal_holds_active",
+        Gauge,
+        &[],
+        "Legal holds placed and not released.",
+    ),
+    metric(
+        "datastorage_retention_records_purged_total",
+        Counter,
+        &[],
+        "Records this replica's maintenance removed by retention, in batches or with their partition.",
+    ),
+    metric(
+        "datastorage_retention_partitions_dropped_total",
+        Counter,
+        &[],
+        "Month partitions this replica's maintenance dropped whole (every record expired, none held).",
+    ),
+    metric(
+        "datastorage_retention_errors_total",
+        Counter,
+        &[],
+        "Maintenance runs (partitions ahead, purge) that failed; the next run tries again.",
+    ),
+    metric(
         "datastorage_database_write_errors_total",
         Counter,
         &[],
@@ -423,6 +453,9 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         "datastorage_log_unqueued_records_total",
         "datastorage_log_checkpoints_signed_total",
         "datastorage_log_sequencer_errors_total",
+        "datastorage_retention_records_purged_total",
+        "datastorage_retention_partitions_dropped_total",
+        "datastorage_retention_errors_total",
         "datastorage_rate_limit_exceeded_total",
         "datastorage_load_shed_total",
         "datastorage_db_group_commit_fallbacks_total",
@@ -473,5 +506,14 @@ pub async fn refresh_gauges(
         metrics::gauge!("datastorage_log_checkpoint_age_seconds")
             .set(status.checkpoint_age_seconds.max(0.0));
         metrics::gauge!("datastorage_log_checkpoint_size").set(status.checkpoint_size as f64);
+    }
+    if let Ok(Ok(r)) = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        ds_domain::retention::RetentionStore::status(store, chrono::Utc::now()),
+    )
+    .await
+    {
+        metrics::gauge!("datastorage_retention_months_ahead").set(f64::from(r.months_ahead));
+        metrics::gauge!("datastorage_legal_holds_active").set(r.holds_active as f64);
     }
 }

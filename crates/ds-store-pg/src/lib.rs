@@ -8,6 +8,7 @@ mod error;
 mod group;
 mod jobs;
 mod pgv;
+mod retention;
 mod rows;
 mod schema;
 mod store;
@@ -17,6 +18,7 @@ mod write;
 pub use error::{PgStoreError, unavailable_reason};
 pub use group::GroupCommit;
 pub use pgv::Embedding;
+pub use retention::MAINTENANCE_LOCK;
 pub use store::{PgStore, PoolSettings};
 pub use tlog::SEQUENCER_LOCK;
 

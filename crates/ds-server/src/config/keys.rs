@@ -141,6 +141,73 @@ pub const KEYS: &[Key] = &[
         Value("10000"),
         "Most records the sequencer appends in one transaction (at least one queued statement's, at most 10,000), and how many record ids each run sweeps for records inserted around the queue.",
     ),
+    // retention
+    key(
+        "DATASTORAGE_RETENTION_DAYS",
+        "retention.days",
+        Value("90"),
+        "Days a record is kept after the store received it, for every kind without its own (contract §9; 0: forever).",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_DAYS_REMEDIATION",
+        "retention.days_remediation",
+        Unset,
+        "Days a `remediation` record is kept (0: forever); unset: `retention.days`.",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_DAYS_AIANALYSIS",
+        "retention.days_aianalysis",
+        Unset,
+        "Days an `aianalysis` record is kept (0: forever); unset: `retention.days`.",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_DAYS_WORKFLOW",
+        "retention.days_workflow",
+        Unset,
+        "Days a `workflow` record is kept (0: forever); unset: `retention.days`.",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_DAYS_EXECUTION",
+        "retention.days_execution",
+        Unset,
+        "Days an `execution` record is kept (0: forever); unset: `retention.days`.",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_MONTHS_AHEAD",
+        "retention.months_ahead",
+        Value("3"),
+        "Month partitions the maintenance task keeps ready after the current one (1–24).",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS",
+        "retention.maintenance_interval_ms",
+        Value("3600000"),
+        "How often the maintenance task runs (one replica at a time): partitions ahead, and the purge when it is due; 0: this replica does not run it (another must).",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_PURGE_INTERVAL_MS",
+        "retention.purge_interval_ms",
+        Value("86400000"),
+        "How often the purge runs (daily): it drops partitions whose records all expired and none is held, and deletes the other expired, unheld records in batches.",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_BATCH",
+        "retention.batch",
+        Value("1000"),
+        "Records the purge examines per batch (one transaction each; 1–100000).",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_BATCH_PAUSE_MS",
+        "retention.batch_pause_ms",
+        Value("100"),
+        "Pause between purge batches: bounds the purge's share of the database's I/O.",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_DROP_LOCK_WAIT_MS",
+        "retention.drop_lock_wait_ms",
+        Value("200"),
+        "How long dropping a partition waits for its table's lock (writes wait behind it meanwhile); then the drop is tried next run.",
+    ),
     // database
     secret(
         "DATASTORAGE_DATABASE_URL",

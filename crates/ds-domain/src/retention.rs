@@ -1,0 +1,191 @@
+//! Retention (contract §9): how long each kind is kept, the cutoffs a purge applies, and the port
+//! through which the maintenance task keeps month partitions ahead and purges what expired.
+
+use crate::kind::Kind;
+use crate::ports::StoreError;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Days each kind is kept after the store received it; 0 keeps forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Every kind without its own (`retention.days`, default 90).
+    pub default_days: u32,
+    /// Per-kind overrides (`retention.days_<kind>`).
+    pub kinds: BTreeMap<Kind, u32>,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            default_days: 90,
+            kinds: BTreeMap::new(),
+        }
+    }
+}
+
+impl RetentionPolicy {
+    /// The days `kind` is kept (0: forever).
+    pub fn days(&self, kind: Kind) -> u32 {
+        self.kinds.get(&kind).copied().unwrap_or(self.default_days)
+    }
+
+    /// Each kind's cutoff at `now`: a record received before it is past retention; `None` for a
+    /// kind kept forever.
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> BTreeMap<Kind, Option<DateTime<Utc>>> {
+        Kind::ALL
+            .iter()
+            .map(|&k| {
+                let days = self.days(k);
+                let cutoff = (days > 0).then(|| now - chrono::Duration::days(i64::from(days)));
+                (k, cutoff)
+            })
+            .collect()
+    }
+
+    /// The cutoffs as the purge records them: kind -> RFC 3339 timestamp, kinds kept forever left
+    /// out.
+    pub fn cutoffs_json(&self, now: DateTime<Utc>) -> Value {
+        let m: Map<String, Value> = self
+            .cutoffs(now)
+            .into_iter()
+            .filter_map(|(k, c)| {
+                c.map(|c| {
+                    (
+                        k.as_str().to_owned(),
+                        json!(c.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                    )
+                })
+            })
+            .collect();
+        Value::Object(m)
+    }
+
+    /// The policy as a purge entry states it: `{"days": {"default": 90, "<kind>": n, …}}`.
+    pub fn describe(&self) -> Value {
+        let mut days = Map::new();
+        days.insert("default".into(), json!(self.default_days));
+        for (k, d) in &self.kinds {
+            days.insert(k.as_str().to_owned(), json!(d));
+        }
+        json!({ "days": days })
+    }
+
+    /// Whether anything can expire (some kind has a retention).
+    pub fn purges(&self) -> bool {
+        Kind::ALL.iter().any(|&k| self.days(k) > 0)
+    }
+}
+
+/// How the maintenance task works (contract §9; `retention.*` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceSettings {
+    /// Month partitions kept ready after the current one.
+    pub months_ahead: u32,
+    /// Records examined per purge batch (one transaction each).
+    pub batch: usize,
+    /// Pause between purge batches: bounds the purge's share of I/O.
+    pub pause: Duration,
+    /// How long dropping a partition waits for the table's lock (writers wait behind it meanwhile).
+    pub drop_lock_wait: Duration,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        MaintenanceSettings {
+            months_ahead: 3,
+            batch: 1000,
+            pause: Duration::from_millis(100),
+            drop_lock_wait: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What one maintenance run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintenanceRun {
+    /// Whether this replica did it (one replica at a time, decided by the database).
+    pub ran: bool,
+    /// Month partitions that exist after the current one.
+    pub months_ahead: u32,
+    /// Partitions created by this run.
+    pub partitions_created: u32,
+    /// Partitions dropped whole, and the records they held.
+    pub partitions_dropped: u32,
+    pub records_dropped: u64,
+    /// Partitions whole-drop was due for but whose lock did not come in time (tried next run).
+    pub drops_deferred: u32,
+    /// Records deleted by batches, and the batches.
+    pub records_purged: u64,
+    pub batches: u64,
+}
+
+/// Retention as the store stands now (gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionStatus {
+    /// Month partitions after the current one, without a gap.
+    pub months_ahead: u32,
+    /// Legal holds placed and not released.
+    pub holds_active: i64,
+}
+
+/// The store's side of retention.
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Partitions ahead of `now` and active holds.
+    async fn status(&self, now: DateTime<Utc>) -> Result<RetentionStatus, StoreError>;
+
+    /// One maintenance run, if this replica gets the role: keeps `months_ahead` month partitions
+    /// after the one of `now`, then, when `purge`, drops every partition whose records all expired
+    /// under `policy` at `now` and none is held, and deletes the other expired, unheld records in
+    /// batches. Every purge is a log entry.
+    async fn maintain(
+        &self,
+        policy: &RetentionPolicy,
+        settings: &MaintenanceSettings,
+        now: DateTime<Utc>,
+        purge: bool,
+    ) -> Result<MaintenanceRun, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_its_cutoff_and_zero_keeps_forever() {
+        let mut p = RetentionPolicy::default();
+        p.kinds.insert(Kind::Workflow, 7);
+        p.kinds.insert(Kind::Execution, 0);
+        let now = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let c = p.cutoffs(now);
+        assert_eq!(
+            c[&Kind::Workflow].unwrap().to_rfc3339(),
+            "2026-11-23T12:00:00+00:00"
+        );
+        assert_eq!(
+            c[&Kind::Remediation].unwrap().to_rfc3339(),
+            "2026-09-01T12:00:00+00:00"
+        );
+        assert_eq!(c[&Kind::Execution], None);
+        let j = p.cutoffs_json(now);
+        assert_eq!(j["workflow"], "2026-11-23T12:00:00.000000Z");
+        assert!(j.get("execution").is_none());
+        assert_eq!(
+            p.describe(),
+            json!({"days": {"default": 90, "workflow": 7, "execution": 0}})
+        );
+        assert!(p.purges());
+        let forever = RetentionPolicy {
+            default_days: 0,
+            kinds: BTreeMap::new(),
+        };
+        assert!(!forever.purges());
+        assert!(forever.cutoffs(now).values().all(Option::is_none));
+    }
+}

@@ -1,0 +1,275 @@
+//! Retention's storage (contract §9; docs/retention.md): the maintenance run that keeps month
+//! partitions ahead, drops partitions whose records all expired, and purges the other expired
+//! records in bounded batches, through the SQL functions of the migration
+//! `2026-12-04-000000_retention_and_holds` (the only way records are ever deleted).
+
+use crate::error::PgStoreError;
+use crate::store::PgStore;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use ds_domain::ports::StoreError;
+use ds_domain::retention::{
+    MaintenanceRun, MaintenanceSettings, RetentionPolicy, RetentionStatus, RetentionStore,
+};
+
+/// Key of the transaction-scoped advisory lock of a maintenance step: one replica at a time.
+pub const MAINTENANCE_LOCK: i64 = 0x6473_6d61_696e_7431; // "dsmaint1"
+
+/// The upper bound of a partition (`TO ('…')` of its bound expression), and whether a month start
+/// is covered, as the migration's `audit_partition_ensure` reads bounds.
+const COVERED_MONTHS_SQL: &str = "\
+WITH parts AS (
+    SELECT COALESCE((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz,
+                    '-infinity') AS lo,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz AS hi
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'audit_records'::regclass
+)
+SELECT m.m::integer AS month, EXISTS (SELECT 1 FROM parts p WHERE p.lo <= x.t AND x.t < p.hi) AS covered
+FROM generate_series(1, 24) m(m),
+     LATERAL (SELECT (date_trunc('month', $1 AT TIME ZONE 'UTC') + make_interval(months => m.m::integer))
+                     AT TIME ZONE 'UTC' AS t) x
+ORDER BY m.m";
+
+/// Partitions whose every possible `received_at` is before `$1` (the latest cutoff): the only ones
+/// that can have expired whole.
+const DROP_CANDIDATES_SQL: &str = "\
+SELECT c.relname::text AS name
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'audit_records'::regclass
+  AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz <= $1
+ORDER BY 1";
+
+#[derive(QueryableByName)]
+struct Covered {
+    #[diesel(sql_type = Bool)]
+    covered: bool,
+}
+
+#[derive(QueryableByName)]
+struct Got {
+    #[diesel(sql_type = Bool)]
+    got: bool,
+}
+
+#[derive(QueryableByName)]
+struct Created {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Dropped {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    n: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct Batch {
+    #[diesel(sql_type = BigInt)]
+    purged: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    next_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    next_id: Option<i64>,
+}
+
+/// Takes the maintenance lock for the current transaction (one step of a run): `false` when
+/// another replica holds it.
+async fn locked(c: &mut AsyncPgConnection) -> Result<bool, PgStoreError> {
+    Ok(
+        diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS got")
+            .bind::<BigInt, _>(MAINTENANCE_LOCK)
+            .get_result::<Got>(c)
+            .await?
+            .got,
+    )
+}
+
+/// Month partitions after the current one that exist without a gap.
+async fn months_ahead(c: &mut AsyncPgConnection, now: DateTime<Utc>) -> Result<u32, PgStoreError> {
+    let rows: Vec<Covered> = diesel::sql_query(COVERED_MONTHS_SQL)
+        .bind::<Timestamptz, _>(now)
+        .load(c)
+        .await?;
+    Ok(rows.iter().take_while(|r| r.covered).count() as u32)
+}
+
+/// Whether `e` is PostgreSQL's `lock_not_available` (a drop that gave up waiting for its lock).
+fn is_lock_timeout(e: &PgStoreError) -> bool {
+    matches!(e, PgStoreError::Query(diesel::result::Error::DatabaseError(_, info))
+        if info.message().contains("stayed locked"))
+}
+
+#[async_trait]
+impl RetentionStore for PgStore {
+    async fn status(&self, now: DateTime<Utc>) -> Result<RetentionStatus, StoreError> {
+        let mut conn = self.conn().await?;
+        let months_ahead = months_ahead(&mut conn, now).await?;
+        let holds: Created =
+            diesel::sql_query("SELECT count(*) AS n FROM legal_holds WHERE released_at IS NULL")
+                .get_result(&mut conn)
+                .await
+                .map_err(PgStoreError::from)?;
+        Ok(RetentionStatus {
+            months_ahead,
+            holds_active: holds.n,
+        })
+    }
+
+    async fn maintain(
+        &self,
+        policy: &RetentionPolicy,
+        settings: &MaintenanceSettings,
+        now: DateTime<Utc>,
+        purge: bool,
+    ) -> Result<MaintenanceRun, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(maintain(&mut conn, policy, settings, now, purge).await?)
+    }
+}
+
+async fn maintain(
+    c: &mut AsyncPgConnection,
+    policy: &RetentionPolicy,
+    settings: &MaintenanceSettings,
+    now: DateTime<Utc>,
+    purge: bool,
+) -> Result<MaintenanceRun, PgStoreError> {
+    let mut run = MaintenanceRun::default();
+    // Partitions: this month and `months_ahead` after it.
+    let ahead = i32::try_from(settings.months_ahead).unwrap_or(i32::MAX);
+    let created = c
+        .transaction(async |c| -> Result<Option<i64>, PgStoreError> {
+            if !locked(c).await? {
+                return Ok(None);
+            }
+            let before: Created = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'audit_records'::regclass",
+            )
+            .get_result(c)
+            .await?;
+            diesel::sql_query(
+                "SELECT audit_partition_ensure($1 + make_interval(months => m)) FROM generate_series(0, $2) m",
+            )
+            .bind::<Timestamptz, _>(now)
+            .bind::<Integer, _>(ahead)
+            .execute(c)
+            .await?;
+            let after: Created = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'audit_records'::regclass",
+            )
+            .get_result(c)
+            .await?;
+            Ok(Some(after.n - before.n))
+        })
+        .await?;
+    let Some(created) = created else {
+        return Ok(run);
+    };
+    run.ran = true;
+    run.partitions_created = u32::try_from(created.max(0)).unwrap_or(u32::MAX);
+    run.months_ahead = months_ahead(c, now).await?;
+    if !purge || !policy.purges() {
+        return Ok(run);
+    }
+
+    let cutoffs = policy.cutoffs_json(now);
+    let description = policy.describe();
+    let latest = policy.cutoffs(now).into_values().flatten().max();
+    // Whole partitions first: no row-by-row delete where a drop will do.
+    if let Some(latest) = latest {
+        let names: Vec<crate::rows::Name> = diesel::sql_query(DROP_CANDIDATES_SQL)
+            .bind::<Timestamptz, _>(latest)
+            .load(c)
+            .await?;
+        let wait_ms = i32::try_from(settings.drop_lock_wait.as_millis()).unwrap_or(i32::MAX);
+        for part in names {
+            let (cutoffs, description) = (cutoffs.clone(), description.clone());
+            let name = part.name.clone();
+            let dropped = c
+                .transaction(async |c| -> Result<Option<Option<i64>>, PgStoreError> {
+                    if !locked(c).await? {
+                        return Ok(None);
+                    }
+                    let d: Dropped =
+                        diesel::sql_query("SELECT audit_purge_partition($1, $2, $3, $4) AS n")
+                            .bind::<Text, _>(name)
+                            .bind::<Jsonb, _>(cutoffs)
+                            .bind::<Jsonb, _>(description)
+                            .bind::<Integer, _>(wait_ms)
+                            .get_result(c)
+                            .await?;
+                    Ok(Some(d.n))
+                })
+                .await;
+            match dropped {
+                Ok(None) => return Ok(run),
+                Ok(Some(Some(n))) => {
+                    run.partitions_dropped += 1;
+                    run.records_dropped += u64::try_from(n).unwrap_or(0);
+                    tracing::info!(
+                        partition = %part.name,
+                        records = n,
+                        "retention: dropped a partition whose records all expired"
+                    );
+                }
+                Ok(Some(None)) => {}
+                Err(e) if is_lock_timeout(&e) => {
+                    run.drops_deferred += 1;
+                    tracing::warn!(
+                        partition = %part.name,
+                        "retention: a partition due to be dropped stayed locked (a long query on audit_records); its records are purged in batches, the drop tried again next run"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // Then expired records in bounded batches, pausing between them.
+    let mut after: (Option<DateTime<Utc>>, Option<i64>) = (None, None);
+    let batch = i32::try_from(settings.batch.max(1)).unwrap_or(i32::MAX);
+    loop {
+        let (cutoffs, description) = (cutoffs.clone(), description.clone());
+        let cursor = after;
+        let b = c
+            .transaction(async |c| -> Result<Option<Batch>, PgStoreError> {
+                if !locked(c).await? {
+                    return Ok(None);
+                }
+                let b: Batch = diesel::sql_query(
+                    "SELECT purged, next_at, next_id FROM audit_purge($1, $2, $3, $4, $5)",
+                )
+                .bind::<Jsonb, _>(cutoffs)
+                .bind::<Jsonb, _>(description)
+                .bind::<Nullable<Timestamptz>, _>(cursor.0)
+                .bind::<Nullable<BigInt>, _>(cursor.1)
+                .bind::<Integer, _>(batch)
+                .get_result(c)
+                .await?;
+                Ok(Some(b))
+            })
+            .await?;
+        let Some(b) = b else {
+            return Ok(run);
+        };
+        run.batches += 1;
+        run.records_purged += u64::try_from(b.purged).unwrap_or(0);
+        match (b.next_at, b.next_id) {
+            (Some(at), Some(id)) => after = (Some(at), Some(id)),
+            _ => break,
+        }
+        tokio::time::sleep(settings.pause).await;
+    }
+    if run.records_purged > 0 {
+        tracing::info!(
+            records = run.records_purged,
+            batches = run.batches,
+            "retention: purged expired records"
+        );
+    }
+    Ok(run)
+}
