@@ -32,7 +32,8 @@ pub struct TokenInfo {
 #[derive(Default)]
 struct State {
     tokens: Mutex<HashMap<String, TokenInfo>>,
-    /// (username, verb) pairs allowed on auditrecords; (username, "metrics") for `/metrics`.
+    /// (username, verb) pairs allowed on auditrecords; (username, "legalholds/<verb>") on legal
+    /// holds; (username, "metrics") for `/metrics`.
     rbac: Mutex<HashSet<(String, String)>>,
     down: Mutex<Option<u16>>,
     token_reviews: AtomicUsize,
@@ -135,7 +136,8 @@ impl FakeKubeApi {
             .insert(token.to_owned(), info);
     }
 
-    /// Allows `username` the `verb` (`create`, `get`) on auditrecords, or `metrics` for `/metrics`.
+    /// Allows `username` the `verb` (`create`, `get`) on auditrecords, `legalholds/<verb>` on legal
+    /// holds, or `metrics` for `/metrics`.
     pub fn allow(&self, username: &str, verb: &str) {
         self.state
             .rbac
@@ -261,9 +263,16 @@ async fn access_review(
     let user = spec["user"].as_str().unwrap_or_default().to_owned();
     let res = &spec["resourceAttributes"];
     let verb = if res.is_object() {
-        let ours =
-            res["group"] == ds_auth_kube::API_GROUP && res["resource"] == ds_auth_kube::RESOURCE;
-        ours.then(|| res["verb"].as_str().unwrap_or_default().to_owned())
+        let verb = res["verb"].as_str().unwrap_or_default();
+        if res["group"] != ds_auth_kube::API_GROUP {
+            None
+        } else if res["resource"] == ds_auth_kube::RESOURCE {
+            Some(verb.to_owned())
+        } else if res["resource"] == ds_auth_kube::HOLDS_RESOURCE {
+            Some(format!("{}/{verb}", ds_auth_kube::HOLDS_RESOURCE))
+        } else {
+            None
+        }
     } else {
         let nr = &spec["nonResourceAttributes"];
         (nr["path"] == "/metrics" && nr["verb"] == "get").then(|| "metrics".to_owned())

@@ -514,6 +514,11 @@ async fn every_registered_route_in_every_spelling_refuses_anonymous_and_wrong_ca
             "system:serviceaccount:monitoring:other",
             "metrics",
         ),
+        (
+            "counsel-token",
+            "system:serviceaccount:legal:counsel",
+            "legalholds/create",
+        ),
     ] {
         kube.add_token(
             token,
@@ -525,6 +530,9 @@ async fn every_registered_route_in_every_spelling_refuses_anonymous_and_wrong_ca
             },
         );
         kube.allow(user, verb);
+    }
+    for verb in ["legalholds/delete", "legalholds/list"] {
+        kube.allow("system:serviceaccount:legal:counsel", verb);
     }
     // A record to read, so that a read that got through would answer 200 with data.
     let written = call(
@@ -559,6 +567,10 @@ async fn every_registered_route_in_every_spelling_refuses_anonymous_and_wrong_ca
                 json!({"records": [{"kind": "workflow", "record": fixtures::workflow(2)}]})
             }
             "POST" if route.pattern.ends_with("/search") => json!({"query": "OOMKilled"}),
+            "POST" if route.pattern.ends_with("/holds") => {
+                json!({"correlationId": fixtures::CORRELATION, "reason": "audit"})
+            }
+            "DELETE" if route.pattern.starts_with("/api/v1/holds/") => json!({"reason": "done"}),
             "POST" => fixtures::of(kind, 2),
             _ => Value::Null,
         };
@@ -569,6 +581,9 @@ async fn every_registered_route_in_every_spelling_refuses_anonymous_and_wrong_ca
         };
         let (right, wrong) = match route.access {
             ds_domain::ports::Access::Write => ("Bearer writer-token", "Bearer reader-token"),
+            ds_domain::ports::Access::HoldCreate
+            | ds_domain::ports::Access::HoldRelease
+            | ds_domain::ports::Access::HoldList => ("Bearer counsel-token", "Bearer writer-token"),
             _ => ("Bearer reader-token", "Bearer writeonly-token"),
         };
         for target in spellings(&path, &authority) {

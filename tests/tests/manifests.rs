@@ -475,7 +475,7 @@ fn check_rbac(r: &Rendered, service_account: &str) {
 
     // What callers are granted matches the questions the service asks.
     use ds_domain::ports::Access;
-    let on_records = |name: &str| -> BTreeSet<String> {
+    let on = |name: &str, resource: &str| -> BTreeSet<String> {
         role(name)
             .rules
             .iter()
@@ -485,24 +485,34 @@ fn check_rbac(r: &Rendered, service_account: &str) {
                     .iter()
                     .flatten()
                     .any(|g| g == ds_auth_kube::API_GROUP)
-                    && rule
-                        .resources
-                        .iter()
-                        .flatten()
-                        .any(|res| res == ds_auth_kube::RESOURCE)
+                    && rule.resources.iter().flatten().any(|res| res == resource)
             })
             .flat_map(|rule| rule.verbs.clone())
             .collect()
     };
-    let verb = |a| ds_auth_kube::resource_verb(a).unwrap().to_owned();
+    let verb = |a| ds_auth_kube::resource_verb(a).unwrap().1.to_owned();
     assert_eq!(
-        on_records("datastorage-audit-writer"),
+        on("datastorage-audit-writer", ds_auth_kube::RESOURCE),
         BTreeSet::from([verb(Access::Write), verb(Access::Read)])
     );
     assert_eq!(
-        on_records("datastorage-audit-reader"),
+        on("datastorage-audit-reader", ds_auth_kube::RESOURCE),
         BTreeSet::from([verb(Access::Read)])
     );
+    assert_eq!(
+        on("datastorage-legal-hold-admin", ds_auth_kube::HOLDS_RESOURCE),
+        BTreeSet::from([
+            verb(Access::HoldCreate),
+            verb(Access::HoldRelease),
+            verb(Access::HoldList)
+        ])
+    );
+    for a in [Access::HoldCreate, Access::HoldRelease, Access::HoldList] {
+        assert_eq!(
+            ds_auth_kube::resource_verb(a).unwrap().0,
+            ds_auth_kube::HOLDS_RESOURCE
+        );
+    }
     let metrics = role("datastorage-metrics-reader").rules.clone().unwrap();
     assert_eq!(metrics.len(), 1);
     assert_eq!(

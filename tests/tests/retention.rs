@@ -847,3 +847,212 @@ async fn the_service_keeps_months_ahead_and_reports_them() {
     assert!(ahead >= 3.0, "{ahead}");
     assert!(text.contains("datastorage_legal_holds_active 0"), "{text}");
 }
+
+#[tokio::test]
+async fn holds_are_an_api_with_their_own_rbac_and_each_is_a_log_entry() {
+    use ds_tests::kube_server::{FakeKubeApi, TokenInfo};
+    const COUNSEL: &str = "system:serviceaccount:legal:counsel";
+    const AUDITOR: &str = "system:serviceaccount:legal:auditor";
+    const WRITER: &str = "system:serviceaccount:kubernaut:gateway";
+    let kube = FakeKubeApi::start().await.unwrap();
+    for (token, user) in [
+        ("counsel-token", COUNSEL),
+        ("auditor-token", AUDITOR),
+        ("writer-token", WRITER),
+    ] {
+        kube.add_token(
+            token,
+            TokenInfo {
+                username: user.into(),
+                groups: vec!["system:serviceaccounts".into()],
+                audiences: vec!["datastorage".into()],
+                expired: false,
+            },
+        );
+    }
+    for verb in ["create", "delete", "list"] {
+        kube.allow(COUNSEL, &format!("legalholds/{verb}"));
+    }
+    kube.allow(AUDITOR, "legalholds/list");
+    kube.allow(WRITER, "create");
+    kube.allow(WRITER, "get");
+    let path = kube.kubeconfig.display().to_string();
+    let app = spawn_app_with(&[
+        ("DATASTORAGE_AUTH_MODE", "kubernetes"),
+        ("DATASTORAGE_AUTH_KUBECONFIG", path.as_str()),
+        ("DATASTORAGE_AUTH_AUDIENCES", "datastorage"),
+        ("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0"),
+    ])
+    .await
+    .unwrap();
+    let send = |method: reqwest::Method, path: &str, token: &str, body: Option<Value>| {
+        let mut req = app.client.request(method, app.url(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        app.send(req)
+    };
+    let hold = json!({"correlationId": "rr-2026-11-30-holdap", "reason": "litigation 2026-117"});
+
+    // Only who may create holds places one; a writer of records may not, nor may an auditor.
+    for token in ["writer-token", "auditor-token"] {
+        let r = send(
+            reqwest::Method::POST,
+            "/api/v1/holds",
+            token,
+            Some(hold.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 403, "{token}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], "FORBIDDEN");
+    }
+    let r = send(
+        reqwest::Method::POST,
+        "/api/v1/holds",
+        "counsel-token",
+        Some(hold.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_i64().unwrap();
+    assert_eq!(r.body["correlationId"], "rr-2026-11-30-holdap");
+    assert_eq!(r.body["placedBy"], COUNSEL);
+    assert!(r.body["placedAt"].is_string());
+    assert!(r.body.get("releasedAt").is_none());
+    // Bad input: every violation named, nothing placed.
+    let r = send(
+        reqwest::Method::POST,
+        "/api/v1/holds",
+        "counsel-token",
+        Some(json!({"correlationId": "not a trail", "reason": "", "extra": 1})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    let fields: Vec<&str> = r.body["error"]["details"]["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields.len(), 3, "{fields:?}");
+
+    // Listing: the auditor may, the writer may not.
+    let r = send(
+        reqwest::Method::GET,
+        "/api/v1/holds?active=true",
+        "auditor-token",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["holds"].as_array().unwrap().len(), 1);
+    let r = send(reqwest::Method::GET, "/api/v1/holds", "writer-token", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+
+    // Releasing: only counsel; a reason is required; the release is recorded and stands.
+    let release = json!({"reason": "case closed"});
+    let r = send(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/holds/{id}"),
+        "auditor-token",
+        Some(release.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403);
+    let r = send(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/holds/{id}"),
+        "counsel-token",
+        Some(json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = send(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/holds/{id}"),
+        "counsel-token",
+        Some(release.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["releasedBy"], COUNSEL);
+    assert_eq!(r.body["releaseReason"], "case closed");
+    let first_release = r.body["releasedAt"].clone();
+    let r = send(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/holds/{id}"),
+        "counsel-token",
+        Some(json!({"reason": "again"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["releaseReason"], "case closed");
+    assert_eq!(r.body["releasedAt"], first_release);
+    let r = send(
+        reqwest::Method::DELETE,
+        "/api/v1/holds/999999",
+        "counsel-token",
+        Some(release),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = send(
+        reqwest::Method::GET,
+        "/api/v1/holds?active=true",
+        "counsel-token",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.body["holds"].as_array().unwrap().len(), 0);
+    let r = send(reqwest::Method::GET, "/api/v1/holds", "counsel-token", None)
+        .await
+        .unwrap();
+    assert_eq!(r.body["holds"].as_array().unwrap().len(), 1);
+
+    // Placing and releasing are leaves of the log: who, what, why.
+    let mut c = app.db.conn().await.unwrap();
+    #[derive(QueryableByName)]
+    struct Entry {
+        #[diesel(sql_type = Text)]
+        kind: String,
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        body: Value,
+    }
+    let entries: Vec<Entry> = diesel::sql_query("SELECT kind, body FROM log_entries ORDER BY id")
+        .load(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["hold", "release"]
+    );
+    assert_eq!(entries[0].body["placedBy"], COUNSEL);
+    assert_eq!(entries[0].body["correlationId"], "rr-2026-11-30-holdap");
+    assert_eq!(entries[1].body["releasedBy"], COUNSEL);
+    assert_eq!(entries[1].body["reason"], "case closed");
+    ds_tests::until("the sequencer appends both entries", || {
+        let url = app.db.url.clone();
+        async move {
+            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+            count(
+                &mut c,
+                "SELECT count(*) AS n FROM tlog_leaves l JOIN log_entries e ON e.id = l.record_id",
+            )
+            .await
+                == 2
+        }
+    })
+    .await;
+}

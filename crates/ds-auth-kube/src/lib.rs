@@ -27,6 +27,8 @@ use std::time::Duration;
 /// The API group and resource that SubjectAccessReviews ask about (RBAC rules name them).
 pub const API_GROUP: &str = "audit.kubernaut.ai";
 pub const RESOURCE: &str = "auditrecords";
+/// The resource of legal holds (contract §9), in the same API group.
+pub const HOLDS_RESOURCE: &str = "legalholds";
 /// The non-resource URL a scrape is authorized for, with verb [`METRICS_VERB`].
 pub const METRICS_PATH: &str = "/metrics";
 pub const METRICS_VERB: &str = "get";
@@ -46,11 +48,15 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The verb a SubjectAccessReview asks about `auditrecords` for a write or a read.
-pub fn resource_verb(access: Access) -> Option<&'static str> {
+/// The resource and verb a SubjectAccessReview asks about for `access` (`None`: the non-resource
+/// URL of the metrics).
+pub fn resource_verb(access: Access) -> Option<(&'static str, &'static str)> {
     match access {
-        Access::Write => Some("create"),
-        Access::Read => Some("get"),
+        Access::Write => Some((RESOURCE, "create")),
+        Access::Read => Some((RESOURCE, "get")),
+        Access::HoldCreate => Some((HOLDS_RESOURCE, "create")),
+        Access::HoldRelease => Some((HOLDS_RESOURCE, "delete")),
+        Access::HoldList => Some((HOLDS_RESOURCE, "list")),
         Access::Metrics => None,
     }
 }
@@ -65,6 +71,8 @@ pub enum Authorization {
         writers: Vec<String>,
         readers: Vec<String>,
         metrics: Vec<String>,
+        /// Who may place, release and list legal holds.
+        holders: Vec<String>,
     },
 }
 
@@ -238,10 +246,14 @@ impl Authenticator for KubeAuthenticator {
                 writers,
                 readers,
                 metrics,
+                holders,
             } => Ok(match access {
                 Access::Write => allowed_by(writers, who),
                 Access::Read => allowed_by(readers, who) || allowed_by(writers, who),
                 Access::Metrics => allowed_by(metrics, who),
+                Access::HoldCreate | Access::HoldRelease | Access::HoldList => {
+                    allowed_by(holders, who)
+                }
             }),
             Authorization::SubjectAccessReview => {
                 metrics::counter!("datastorage_auth_reviews_total", "review" => "subjectaccessreview")
@@ -252,10 +264,10 @@ impl Authenticator for KubeAuthenticator {
                     ..Default::default()
                 };
                 match resource_verb(access) {
-                    Some(verb) => {
+                    Some((resource, verb)) => {
                         spec.resource_attributes = Some(ResourceAttributes {
                             group: Some(API_GROUP.into()),
-                            resource: Some(RESOURCE.into()),
+                            resource: Some(resource.into()),
                             verb: Some(verb.into()),
                             ..Default::default()
                         });

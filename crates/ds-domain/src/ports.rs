@@ -340,6 +340,12 @@ pub enum Access {
     Read,
     /// Scrape `/metrics` (non-resource URL `/metrics`, verb `get`).
     Metrics,
+    /// Place a legal hold (resource `legalholds`, verb `create`).
+    HoldCreate,
+    /// Release a legal hold (resource `legalholds`, verb `delete`).
+    HoldRelease,
+    /// List legal holds (resource `legalholds`, verb `list`).
+    HoldList,
 }
 
 /// The records waiting for their vector.

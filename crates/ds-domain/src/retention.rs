@@ -123,6 +123,106 @@ pub struct MaintenanceRun {
     pub batches: u64,
 }
 
+/// A legal hold (contract §9): every record of `correlation_id`, written before or after it was
+/// placed, is kept until it is released.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hold {
+    pub id: i64,
+    pub correlation_id: String,
+    pub reason: String,
+    pub placed_by: String,
+    pub placed_at: crate::Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<crate::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_reason: Option<String>,
+}
+
+/// What releasing a hold did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// Released now.
+    Released(Hold),
+    /// Released before: nothing changed; the recorded release stands.
+    AlreadyReleased(Hold),
+    /// No hold has that id.
+    NotFound,
+}
+
+/// The longest reason of a hold or a release, in characters.
+pub const MAX_REASON_CHARS: usize = 1024;
+
+/// The fields of a hold's body present in `value`, each checked; every violation is reported.
+fn fields(
+    value: serde_json::Value,
+    wanted: &[&'static str],
+) -> Result<BTreeMap<&'static str, String>, crate::AuditError> {
+    use crate::error::{AuditError, Violation};
+    let Value::Object(map) = value else {
+        return Err(AuditError::InvalidJson(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    let mut violations: Vec<Violation> = map
+        .keys()
+        .filter(|k| !wanted.contains(&k.as_str()))
+        .map(|k| Violation::new(k.clone(), "unknownField", "is not a field of a hold"))
+        .collect();
+    let mut out = BTreeMap::new();
+    for &name in wanted {
+        match map.get(name) {
+            None | Some(Value::Null) => {
+                violations.push(Violation::new(name, "required", "is required"))
+            }
+            Some(Value::String(v)) => {
+                let v = crate::sanitize::strip_controls(v).trim().to_owned();
+                if v.is_empty() {
+                    violations.push(Violation::new(name, "required", "must not be empty"));
+                } else if name == "correlationId" && !crate::record::is_correlation_id(&v) {
+                    violations.push(Violation::new(
+                        name,
+                        "pattern",
+                        format!("must match {}", crate::record::CORRELATION_ID.as_str()),
+                    ));
+                } else if v.chars().count() > MAX_REASON_CHARS {
+                    violations.push(Violation::new(
+                        name,
+                        "maxLength",
+                        format!("must be at most {MAX_REASON_CHARS} characters"),
+                    ));
+                } else {
+                    out.insert(name, v);
+                }
+            }
+            Some(_) => violations.push(Violation::new(name, "type", "must be a string")),
+        }
+    }
+    if violations.is_empty() {
+        Ok(out)
+    } else {
+        Err(AuditError::Validation(violations))
+    }
+}
+
+/// A hold's body: `{"correlationId", "reason"}`.
+pub fn parse_hold(value: Value) -> Result<(String, String), crate::AuditError> {
+    let mut f = fields(value, &["correlationId", "reason"])?;
+    Ok((
+        f.remove("correlationId").unwrap_or_default(),
+        f.remove("reason").unwrap_or_default(),
+    ))
+}
+
+/// A release's body: `{"reason"}`.
+pub fn parse_release(value: Value) -> Result<String, crate::AuditError> {
+    Ok(fields(value, &["reason"])?
+        .remove("reason")
+        .unwrap_or_default())
+}
+
 /// Retention as the store stands now (gauges).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionStatus {
@@ -137,6 +237,26 @@ pub struct RetentionStatus {
 pub trait RetentionStore: Send + Sync {
     /// Partitions ahead of `now` and active holds.
     async fn status(&self, now: DateTime<Utc>) -> Result<RetentionStatus, StoreError>;
+
+    /// Places a hold, under the lock purges take, and appends a `hold` entry to the log, in one
+    /// transaction.
+    async fn place_hold(
+        &self,
+        correlation_id: &str,
+        reason: &str,
+        placed_by: &str,
+    ) -> Result<Hold, StoreError>;
+
+    /// Releases a hold (once: who, when, why) and appends a `release` entry to the log.
+    async fn release_hold(
+        &self,
+        id: i64,
+        reason: &str,
+        released_by: &str,
+    ) -> Result<Release, StoreError>;
+
+    /// Holds, newest first; only those not released when `active_only`.
+    async fn holds(&self, active_only: bool) -> Result<Vec<Hold>, StoreError>;
 
     /// One maintenance run, if this replica gets the role: keeps `months_ahead` month partitions
     /// after the one of `now`, then, when `purge`, drops every partition whose records all expired

@@ -56,6 +56,26 @@ pub struct Write;
 #[derive(Debug)]
 pub struct Read;
 
+/// Place a legal hold (resource `legalholds`, verb `create`).
+#[derive(Debug)]
+pub struct PlaceHold;
+/// Release a legal hold (resource `legalholds`, verb `delete`).
+#[derive(Debug)]
+pub struct ReleaseHold;
+/// List legal holds (resource `legalholds`, verb `list`).
+#[derive(Debug)]
+pub struct ListHolds;
+
+impl AccessLevel for PlaceHold {
+    const ACCESS: Access = Access::HoldCreate;
+}
+impl AccessLevel for ReleaseHold {
+    const ACCESS: Access = Access::HoldRelease;
+}
+impl AccessLevel for ListHolds {
+    const ACCESS: Access = Access::HoldList;
+}
+
 impl AccessLevel for Write {
     const ACCESS: Access = Access::Write;
 }

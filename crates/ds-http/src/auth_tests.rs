@@ -53,6 +53,13 @@ fn directory() -> Arc<Directory> {
     d.tokens.insert("reader", ("sa:reader", vec![Access::Read]));
     d.tokens
         .insert("scraper", ("sa:scraper", vec![Access::Metrics]));
+    d.tokens.insert(
+        "counsel",
+        (
+            "sa:counsel",
+            vec![Access::HoldCreate, Access::HoldRelease, Access::HoldList],
+        ),
+    );
     Arc::new(d)
 }
 
@@ -202,6 +209,7 @@ async fn the_access_asked_is_the_one_the_handler_declares() {
         // An allowed caller passes the gate; the handler then fails for want of its state (500).
         let token = match route.access {
             Access::Write => "writeonly",
+            Access::HoldCreate | Access::HoldRelease | Access::HoldList => "counsel",
             _ => "reader",
         };
         let passed = status_of(&app, &route.method, &path, Some(token)).await;

@@ -246,3 +246,43 @@ pub struct ConsistencyResponse {
     /// base64 hashes.
     pub hashes: Vec<String>,
 }
+
+/// `POST /api/v1/holds`: a legal hold on every record of a correlation id, written before or after.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldBody {
+    /// The trail to keep (the pattern of §2.1's correlationId).
+    #[schema(pattern = r"^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$")]
+    pub correlation_id: String,
+    /// Why (1–1024 characters).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub reason: String,
+}
+
+/// `DELETE /api/v1/holds/{id}`: why the hold is released.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseBody {
+    /// Why (1–1024 characters).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub reason: String,
+}
+
+/// A legal hold: who placed it, when and why, and once released who, when and why.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldResponse {
+    pub id: i64,
+    pub correlation_id: String,
+    pub reason: String,
+    pub placed_by: String,
+    pub placed_at: String,
+    pub released_by: Option<String>,
+    pub released_at: Option<String>,
+    pub release_reason: Option<String>,
+}
+
+/// `GET /api/v1/holds`: newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoldsResponse {
+    pub holds: Vec<HoldResponse>,
+}

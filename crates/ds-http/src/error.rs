@@ -241,6 +241,13 @@ impl ApiError {
                     ds_domain::ports::Access::Write => "this identity may not write audit records",
                     ds_domain::ports::Access::Read => "this identity may not read audit records",
                     ds_domain::ports::Access::Metrics => "this identity may not read metrics",
+                    ds_domain::ports::Access::HoldCreate => {
+                        "this identity may not place legal holds"
+                    }
+                    ds_domain::ports::Access::HoldRelease => {
+                        "this identity may not release legal holds"
+                    }
+                    ds_domain::ports::Access::HoldList => "this identity may not list legal holds",
                 },
             ),
             ApiError::AuthUnavailable => p(

@@ -27,7 +27,7 @@ pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// `Content-Type: application/json` (parameters such as `charset=utf-8` allowed) or 415.
-fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     match req.mime_type() {
         Ok(Some(m))
             if m.type_() == "application"
@@ -90,7 +90,7 @@ fn with_rate(mut response: HttpResponse, rate: crate::guard::RateInfo) -> HttpRe
     response
 }
 
-fn parse_json_within(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
+pub(crate) fn parse_json_within(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
     if nests_deeper_than(body, max_depth) {
         return Err(ApiError::TooDeep(max_depth));
     }

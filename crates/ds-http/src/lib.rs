@@ -8,6 +8,7 @@ pub mod dto;
 pub mod error;
 pub mod guard;
 mod handlers;
+mod hold_handlers;
 mod log_handlers;
 pub mod middleware;
 pub mod openapi;
@@ -74,6 +75,8 @@ pub struct AppState {
     /// Until start-up is complete (database reachable, migrations applied): why not yet. API requests
     /// are answered 503 and readiness reports the reason meanwhile.
     pub startup: Arc<Startup>,
+    /// Legal holds (contract §9); `None`: the hold routes answer 503.
+    pub retention: Option<Arc<dyn ds_domain::retention::RetentionStore>>,
 }
 
 /// The start-up phase, shared by the task that waits for the database and the handlers.
@@ -150,7 +153,14 @@ impl AppState {
             gate: auth::Gate::open(startup.clone()),
             shutting_down: Arc::new(AtomicBool::new(false)),
             startup,
+            retention: None,
         }
+    }
+
+    /// Serves legal holds from `store`.
+    pub fn with_retention(mut self, store: Arc<dyn ds_domain::retention::RetentionStore>) -> Self {
+        self.retention = Some(store);
+        self
     }
 
     /// Gates the API on `startup` (see [`Startup`]).

@@ -21,14 +21,14 @@ use std::collections::HashMap;
 const EXPORT_PAGE: usize = 1_000;
 
 /// The query parameters of a request, each at most once, none that the route does not know.
-struct Params(HashMap<String, String>);
+pub(crate) struct Params(pub(crate) HashMap<String, String>);
 
-fn bad(field: &str, constraint: &str, message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(field: &str, constraint: &str, message: impl Into<String>) -> ApiError {
     ApiError::InvalidParameter(Violation::new(field, constraint, message))
 }
 
 impl Params {
-    fn parse(req: &HttpRequest, known: &[&str]) -> Result<Self, ApiError> {
+    pub(crate) fn parse(req: &HttpRequest, known: &[&str]) -> Result<Self, ApiError> {
         let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
             .map_err(|e| bad("query", "format", format!("unreadable query string: {e}")))?;
         let mut out = HashMap::new();

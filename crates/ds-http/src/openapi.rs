@@ -98,6 +98,25 @@ mod paths {
         responses((status = 200, body = ConsistencyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
     pub fn consistency() {}
 
+    #[utoipa::path(post, path = "/api/v1/holds", tag = "holds",
+        request_body(content = HoldBody, content_type = "application/json"),
+        responses((status = 201, body = HoldResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed `create` on `legalholds`"), (status = 429, body = ErrorBody, description = "too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
+    pub fn place_hold() {}
+
+    #[utoipa::path(delete, path = "/api/v1/holds/{id}", tag = "holds",
+        params(("id" = i64, Path, minimum = 1)),
+        request_body(content = ReleaseBody, content_type = "application/json"),
+        responses((status = 200, body = HoldResponse, description = "released now, or before (the recorded release, unchanged)"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed `delete` on `legalholds`"), (status = 429, body = ErrorBody, description = "too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
+    pub fn release_hold() {}
+
+    #[utoipa::path(get, path = "/api/v1/holds", tag = "holds",
+        params(("active" = Option<bool>, Query, description = "only holds not released")),
+        responses((status = 200, body = HoldsResponse), (status = 400, body = ErrorBody),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed `list` on `legalholds`"), (status = 429, body = ErrorBody, description = "too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
+    pub fn list_holds() {}
+
     #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "read",
         responses((status = 200, description = "this document"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
     pub fn openapi() {}
@@ -129,6 +148,9 @@ mod paths {
         paths::checkpoint,
         paths::inclusion,
         paths::consistency,
+        paths::place_hold,
+        paths::release_hold,
+        paths::list_holds,
         paths::openapi,
         paths::healthz,
         paths::readyz
@@ -140,7 +162,11 @@ mod paths {
         RecordResponse,
         TrailResponse,
         InclusionResponse,
-        ConsistencyResponse
+        ConsistencyResponse,
+        HoldBody,
+        ReleaseBody,
+        HoldResponse,
+        HoldsResponse
     ))
 )]
 pub struct ApiDoc;

@@ -5,7 +5,7 @@
 //! tests walk and the OpenAPI check compares, so neither can drift from the router.
 
 use crate::auth::Guarded;
-use crate::{handlers, log_handlers};
+use crate::{handlers, hold_handlers, log_handlers};
 use actix_web::http::Method;
 use actix_web::{FromRequest, Handler, Responder, web};
 use ds_domain::kind::Kind;
@@ -94,6 +94,9 @@ fn declare(api: &mut Api) {
         "/api/v1/log/proof/consistency",
         log_handlers::consistency,
     );
+    api.route(Method::POST, "/api/v1/holds", hold_handlers::place);
+    api.route(Method::GET, "/api/v1/holds", hold_handlers::list);
+    api.route(Method::DELETE, "/api/v1/holds/{id}", hold_handlers::release);
     api.route(Method::GET, "/api/v1/openapi.json", crate::openapi::serve);
 }
 

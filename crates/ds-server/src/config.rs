@@ -45,7 +45,8 @@ pub struct KubernetesAuth {
     /// `DATASTORAGE_AUTHZ_MODE`: `subjectaccessreview` (default) or `allowlist`, with
     /// `DATASTORAGE_AUTHZ_WRITERS`, `DATASTORAGE_AUTHZ_READERS`, `DATASTORAGE_AUTHZ_METRICS` (comma-separated
     /// usernames or `group:<name>`; writers may also read).
-    pub allow_list: Option<(Vec<String>, Vec<String>, Vec<String>)>,
+    /// `DATASTORAGE_AUTHZ_HOLDERS`: who may place, release and list legal holds (allowlist mode).
+    pub allow_list: Option<AllowLists>,
     /// `DATASTORAGE_AUTH_TIMEOUT_MS`: each review's budget (default 5000).
     pub timeout: Duration,
     /// `DATASTORAGE_AUTH_CACHE_TTL_SECS` (60), `DATASTORAGE_AUTH_NEGATIVE_CACHE_TTL_SECS` (10),
@@ -60,6 +61,15 @@ pub struct KubernetesAuth {
     /// `DATASTORAGE_AUTH_FAILURES_PER_MINUTE` (60; 0: no limit) and `DATASTORAGE_AUTH_FAILURE_BURST`
     /// (50): failed authentications a peer may have before it is answered 429.
     pub failures: ds_http::auth::ReviewLimits,
+}
+
+/// Allowlist mode's lists: usernames or `group:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowLists {
+    pub writers: Vec<String>,
+    pub readers: Vec<String>,
+    pub metrics: Vec<String>,
+    pub holders: Vec<String>,
 }
 
 /// A comma-separated list (TOML arrays in the file arrive joined by commas).
@@ -82,12 +92,13 @@ fn kubernetes_auth(get: &dyn Fn(&str) -> Option<String>) -> Result<KubernetesAut
     {
         "subjectaccessreview" => None,
         "allowlist" => {
-            let lists = (
-                list(get, "DATASTORAGE_AUTHZ_WRITERS"),
-                list(get, "DATASTORAGE_AUTHZ_READERS"),
-                list(get, "DATASTORAGE_AUTHZ_METRICS"),
-            );
-            if lists.0.is_empty() && lists.1.is_empty() {
+            let lists = AllowLists {
+                writers: list(get, "DATASTORAGE_AUTHZ_WRITERS"),
+                readers: list(get, "DATASTORAGE_AUTHZ_READERS"),
+                metrics: list(get, "DATASTORAGE_AUTHZ_METRICS"),
+                holders: list(get, "DATASTORAGE_AUTHZ_HOLDERS"),
+            };
+            if lists.writers.is_empty() && lists.readers.is_empty() {
                 return Err(ConfigError {
                     key: "DATASTORAGE_AUTHZ_WRITERS",
                     reason: "allowlist mode needs at least one writer or reader".into(),

@@ -698,16 +698,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.limits.clone(),
         config.admission.clone(),
     )
-    .with_startup(startup.clone());
+    .with_startup(startup.clone())
+    .with_retention(Arc::new(pg.clone()));
     let startup_for_metrics = startup.clone();
     let mut protect_metrics = false;
     if let AuthMode::Kubernetes(k) = &config.auth_mode {
         let authorization = match &k.allow_list {
             None => Authorization::SubjectAccessReview,
-            Some((writers, readers, metrics)) => Authorization::AllowList {
-                writers: writers.clone(),
-                readers: readers.clone(),
-                metrics: metrics.clone(),
+            Some(lists) => Authorization::AllowList {
+                writers: lists.writers.clone(),
+                readers: lists.readers.clone(),
+                metrics: lists.metrics.clone(),
+                holders: lists.holders.clone(),
             },
         };
         let kube = KubeAuthenticator::connect(

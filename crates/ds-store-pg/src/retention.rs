@@ -7,13 +7,17 @@ use crate::error::PgStoreError;
 use crate::store::PgStore;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use ds_domain::Timestamp;
 use ds_domain::ports::StoreError;
 use ds_domain::retention::{
-    MaintenanceRun, MaintenanceSettings, RetentionPolicy, RetentionStatus, RetentionStore,
+    Hold, MaintenanceRun, MaintenanceSettings, Release, RetentionPolicy, RetentionStatus,
+    RetentionStore,
 };
+use serde_json::json;
 
 /// Key of the transaction-scoped advisory lock of a maintenance step: one replica at a time.
 pub const MAINTENANCE_LOCK: i64 = 0x6473_6d61_696e_7431; // "dsmaint1"
@@ -104,8 +108,155 @@ fn is_lock_timeout(e: &PgStoreError) -> bool {
         if info.message().contains("stayed locked"))
 }
 
+#[derive(QueryableByName)]
+struct HoldRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    correlation_id: String,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Text)]
+    placed_by: String,
+    #[diesel(sql_type = Timestamptz)]
+    placed_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Text>)]
+    released_by: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    released_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    release_reason: Option<String>,
+}
+
+impl From<HoldRow> for Hold {
+    fn from(r: HoldRow) -> Self {
+        Hold {
+            id: r.id,
+            correlation_id: r.correlation_id,
+            reason: r.reason,
+            placed_by: r.placed_by,
+            placed_at: Timestamp::from_utc(r.placed_at),
+            released_by: r.released_by,
+            released_at: r.released_at.map(Timestamp::from_utc),
+            release_reason: r.release_reason,
+        }
+    }
+}
+
+const HOLD_COLUMNS: &str =
+    "id, correlation_id, reason, placed_by, placed_at, released_by, released_at, release_reason";
+
+/// The log entry of a hold placed or released (contract §9): what a reader of the log needs to
+/// know who kept which records, and why.
+async fn hold_entry(
+    c: &mut AsyncPgConnection,
+    kind: &str,
+    body: serde_json::Value,
+) -> Result<(), PgStoreError> {
+    diesel::sql_query("INSERT INTO log_entries (kind, body) VALUES ($1, $2)")
+        .bind::<Text, _>(kind)
+        .bind::<Jsonb, _>(body)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl RetentionStore for PgStore {
+    async fn place_hold(
+        &self,
+        correlation_id: &str,
+        reason: &str,
+        placed_by: &str,
+    ) -> Result<Hold, StoreError> {
+        let mut conn = self.conn().await?;
+        let (correlation_id, reason, placed_by) = (
+            correlation_id.to_owned(),
+            reason.to_owned(),
+            placed_by.to_owned(),
+        );
+        let row = conn
+            .transaction(async |c| -> Result<HoldRow, PgStoreError> {
+                // A purge batch running now finishes first; every later one sees this hold.
+                diesel::sql_query("SELECT audit_holds_lock()").execute(c).await?;
+                let row: HoldRow = diesel::sql_query(format!(
+                    "INSERT INTO legal_holds (correlation_id, reason, placed_by) VALUES ($1, $2, $3) \
+                     RETURNING {HOLD_COLUMNS}"
+                ))
+                .bind::<Text, _>(&correlation_id)
+                .bind::<Text, _>(&reason)
+                .bind::<Text, _>(&placed_by)
+                .get_result(c)
+                .await?;
+                hold_entry(
+                    c,
+                    "hold",
+                    json!({"hold": row.id, "correlationId": row.correlation_id,
+                           "reason": row.reason, "placedBy": row.placed_by}),
+                )
+                .await?;
+                Ok(row)
+            })
+            .await?;
+        Ok(row.into())
+    }
+
+    async fn release_hold(
+        &self,
+        id: i64,
+        reason: &str,
+        released_by: &str,
+    ) -> Result<Release, StoreError> {
+        let mut conn = self.conn().await?;
+        let (reason, released_by) = (reason.to_owned(), released_by.to_owned());
+        Ok(conn
+            .transaction(async |c| -> Result<Release, PgStoreError> {
+                let found: Option<HoldRow> = diesel::sql_query(format!(
+                    "SELECT {HOLD_COLUMNS} FROM legal_holds WHERE id = $1 FOR UPDATE"
+                ))
+                .bind::<BigInt, _>(id)
+                .get_result(c)
+                .await
+                .optional()?;
+                let Some(found) = found else {
+                    return Ok(Release::NotFound);
+                };
+                if found.released_at.is_some() {
+                    return Ok(Release::AlreadyReleased(found.into()));
+                }
+                let row: HoldRow = diesel::sql_query(format!(
+                    "UPDATE legal_holds SET released_by = $2, released_at = now(), release_reason = $3 \
+                     WHERE id = $1 RETURNING {HOLD_COLUMNS}"
+                ))
+                .bind::<BigInt, _>(id)
+                .bind::<Text, _>(&released_by)
+                .bind::<Text, _>(&reason)
+                .get_result(c)
+                .await?;
+                hold_entry(
+                    c,
+                    "release",
+                    json!({"hold": row.id, "correlationId": row.correlation_id,
+                           "reason": reason, "releasedBy": released_by}),
+                )
+                .await?;
+                Ok(Release::Released(row.into()))
+            })
+            .await?)
+    }
+
+    async fn holds(&self, active_only: bool) -> Result<Vec<Hold>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<HoldRow> = diesel::sql_query(format!(
+            "SELECT {HOLD_COLUMNS} FROM legal_holds WHERE NOT $1 OR released_at IS NULL ORDER BY id DESC"
+        ))
+        .bind::<Bool, _>(active_only)
+        .load(&mut conn)
+        .await
+        .map_err(PgStoreError::from)?;
+        Ok(rows.into_iter().map(Hold::from).collect())
+    }
+
     async fn status(&self, now: DateTime<Utc>) -> Result<RetentionStatus, StoreError> {
         let mut conn = self.conn().await?;
         let months_ahead = months_ahead(&mut conn, now).await?;

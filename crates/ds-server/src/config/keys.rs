@@ -541,6 +541,12 @@ pub const KEYS: &[Key] = &[
         Unset,
         "Allow-list: usernames or `group:<name>` that may scrape `/metrics`.",
     ),
+    key(
+        "DATASTORAGE_AUTHZ_HOLDERS",
+        "auth.holders",
+        Unset,
+        "Allowlist mode: comma-separated usernames or `group:<name>` that may place, release and list legal holds (RBAC resource `legalholds` in subjectaccessreview mode).",
+    ),
     // admission and limits
     key(
         "DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND",
