@@ -233,6 +233,9 @@ BEGIN
         WHERE w.received_at < (cutoffs ->> w.kind)::timestamptz
           AND NOT EXISTS (SELECT 1 FROM legal_holds h
                           WHERE h.correlation_id = w.correlation_id AND h.released_at IS NULL)
+          -- Only a record the log holds: one removed before its leaf was appended would never
+          -- be in the log (it goes at a later purge).
+          AND EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = w.id)
     ), gone AS (
         DELETE FROM audit_records r USING doomed d
         WHERE r.id = d.id AND r.received_at = d.received_at
@@ -290,7 +293,8 @@ BEGIN
     EXECUTE format(
         'SELECT EXISTS (SELECT 1 FROM %s r WHERE r.received_at >= COALESCE((%L::jsonb ->> r.kind)::timestamptz, ''-infinity'')
                         OR EXISTS (SELECT 1 FROM legal_holds h
-                                   WHERE h.correlation_id = r.correlation_id AND h.released_at IS NULL))',
+                                   WHERE h.correlation_id = r.correlation_id AND h.released_at IS NULL)
+                        OR NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id))',
         part, cutoffs) INTO blocking;
     IF blocking THEN
         RETURN NULL;

@@ -95,6 +95,24 @@ async fn place_hold(c: &mut AsyncPgConnection, trail: &str) -> i64 {
     id
 }
 
+/// Waits until every record is in the log (the purge removes only records the log holds).
+async fn until_logged(app: &TestApp) {
+    ds_tests::until("every record is logged", || {
+        let url = app.db.url.clone();
+        async move {
+            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+            count(
+                &mut c,
+                "SELECT count(*) AS n FROM audit_records r
+                 WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id)",
+            )
+            .await
+                == 0
+        }
+    })
+    .await;
+}
+
 #[derive(QueryableByName, Debug)]
 struct Batch {
     #[diesel(sql_type = BigInt)]
@@ -200,9 +218,13 @@ async fn a_write_that_finds_no_partition_for_its_month_creates_it() {
         .with_max_level(tracing::Level::INFO)
         .with_writer(move || writer.clone())
         .init();
-    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
-        .await
-        .unwrap();
+    // The maintenance task off: it would create the partition again.
+    let app = spawn_app_with(&[
+        ("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0"),
+        ("DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS", "0"),
+    ])
+    .await
+    .unwrap();
     let mut c = app.db.conn().await.unwrap();
     // This month's partition taken away (empty on a fresh store), as if maintenance had not run.
     let this_month = names(&mut c, "SELECT audit_partition_ensure(now()) AS name").await;
@@ -368,6 +390,7 @@ async fn the_purge_deletes_expired_records_no_hold_covers_in_bounded_batches_and
 
     // Workflows past retention (the cutoff a day ahead), batches of 3; the sequencer held, so
     // that what the purge queued for the log stays in the queue to be seen.
+    until_logged(&app).await;
     let mut holder = app.db.conn().await.unwrap();
     holder
         .batch_execute(&format!(
@@ -453,6 +476,7 @@ async fn the_purge_deletes_expired_records_no_hold_covers_in_bounded_batches_and
         let e = c.batch_execute(sql).await.unwrap_err().to_string();
         assert!(e.contains("append-only"), "{sql}: {e}");
     }
+    until_logged(&app).await;
     let (_, purged, _) = purge_all(&mut rt, "workflow", 1, 100).await;
     assert_eq!(purged, 5); // the held four and the one written again
 }
@@ -463,6 +487,7 @@ async fn a_hold_placed_while_a_purge_batch_waits_protects_its_records_from_that_
         .await
         .unwrap();
     let ids = write(&app, "remediation", "rr-2026-11-30-racehd", 1, 3).await;
+    until_logged(&app).await;
     // The hold's transaction has the lock and its row, not committed yet...
     let mut placing = runtime(&app).await;
     placing
@@ -512,6 +537,7 @@ async fn a_partition_is_dropped_whole_only_when_all_its_records_expired_and_none
     ids.extend(write(&app, "aianalysis", "rr-2026-11-30-dropb0", 1, 2).await);
     let mut rt = runtime(&app).await;
     let hold = place_hold(&mut rt, "rr-2026-11-30-dropb0").await;
+    until_logged(&app).await;
     let mut c = app.db.conn().await.unwrap();
     let part = partitions_of(&mut c, &ids).await;
     assert_eq!(part.len(), 1);
@@ -707,6 +733,7 @@ async fn maintenance_on_a_clock_the_test_moves_purges_what_expired_and_keeps_wha
     let forever = write(&app, "remediation", "rr-2026-11-30-maintc", 1, 2).await;
     let mut rt = runtime(&app).await;
     let hold = place_hold(&mut rt, "rr-2026-11-30-maintb").await;
+    until_logged(&app).await;
     // The service's own store, as the service's role.
     let store =
         ds_store_pg::PgStore::new(&app.db.runtime_url, &ds_store_pg::PoolSettings::default())
@@ -1055,4 +1082,245 @@ async fn holds_are_an_api_with_their_own_rbac_and_each_is_a_log_entry() {
         }
     })
     .await;
+}
+
+/// A replica purging (bounded batches with pauses) killed for real (`kill -9`) while writes arrive:
+/// every record gone is named by exactly one purge entry, every acknowledged write is kept, no
+/// answer is a server error, and the next replica finishes the purge; the log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and_nothing_acknowledged_lost()
+ {
+    use ds_server::verify::Verdict;
+    use ds_tests::replica::Replica;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let db = ds_tests::TestDb::new().await.unwrap();
+    // 400 workflows received 100 days ago, put back as an administrator's restore would (queued
+    // for the log by the trigger; the sequencer computes their leaf hashes).
+    let mut c = db.conn().await.unwrap();
+    c.batch_execute(
+        "INSERT INTO audit_digests (content_digest, record_id, received_at)
+         SELECT sha256(('old-' || g)::bytea), g, now() - interval '100 days' FROM generate_series(1, 400) g;
+         INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id,
+             created_at, content_digest, details, embedding_digest)
+         SELECT g, now() - interval '100 days', 'workflow', 'wf-old-' || g, 'payments', 'Completed',
+             'rr-2026-08-22-old' || lpad((g % 100)::text, 3, '0'), now() - interval '100 days',
+             sha256(('old-' || g)::bytea), '{}'::jsonb, sha256('old'::bytea)
+         FROM generate_series(1, 400) g;
+         SELECT setval('audit_records_id_seq', 400);",
+    )
+    .await
+    .unwrap();
+    let env = ds_tests::test_env(
+        &db.runtime_url,
+        &[
+            ("DATASTORAGE_EMBEDDING_MODE", "deferred"),
+            ("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0"),
+            ("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0"),
+            ("DATASTORAGE_RETENTION_DAYS_WORKFLOW", "30"),
+            ("DATASTORAGE_RETENTION_BATCH", "10"),
+            ("DATASTORAGE_RETENTION_BATCH_PAUSE_MS", "100"),
+            ("DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS", "200"),
+        ],
+    );
+    let bin = env!("CARGO_BIN_EXE_replica");
+    // Logged first, by a replica that does not purge (the purge leaves a record the log does not
+    // hold yet for a later run).
+    {
+        let mut logger_env = env.clone();
+        logger_env.insert(
+            "DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS".into(),
+            "0".into(),
+        );
+        let mut logger = Replica::start(bin, "logger", &logger_env).await.unwrap();
+        ds_tests::until("the 400 are logged", || {
+            let url = db.url.clone();
+            async move {
+                let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+                count(
+                    &mut c,
+                    "SELECT count(*) AS n FROM tlog_leaves WHERE record_id <= 400",
+                )
+                .await
+                    == 400
+            }
+        })
+        .await;
+        logger.kill().await.unwrap();
+    }
+    let mut first = Replica::start(bin, "purger_a", &env).await.unwrap();
+
+    // Writes to it meanwhile: new workflows, not expired.
+    let client = ds_tests::http_client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop, addr) = (client.clone(), stop.clone(), first.addr);
+        tokio::spawn(async move {
+            let (mut acked, mut statuses) = (Vec::new(), Vec::new());
+            let mut n = 0u32;
+            while !AtomicBool::load(&stop, Ordering::SeqCst) {
+                n += 1;
+                let mut r = fixtures::workflow(n);
+                r["correlationId"] = json!("rr-2026-11-30-purgew");
+                match client
+                    .post(format!("http://{addr}/api/v1/audit/workflow"))
+                    .json(&r)
+                    .send()
+                    .await
+                {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        statuses.push(status);
+                        if status == 201 {
+                            let body: Value = resp.json().await.unwrap();
+                            acked.push(body["id"].as_i64().unwrap());
+                        }
+                    }
+                    Err(_) => break, // the replica is gone
+                }
+            }
+            (acked, statuses)
+        })
+    };
+    // Killed once a few batches are done.
+    ds_tests::until("the replica has purged a few batches", || {
+        let url = db.url.clone();
+        async move {
+            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+            count(
+                &mut c,
+                "SELECT count(*) AS n FROM log_entries WHERE kind = 'purge'",
+            )
+            .await
+                >= 3
+        }
+    })
+    .await;
+    first.kill().await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let (acked, statuses) = writer.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+
+    // Whatever it did, it did whole: the records gone are exactly those the entries name.
+    async fn named_and_gone(c: &mut AsyncPgConnection) -> (Vec<i64>, Vec<i64>) {
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+        }
+        let named: Vec<i64> = diesel::sql_query(
+            "SELECT jsonb_array_elements(body -> 'records')::bigint AS id
+             FROM log_entries WHERE kind = 'purge' ORDER BY 1",
+        )
+        .load::<Id>(c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+        let gone: Vec<i64> = diesel::sql_query(
+            "SELECT g::bigint AS id FROM generate_series(1, 400) g
+             WHERE NOT EXISTS (SELECT 1 FROM audit_records r WHERE r.id = g) ORDER BY 1",
+        )
+        .load::<Id>(c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+        (named, gone)
+    }
+    let (named, gone) = named_and_gone(&mut c).await;
+    assert!(!gone.is_empty() && gone.len() < 400, "{} gone", gone.len());
+    assert_eq!(named, gone);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM audit_digests WHERE record_id <= 400"
+        )
+        .await,
+        (400 - gone.len()) as i64
+    );
+
+    // The next replica finishes it.
+    let second = Replica::start(bin, "purger_b", &env).await.unwrap();
+    ds_tests::until("the purge finishes", || {
+        let url = db.url.clone();
+        async move {
+            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+            count(
+                &mut c,
+                "SELECT count(*) AS n FROM audit_records WHERE id <= 400",
+            )
+            .await
+                == 0
+        }
+    })
+    .await;
+    let (named, gone) = named_and_gone(&mut c).await;
+    assert_eq!(gone, (1..=400).collect::<Vec<i64>>());
+    assert_eq!(named, gone, "each named once");
+    // Every acknowledged write kept.
+    let kept = count(
+        &mut c,
+        &format!(
+            "SELECT count(*) AS n FROM audit_records WHERE id IN ({})",
+            acked
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .await;
+    assert!(!acked.is_empty());
+    assert_eq!(kept, acked.len() as i64);
+
+    // The log: every leaf, the purges explaining all 400.
+    // (Writes cut off by the kill may have committed unacknowledged: counted from the store.)
+    let leaves = 400
+        + count(&mut c, "SELECT count(*) AS n FROM audit_records").await as u64
+        + count(&mut c, "SELECT count(*) AS n FROM log_entries").await as u64;
+    let note = {
+        let found = std::sync::Mutex::new(String::new());
+        ds_tests::until("a checkpoint covers every leaf", || {
+            let (client, found) = (client.clone(), &found);
+            let addr = second.addr;
+            async move {
+                let r = client
+                    .get(format!("http://{addr}/api/v1/log/checkpoint"))
+                    .send()
+                    .await
+                    .unwrap();
+                let note = r.text().await.unwrap();
+                let Ok(cp) = ds_tests::log::keys().open(note.as_bytes()) else {
+                    return false;
+                };
+                *found.lock().unwrap() = note;
+                cp.size >= leaves
+            }
+        })
+        .await;
+        found.into_inner().unwrap()
+    };
+    let body = client
+        .get(format!("http://{}/api/v1/audit/export", second.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let file = ds_tests::log::temp("purge-export.ndjson", &body);
+    match ds_tests::log::verify_offline(&file, &[&note]) {
+        Verdict::Verified(summary) => {
+            let purged: u64 = summary
+                .split("; ")
+                .filter_map(|p| p.split(' ').next()?.parse::<u64>().ok())
+                .sum();
+            assert_eq!(purged, 400, "{summary}");
+        }
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
 }
