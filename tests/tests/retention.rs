@@ -49,6 +49,16 @@ async fn count(c: &mut AsyncPgConnection, sql: &str) -> i64 {
     diesel::sql_query(sql).get_result::<N>(c).await.unwrap().n
 }
 
+/// Polls `sql` (a `count(*) AS n`) on `url` until `holds` says yes; panics naming `what` after
+/// the wait of [`ds_tests::until`].
+async fn until_count(url: &str, what: &str, sql: &str, holds: impl Fn(i64) -> bool) {
+    ds_tests::until(what, || async {
+        let mut c = AsyncPgConnection::establish(url).await.unwrap();
+        holds(count(&mut c, sql).await)
+    })
+    .await;
+}
+
 async fn names(c: &mut AsyncPgConnection, sql: &str) -> Vec<String> {
     diesel::sql_query(sql)
         .load::<Name>(c)
@@ -97,19 +107,13 @@ async fn place_hold(c: &mut AsyncPgConnection, trail: &str) -> i64 {
 
 /// Waits until every record is in the log (the purge removes only records the log holds).
 async fn until_logged(app: &TestApp) {
-    ds_tests::until("every record is logged", || {
-        let url = app.db.url.clone();
-        async move {
-            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
-            count(
-                &mut c,
-                "SELECT count(*) AS n FROM audit_records r
+    until_count(
+        &app.db.url,
+        "every record is logged",
+        "SELECT count(*) AS n FROM audit_records r
                  WHERE NOT EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = r.id)",
-            )
-            .await
-                == 0
-        }
-    })
+        |n| n == 0,
+    )
     .await;
 }
 
@@ -505,19 +509,13 @@ async fn a_hold_placed_while_a_purge_batch_waits_protects_its_records_from_that_
         purge_all(&mut c, "remediation", 1, 100).await
     });
     let mut c = app.db.conn().await.unwrap();
-    ds_tests::until("the purge batch waits for the holds' lock", || {
-        let url = app.db.url.clone();
-        async move {
-            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
-            count(
-                &mut c,
-                "SELECT count(*) AS n FROM pg_stat_activity
+    until_count(
+        &app.db.url,
+        "the purge batch waits for the holds' lock",
+        "SELECT count(*) AS n FROM pg_stat_activity
                  WHERE wait_event_type = 'Lock' AND query LIKE '%audit_purge%'",
-            )
-            .await
-                == 1
-        }
-    })
+        |n| n == 1,
+    )
     .await;
     placing.batch_execute("COMMIT").await.unwrap();
     let (_, purged, _) = purge.await.unwrap();
@@ -1069,18 +1067,12 @@ async fn holds_are_an_api_with_their_own_rbac_and_each_is_a_log_entry() {
     assert_eq!(entries[0].body["correlationId"], "rr-2026-11-30-holdap");
     assert_eq!(entries[1].body["releasedBy"], COUNSEL);
     assert_eq!(entries[1].body["reason"], "case closed");
-    ds_tests::until("the sequencer appends both entries", || {
-        let url = app.db.url.clone();
-        async move {
-            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
-            count(
-                &mut c,
-                "SELECT count(*) AS n FROM tlog_leaves l JOIN log_entries e ON e.id = l.record_id",
-            )
-            .await
-                == 2
-        }
-    })
+    until_count(
+        &app.db.url,
+        "the sequencer appends both entries",
+        "SELECT count(*) AS n FROM tlog_leaves l JOIN log_entries e ON e.id = l.record_id",
+        |n| n == 2,
+    )
     .await;
 }
 
@@ -1134,18 +1126,12 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
             "0".into(),
         );
         let mut logger = Replica::start(bin, "logger", &logger_env).await.unwrap();
-        ds_tests::until("the 400 are logged", || {
-            let url = db.url.clone();
-            async move {
-                let mut c = AsyncPgConnection::establish(&url).await.unwrap();
-                count(
-                    &mut c,
-                    "SELECT count(*) AS n FROM tlog_leaves WHERE record_id <= 400",
-                )
-                .await
-                    == 400
-            }
-        })
+        until_count(
+            &db.url,
+            "the 400 are logged",
+            "SELECT count(*) AS n FROM tlog_leaves WHERE record_id <= 400",
+            |n| n == 400,
+        )
         .await;
         logger.kill().await.unwrap();
     }
@@ -1184,18 +1170,12 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
         })
     };
     // Killed once a few batches are done.
-    ds_tests::until("the replica has purged a few batches", || {
-        let url = db.url.clone();
-        async move {
-            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
-            count(
-                &mut c,
-                "SELECT count(*) AS n FROM log_entries WHERE kind = 'purge'",
-            )
-            .await
-                >= 3
-        }
-    })
+    until_count(
+        &db.url,
+        "the replica has purged a few batches",
+        "SELECT count(*) AS n FROM log_entries WHERE kind = 'purge'",
+        |n| n >= 3,
+    )
     .await;
     first.kill().await.unwrap();
     stop.store(true, Ordering::SeqCst);
@@ -1245,18 +1225,12 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
 
     // The next replica finishes it.
     let second = Replica::start(bin, "purger_b", &env).await.unwrap();
-    ds_tests::until("the purge finishes", || {
-        let url = db.url.clone();
-        async move {
-            let mut c = AsyncPgConnection::establish(&url).await.unwrap();
-            count(
-                &mut c,
-                "SELECT count(*) AS n FROM audit_records WHERE id <= 400",
-            )
-            .await
-                == 0
-        }
-    })
+    until_count(
+        &db.url,
+        "the purge finishes",
+        "SELECT count(*) AS n FROM audit_records WHERE id <= 400",
+        |n| n == 0,
+    )
     .await;
     let (named, gone) = named_and_gone(&mut c).await;
     assert_eq!(gone, (1..=400).collect::<Vec<i64>>());
