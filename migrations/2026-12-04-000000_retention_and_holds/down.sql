@@ -5,6 +5,7 @@ DROP FUNCTION audit_purge_partition(text, jsonb, jsonb, integer);
 DROP FUNCTION audit_purge(jsonb, jsonb, timestamptz, bigint, integer);
 DROP FUNCTION audit_holds_lock();
 DROP FUNCTION audit_partition_ensure(timestamptz);
+DROP FUNCTION audit_partitions();
 DROP TABLE log_entries;
 DROP FUNCTION log_entries_enqueue();
 DROP TABLE legal_holds;

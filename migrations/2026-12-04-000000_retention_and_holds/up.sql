@@ -163,6 +163,17 @@ CREATE TRIGGER audit_records_first_no_truncate BEFORE TRUNCATE ON audit_records_
 CREATE TRIGGER audit_records_enqueue AFTER INSERT ON audit_records
     REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION tlog_enqueue();
 
+-- The partitions of audit_records and their bounds as the catalog has them (`lo` NULL for
+-- MINVALUE): one reading of the bounds for the functions below and the maintenance task.
+CREATE FUNCTION audit_partitions() RETURNS TABLE (name text, lo timestamptz, hi timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT c.relname::text,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'audit_records'::regclass
+$$;
+
 -- The month partition holding `at` (UTC), created if missing: by the maintenance task ahead of
 -- time, and by a write that found none (a write never fails for want of a partition). Runs as the
 -- tables' owner; the runtime role may call it, not create tables.
@@ -176,13 +187,8 @@ DECLARE
 BEGIN
     -- Serialized: replicas creating the same month at once.
     PERFORM pg_advisory_xact_lock(7234893271234001);
-    SELECT c.relname INTO existing
-    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'audit_records'::regclass
-      AND at >= COALESCE(
-              (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz,
-              '-infinity')
-      AND at < (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz;
+    SELECT p.name INTO existing FROM audit_partitions() p
+    WHERE at >= COALESCE(p.lo, '-infinity') AND at < p.hi;
     IF existing IS NOT NULL THEN
         RETURN existing;
     END IF;
@@ -357,7 +363,8 @@ GRANT UPDATE (embedding_id, embedding_digest) ON audit_records TO datastorage_ru
 GRANT SELECT, INSERT ON legal_holds TO datastorage_runtime;
 GRANT UPDATE (released_by, released_at, release_reason) ON legal_holds TO datastorage_runtime;
 GRANT USAGE, SELECT ON SEQUENCE legal_holds_id_seq TO datastorage_runtime;
-GRANT EXECUTE ON FUNCTION audit_partition_ensure(timestamptz),
+GRANT EXECUTE ON FUNCTION audit_partitions(),
+                          audit_partition_ensure(timestamptz),
                           audit_purge(jsonb, jsonb, timestamptz, bigint, integer),
                           audit_purge_partition(text, jsonb, jsonb, integer),
                           audit_holds_lock()

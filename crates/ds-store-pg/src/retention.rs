@@ -22,17 +22,10 @@ use serde_json::json;
 /// Key of the transaction-scoped advisory lock of a maintenance step: one replica at a time.
 pub const MAINTENANCE_LOCK: i64 = 0x6473_6d61_696e_7431; // "dsmaint1"
 
-/// The upper bound of a partition (`TO ('…')` of its bound expression), and whether a month start
-/// is covered, as the migration's `audit_partition_ensure` reads bounds.
+/// Whether each of the 24 month starts after the month of `$1` (UTC) lies in a partition.
 const COVERED_MONTHS_SQL: &str = "\
-WITH parts AS (
-    SELECT COALESCE((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz,
-                    '-infinity') AS lo,
-           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz AS hi
-    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'audit_records'::regclass
-)
-SELECT m.m::integer AS month, EXISTS (SELECT 1 FROM parts p WHERE p.lo <= x.t AND x.t < p.hi) AS covered
+SELECT EXISTS (SELECT 1 FROM audit_partitions() p
+               WHERE COALESCE(p.lo, '-infinity') <= x.t AND x.t < p.hi) AS covered
 FROM generate_series(1, 24) m(m),
      LATERAL (SELECT (date_trunc('month', $1 AT TIME ZONE 'UTC') + make_interval(months => m.m::integer))
                      AT TIME ZONE 'UTC' AS t) x
@@ -40,12 +33,10 @@ ORDER BY m.m";
 
 /// Partitions whose every possible `received_at` is before `$1` (the latest cutoff): the only ones
 /// that can have expired whole.
-const DROP_CANDIDATES_SQL: &str = "\
-SELECT c.relname::text AS name
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'audit_records'::regclass
-  AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz <= $1
-ORDER BY 1";
+const DROP_CANDIDATES_SQL: &str = "SELECT name FROM audit_partitions() WHERE hi <= $1 ORDER BY 1";
+
+/// The partitions of `audit_records`, counted.
+const PARTITION_COUNT_SQL: &str = "SELECT count(*) AS n FROM audit_partitions()";
 
 #[derive(QueryableByName)]
 struct Covered {
@@ -298,11 +289,7 @@ async fn maintain(
             if !locked(c).await? {
                 return Ok(None);
             }
-            let before: Created = diesel::sql_query(
-                "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'audit_records'::regclass",
-            )
-            .get_result(c)
-            .await?;
+            let before: Created = diesel::sql_query(PARTITION_COUNT_SQL).get_result(c).await?;
             diesel::sql_query(
                 "SELECT audit_partition_ensure($1 + make_interval(months => m)) FROM generate_series(0, $2) m",
             )
@@ -310,11 +297,7 @@ async fn maintain(
             .bind::<Integer, _>(ahead)
             .execute(c)
             .await?;
-            let after: Created = diesel::sql_query(
-                "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'audit_records'::regclass",
-            )
-            .get_result(c)
-            .await?;
+            let after: Created = diesel::sql_query(PARTITION_COUNT_SQL).get_result(c).await?;
             Ok(Some(after.n - before.n))
         })
         .await?;
