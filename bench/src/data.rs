@@ -250,9 +250,9 @@ fn hex_of(bytes: &[u8]) -> String {
 }
 
 /// CSV rows for `COPY … (FORMAT csv)`. Embedding `i` (id i, 1-based) belongs to record `i`.
-/// Columns: embeddings (id, digest, model, embedding); audit_records (id, kind, name, namespace,
-/// phase, correlation_id, message, created_at, content_digest, details, embedding_digest,
-/// embedding_id).
+/// Columns: embeddings (id, digest, model, embedding); audit_records (id, received_at, kind, name,
+/// namespace, phase, correlation_id, message, created_at, content_digest, details,
+/// embedding_digest, embedding_id).
 pub fn prefill_csv(table: &str, rows: u64, model: &str, shape: Shape) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -269,14 +269,24 @@ pub fn prefill_csv(table: &str, rows: u64, model: &str, shape: Shape) -> Result<
             }
         }
         "audit_records" => {
+            // Received over 29 days ending 91 days ago: every one is past the default retention
+            // (90 days), so that the bench's purge scenario purges all of them, row by row (they
+            // lie in the partition that also takes today's writes, as in a store migrated in place).
+            let first = chrono::Utc::now() - chrono::Duration::days(120);
+            let step =
+                chrono::Duration::days(29).num_microseconds().unwrap_or(1) / rows.max(1) as i64;
             for i in 1..=rows {
+                let received = first + chrono::Duration::microseconds(step * i as i64);
+                let received_at = received.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                let created_at = (received - chrono::Duration::seconds(1))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
                 let kind = KINDS[(i % 4) as usize];
                 let body: serde_json::Value =
                     serde_json::from_str(&record(kind, "prefill", i, false))?;
                 let details = serde_json::json!({"prefilled": true, "body": body}).to_string();
                 writeln!(
                     out,
-                    "{i},{kind},prefill-{i},payments,Completed,{},\"{}\",2026-11-01T00:00:00Z,{},\"{}\",{},{i}",
+                    "{i},{received_at},{kind},prefill-{i},payments,Completed,{},\"{}\",{created_at},{},\"{}\",{},{i}",
                     correlation_id("prefill", i),
                     unique_text(i),
                     digest("r", i),

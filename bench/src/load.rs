@@ -36,6 +36,10 @@ pub struct LoadArgs {
     /// Distinguishes the records of this run from every other run's.
     #[arg(long)]
     run: String,
+    /// Stops early once this file exists (checked every 100 ms): a load that lasts as long as
+    /// something else does (the bench's purge).
+    #[arg(long)]
+    stop_file: Option<std::path::PathBuf>,
 }
 
 struct User {
@@ -53,12 +57,23 @@ pub async fn run(args: LoadArgs) -> Result<Value> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
     let cpu_before = crate::search::own_cpu_seconds();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(path) = args.stop_file.clone() {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !path.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
     let mut users = Vec::new();
     for _ in 0..args.conns {
         let args = args.clone();
         let next = next.clone();
+        let stop = stop.clone();
         users.push(tokio::spawn(async move {
-            user(args, next, started, deadline).await
+            user(args, next, started, deadline, stop).await
         }));
     }
     let mut all = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
@@ -125,6 +140,7 @@ async fn user(
     next: Arc<AtomicU64>,
     started: Instant,
     deadline: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<User> {
     let mut me = User {
         histogram: Histogram::new_with_bounds(1, 120_000_000, 3)?,
@@ -150,7 +166,7 @@ async fn user(
             }
             None => Instant::now(),
         };
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
             break;
         }
         // xorshift: a cheap per-user coin for the repeated-text share.

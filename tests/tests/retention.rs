@@ -740,6 +740,7 @@ async fn maintenance_on_a_clock_the_test_moves_purges_what_expired_and_keeps_wha
         months_ahead: 3,
         batch: 2,
         pause: std::time::Duration::ZERO,
+        rows_per_second: 0,
         drop_lock_wait: std::time::Duration::from_millis(200),
     };
 

@@ -32,6 +32,9 @@ struct Options {
     bodies_only: bool,
     /// Records of the export `datastorage verify` is timed on.
     verify_leaves: u64,
+    /// Open-loop write rate during the purge scenario, and the seconds of its baseline.
+    purge_write_rate: f64,
+    purge_baseline_seconds: f64,
 }
 
 /// `1,16,64` → `[1, 16, 64]`.
@@ -56,6 +59,8 @@ impl Options {
             vectors: "embedding".to_owned(),
             bodies_only: false,
             verify_leaves: 1_000_000,
+            purge_write_rate: 2000.0,
+            purge_baseline_seconds: 30.0,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -70,12 +75,14 @@ impl Options {
                 "--ef" => o.ef = comma_list(value()?)?,
                 "--bodies-only" => o.bodies_only = true,
                 "--verify-leaves" => o.verify_leaves = parse_size(value()?)?,
+                "--purge-write-rate" => o.purge_write_rate = value()?.parse()?,
+                "--purge-baseline-seconds" => o.purge_baseline_seconds = value()?.parse()?,
                 "--vectors" => match value()?.as_str() {
                     v @ ("embedding" | "isotropic") => o.vectors = v.to_owned(),
                     other => bail!("--vectors {other}: embedding or isotropic"),
                 },
                 other => bail!(
-                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400 --vectors embedding|isotropic --verify-leaves 1M --bodies-only"
+                    "unknown option {other}: --sizes 0,100k,1M --seconds 10 --conns 1,16,64 --worker-seconds 30 --ef 40,100,200,400 --vectors embedding|isotropic --verify-leaves 1M --purge-write-rate 2000 --purge-baseline-seconds 30 --bodies-only"
                 ),
             }
         }
@@ -298,6 +305,9 @@ impl Bench {
         let log = std::fs::File::create(self.out.join(format!("service-{tag}.log")))?;
         let child = Command::new(self.bin.join("datastorage"))
             .arg("serve")
+            // No retention maintenance but where a scenario asks for it: the prefilled records are
+            // past retention, and a purge would run under every other measurement.
+            .env("DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS", "0")
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .env("DATASTORAGE_DATABASE_URL", self.cluster.url(db))
             .env("DATASTORAGE_LOG_SIGNING_KEY_FILE", &self.log_key)
@@ -323,6 +333,16 @@ impl Bench {
 
     /// One load scenario with the service's CPU, peak RSS and the machine's CPU around it.
     fn load(&self, service: &Service, scenario: Scenario<'_>) -> Result<Value> {
+        self.load_with(service, scenario, &[])
+    }
+
+    /// [`Bench::load`] with more `ds-bench load` options.
+    fn load_with(
+        &self,
+        service: &Service,
+        scenario: Scenario<'_>,
+        extra: &[String],
+    ) -> Result<Value> {
         let Scenario {
             name,
             conns,
@@ -368,6 +388,7 @@ impl Bench {
         if let Some(r) = rate {
             args.extend(["--rate".into(), r.to_string()]);
         }
+        args.extend(extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut result = self.ds_bench(&refs)?;
         let (cpu1, rss) = process_usage(service.pid());
@@ -703,6 +724,118 @@ impl Bench {
         Ok(r)
     }
 
+    /// Write latency during a purge of the `size` prefilled records (all past the default
+    /// retention, in the partition that also takes today's writes: purged row by row), next to the
+    /// same open-loop load without a purge, in the same run. The purge is the service's own
+    /// maintenance task with its default settings; the load lasts as long as the purge does.
+    fn purge(&self, db: &str, size: u64, o: &Options) -> Result<Value> {
+        let rate = o.purge_write_rate;
+        let scenario = |name| Scenario {
+            name,
+            conns: 64,
+            rate: Some(rate),
+            repeat_share: 1.0,
+            target: "write",
+            seconds: o.purge_baseline_seconds,
+        };
+        step(&format!(
+            "{db}: writes at {rate:.0}/s without a purge, then during the purge of {size} expired records"
+        ));
+        self.psql_in(db, "CHECKPOINT")?;
+        let (service, _) = self.start_service_with(
+            db,
+            "deferred",
+            &format!("{size}-purge-baseline"),
+            &[("DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS", "0".into())],
+        )?;
+        let without = self.load(&service, scenario("writes without a purge"))?;
+        service.stop()?;
+
+        self.psql_in(db, "CHECKPOINT")?;
+        let wal0 = self.psql_in(db, "SELECT pg_current_wal_lsn()")?;
+        // The maintenance task's first run starts at start-up, with a purge due.
+        let (service, _) = self.start_service_with(
+            db,
+            "deferred",
+            &format!("{size}-purge"),
+            &[(
+                "DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS",
+                "1000".into(),
+            )],
+        )?;
+        let stop_file = self.out.join("purge-done");
+        let _ = std::fs::remove_file(&stop_file);
+        let purged_sql = "SELECT COALESCE(sum((body->>'count')::bigint), 0) FROM log_entries WHERE kind = 'purge'";
+        let limit = Duration::from_secs(600 + size / 500);
+        let (during, purged) = std::thread::scope(|scope| -> Result<(Value, u64)> {
+            let load = scope.spawn(|| {
+                self.load_with(
+                    &service,
+                    Scenario {
+                        seconds: limit.as_secs_f64(),
+                        ..scenario("writes during the purge")
+                    },
+                    &["--stop-file".into(), stop_file.display().to_string()],
+                )
+            });
+            let started = Instant::now();
+            let purged = loop {
+                let purged: u64 = self.psql_in(db, purged_sql)?.parse()?;
+                if purged >= size || started.elapsed() > limit || load.is_finished() {
+                    break purged;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            };
+            std::fs::write(&stop_file, b"")?;
+            let during = load
+                .join()
+                .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+            Ok((during, purged))
+        })?;
+        service.stop()?;
+        if purged < size {
+            bail!("the purge deleted {purged} of the {size} expired records within {limit:?}");
+        }
+        let row = self.psql_in(
+            db,
+            &format!(
+                "SELECT extract(epoch FROM max(created_at) - min(created_at)), count(*), \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal0}') \
+                 FROM log_entries WHERE kind = 'purge'"
+            ),
+        )?;
+        let v: Vec<f64> = row
+            .split('|')
+            .map(|x| x.parse().unwrap_or(f64::NAN))
+            .collect();
+        let (seconds, entries, wal) = (v[0], v[1], v[2]);
+        let p99 = |r: &Value| f(&r["latency_ms"]["p99"]);
+        let errors = |r: &Value| f(&r["requests"]) - f(&r["ok"]);
+        let ratio = p99(&during) / p99(&without);
+        step(&format!(
+            "purge of {purged} records: {seconds:.0} s ({:.0} records/s, {entries:.0} batches, {:.0} MiB of WAL with the writes); write p99 {:.1} ms during it vs {:.1} ms without ({ratio:.2}×; target ≤ 2×), p50 {:.1} vs {:.1} ms, not acknowledged {:.0} and {:.0}",
+            purged as f64 / seconds,
+            wal / f64::from(1 << 20),
+            p99(&during),
+            p99(&without),
+            f(&during["latency_ms"]["p50"]),
+            f(&without["latency_ms"]["p50"]),
+            errors(&during),
+            errors(&without),
+        ));
+        Ok(json!({
+            "records": purged,
+            "seconds": seconds,
+            "records_per_second": purged as f64 / seconds,
+            "batches": entries,
+            "wal_bytes": wal,
+            "write_rate": rate,
+            "p99_during_over_without": ratio,
+            "without": without,
+            "during": during,
+        }))
+    }
+
     fn size(&self, size: u64, o: &Options, first: bool) -> Result<Value> {
         let db = format!("bench_{size}");
         let mut report = json!({ "records_prefilled": size });
@@ -731,7 +864,7 @@ impl Bench {
             self.copy(
                 &db,
                 "audit_records",
-                "id, kind, name, namespace, phase, correlation_id, message, created_at, content_digest, details, embedding_digest, embedding_id",
+                "id, received_at, kind, name, namespace, phase, correlation_id, message, created_at, content_digest, details, embedding_digest, embedding_id",
                 size,
                 &model,
                 &o.vectors,
@@ -1080,6 +1213,8 @@ impl Bench {
                 sweep.push(search);
             }
             report["search"] = json!(sweep);
+            // Last: it deletes the prefilled records.
+            report["purge"] = self.purge(&db, size, o)?;
         }
         Ok(report)
     }
@@ -1385,6 +1520,28 @@ fn summarize(r: &Value) -> String {
                 f(&q["similarity_ratio"]),
                 f(&q["min_similarity_ratio"]),
                 f(&q["self_found"])
+            ));
+        }
+        let p = &size["purge"];
+        if !p.is_null() {
+            let (during, without) = (&p["during"], &p["without"]);
+            let errors =
+                |r: &Value| r["requests"].as_u64().unwrap_or(0) - r["ok"].as_u64().unwrap_or(0);
+            s.push_str(&format!(
+                "retention purge (the service's maintenance task, default pace) of {} expired records: {:.0} s = {:.0} records/s in {:.0} batches, {:.0} MiB of WAL with the writes; writes at {:.0}/s open loop, p99 {:.1} ms during it vs {:.1} ms without = {:.2}× (target ≤ 2×), p50 {:.1} vs {:.1} ms; not acknowledged {} during, {} without\n",
+                p["records"],
+                f(&p["seconds"]),
+                f(&p["records_per_second"]),
+                f(&p["batches"]),
+                f(&p["wal_bytes"]) / f64::from(1 << 20),
+                f(&p["write_rate"]),
+                f(&during["latency_ms"]["p99"]),
+                f(&without["latency_ms"]["p99"]),
+                f(&p["p99_during_over_without"]),
+                f(&during["latency_ms"]["p50"]),
+                f(&without["latency_ms"]["p50"]),
+                errors(during),
+                errors(without)
             ));
         }
     }

@@ -87,8 +87,11 @@ pub struct MaintenanceSettings {
     pub months_ahead: u32,
     /// Records examined per purge batch (one transaction each).
     pub batch: usize,
-    /// Pause between purge batches: bounds the purge's share of I/O.
+    /// Least pause between purge batches.
     pub pause: Duration,
+    /// Records the purge deletes per second at most (0: no pace but `pause`): bounds the purge's
+    /// share of the database's I/O and WAL, whatever the batches cost.
+    pub rows_per_second: u32,
     /// How long dropping a partition waits for the table's lock (writers wait behind it meanwhile).
     pub drop_lock_wait: Duration,
 }
@@ -99,8 +102,22 @@ impl Default for MaintenanceSettings {
             months_ahead: 3,
             batch: 1000,
             pause: Duration::from_millis(100),
+            rows_per_second: 5000,
             drop_lock_wait: Duration::from_millis(200),
         }
+    }
+}
+
+impl MaintenanceSettings {
+    /// How long the purge waits before its next batch, `elapsed` after its first batch began with
+    /// `purged` records deleted since: until `purged / rows_per_second` seconds have passed since
+    /// the start, and at least `pause`.
+    pub fn wait_before_next_batch(&self, elapsed: Duration, purged: u64) -> Duration {
+        if self.rows_per_second == 0 {
+            return self.pause;
+        }
+        let due = Duration::from_secs_f64(purged as f64 / f64::from(self.rows_per_second));
+        due.saturating_sub(elapsed).max(self.pause)
     }
 }
 
@@ -274,6 +291,43 @@ pub trait RetentionStore: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_purge_is_paced_by_rows_per_second_with_a_least_pause() {
+        let s = MaintenanceSettings {
+            pause: Duration::from_millis(10),
+            rows_per_second: 5000,
+            ..MaintenanceSettings::default()
+        };
+        // 1,000 rows after 50 ms: due at 200 ms, so 150 ms more.
+        assert_eq!(
+            s.wait_before_next_batch(Duration::from_millis(50), 1000),
+            Duration::from_millis(150)
+        );
+        // Behind the pace (a slow batch): only the least pause.
+        assert_eq!(
+            s.wait_before_next_batch(Duration::from_millis(900), 1000),
+            Duration::from_millis(10)
+        );
+        // The pace is over the whole run, not per batch: 10,000 rows at 1.5 s, due at 2 s.
+        assert_eq!(
+            s.wait_before_next_batch(Duration::from_millis(1500), 10_000),
+            Duration::from_millis(500)
+        );
+        // Batches that deleted nothing (held or not yet logged) wait the pause only.
+        assert_eq!(
+            s.wait_before_next_batch(Duration::from_millis(5), 0),
+            Duration::from_millis(10)
+        );
+        let unpaced = MaintenanceSettings {
+            rows_per_second: 0,
+            ..s
+        };
+        assert_eq!(
+            unpaced.wait_before_next_batch(Duration::ZERO, 1_000_000),
+            Duration::from_millis(10)
+        );
+    }
 
     #[test]
     fn each_kind_has_its_cutoff_and_zero_keeps_forever() {

@@ -258,7 +258,8 @@ pub struct RetentionSettings {
     /// `DATASTORAGE_RETENTION_DAYS` (default 90, 0 = forever) and `DATASTORAGE_RETENTION_DAYS_<KIND>`.
     pub policy: ds_domain::retention::RetentionPolicy,
     /// `DATASTORAGE_RETENTION_MONTHS_AHEAD`, `DATASTORAGE_RETENTION_BATCH`,
-    /// `DATASTORAGE_RETENTION_BATCH_PAUSE_MS`, `DATASTORAGE_RETENTION_DROP_LOCK_WAIT_MS`.
+    /// `DATASTORAGE_RETENTION_BATCH_PAUSE_MS`, `DATASTORAGE_RETENTION_PURGE_ROWS_PER_SECOND`,
+    /// `DATASTORAGE_RETENTION_DROP_LOCK_WAIT_MS`.
     pub maintenance: ds_domain::retention::MaintenanceSettings,
     /// `DATASTORAGE_RETENTION_MAINTENANCE_INTERVAL_MS`: how often partitions ahead are checked
     /// (0: this replica does not run the maintenance task).
@@ -767,6 +768,7 @@ impl Config {
             months_ahead: parse(get, "DATASTORAGE_RETENTION_MONTHS_AHEAD", 3)?,
             batch: parse(get, "DATASTORAGE_RETENTION_BATCH", 1000)?,
             pause: Duration::from_millis(parse(get, "DATASTORAGE_RETENTION_BATCH_PAUSE_MS", 100)?),
+            rows_per_second: parse(get, "DATASTORAGE_RETENTION_PURGE_ROWS_PER_SECOND", 5000)?,
             drop_lock_wait: Duration::from_millis(parse(
                 get,
                 "DATASTORAGE_RETENTION_DROP_LOCK_WAIT_MS",

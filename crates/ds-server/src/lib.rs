@@ -349,10 +349,6 @@ async fn maintenance(
                 if run.ran && due {
                     last_purge = Some(tokio::time::Instant::now());
                 }
-                metrics::counter!("datastorage_retention_records_purged_total")
-                    .increment(run.records_purged + run.records_dropped);
-                metrics::counter!("datastorage_retention_partitions_dropped_total")
-                    .increment(u64::from(run.partitions_dropped));
                 if run.partitions_created > 0 {
                     tracing::info!(
                         created = run.partitions_created,

@@ -343,8 +343,13 @@ async fn maintain(
             match dropped {
                 Ok(None) => return Ok(run),
                 Ok(Some(Some(n))) => {
+                    let n_records = u64::try_from(n).unwrap_or(0);
                     run.partitions_dropped += 1;
-                    run.records_dropped += u64::try_from(n).unwrap_or(0);
+                    run.records_dropped += n_records;
+                    metrics::counter!("datastorage_retention_partitions_dropped_total")
+                        .increment(1);
+                    metrics::counter!("datastorage_retention_records_purged_total")
+                        .increment(n_records);
                     tracing::info!(
                         partition = %part.name,
                         records = n,
@@ -363,8 +368,9 @@ async fn maintain(
             }
         }
     }
-    // Then expired records in bounded batches, pausing between them.
+    // Then expired records in bounded batches, paced by records per second.
     let mut after: (Option<DateTime<Utc>>, Option<i64>) = (None, None);
+    let started = tokio::time::Instant::now();
     let batch = i32::try_from(settings.batch.max(1)).unwrap_or(i32::MAX);
     loop {
         let (cutoffs, description) = (cutoffs.clone(), description.clone());
@@ -390,13 +396,17 @@ async fn maintain(
         let Some(b) = b else {
             return Ok(run);
         };
+        let purged = u64::try_from(b.purged).unwrap_or(0);
         run.batches += 1;
-        run.records_purged += u64::try_from(b.purged).unwrap_or(0);
+        run.records_purged += purged;
+        // Counted per batch: a purge of millions of records shows its progress.
+        metrics::counter!("datastorage_retention_records_purged_total").increment(purged);
         match (b.next_at, b.next_id) {
             (Some(at), Some(id)) => after = (Some(at), Some(id)),
             _ => break,
         }
-        tokio::time::sleep(settings.pause).await;
+        tokio::time::sleep(settings.wait_before_next_batch(started.elapsed(), run.records_purged))
+            .await;
     }
     if run.records_purged > 0 {
         tracing::info!(

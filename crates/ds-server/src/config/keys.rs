@@ -200,7 +200,13 @@ pub const KEYS: &[Key] = &[
         "DATASTORAGE_RETENTION_BATCH_PAUSE_MS",
         "retention.batch_pause_ms",
         Value("100"),
-        "Pause between purge batches: bounds the purge's share of the database's I/O.",
+        "Least pause between purge batches.",
+    ),
+    key(
+        "DATASTORAGE_RETENTION_PURGE_ROWS_PER_SECOND",
+        "retention.purge_rows_per_second",
+        Value("5000"),
+        "Records the purge deletes per second at most, over its whole run (0: paced by the pause alone): bounds its share of the database's I/O and WAL so that it does not stall writes. A day's purge must keep up with a day's writes: 5000/s purges 432M records a day.",
     ),
     key(
         "DATASTORAGE_RETENTION_DROP_LOCK_WAIT_MS",
