@@ -1,7 +1,9 @@
 -- Back to one unpartitioned table (rows copied), without holds and the log's own entries. The
 -- entries' leaves stay in the log: a log that holds them does not verify with the previous
 -- version's verifier (docs/operations.md, "Migrations that are not additive").
-DROP FUNCTION audit_purge_partition(text, jsonb, jsonb, integer);
+DROP FUNCTION audit_purge_apply(bigint, bigint[], integer);
+DROP FUNCTION audit_purge_partition(text, jsonb, jsonb);
+DROP TABLE purge_pending;
 DROP FUNCTION audit_purge(jsonb, jsonb, timestamptz, bigint, integer);
 DROP FUNCTION audit_holds_lock();
 DROP FUNCTION audit_partition_ensure(timestamptz);

@@ -201,17 +201,31 @@ END
 $$;
 REVOKE ALL ON FUNCTION audit_partition_ensure(timestamptz) FROM PUBLIC;
 
--- The retention purge, the one way records are ever deleted: one bounded batch. Walks records in
--- (received_at, id) order after the cursor (`after_at`, `after_id`) and before the latest cutoff,
--- at most `max_rows` of them, and deletes those received before their kind's cutoff
--- (`cutoffs`: kind -> timestamptz; a kind absent or null is kept forever) that no hold covers,
--- their digests with them; appends a purge entry to the log naming them (`policy` is recorded in
--- it as given). Holds are placed under the same lock (audit_holds_lock), so a hold committed
--- before a batch protects its records from that batch and every later one. Returns how many
--- records it examined and deleted, and where the next batch starts (NULL when it reached the end).
+-- Purges logged and not yet carried out. A purge is logged first and carried out only once a
+-- signed checkpoint covers its entry: an export reaches at least that checkpoint, so it holds the
+-- entry that explains every record it finds gone (docs/retention.md, "Log first, delete after").
+-- One row per purge entry: the record ids of a batch, or a partition to drop whole (entry NULL
+-- for an empty partition: nothing of the log's goes).
+CREATE TABLE purge_pending (
+    id        bigserial PRIMARY KEY,
+    entry_id  bigint UNIQUE,
+    records   bigint[],
+    partition text UNIQUE,
+    CHECK ((records IS NULL) <> (partition IS NULL)),
+    CHECK (records IS NULL OR entry_id IS NOT NULL)
+);
+
+-- The retention purge, the one way records are ever deleted, first step: one bounded batch
+-- logged. Walks records in (received_at, id) order after the cursor (`after_at`, `after_id`) and
+-- before the latest cutoff, at most `max_rows` of them, and names those received before their
+-- kind's cutoff (`cutoffs`: kind -> timestamptz; a kind absent or null is kept forever) that no
+-- hold covers, the log already holds and no pending purge names, in a purge entry (`policy`
+-- recorded in it as given) and in purge_pending; audit_purge_apply deletes them once a checkpoint
+-- covers the entry. Returns how many records it examined and named, and where the next batch
+-- starts (NULL when it reached the end).
 CREATE FUNCTION audit_purge(cutoffs jsonb, policy jsonb, after_at timestamptz, after_id bigint,
                             max_rows integer)
-RETURNS TABLE (examined bigint, purged bigint, next_at timestamptz, next_id bigint)
+RETURNS TABLE (examined bigint, named bigint, next_at timestamptz, next_id bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET jit = off AS $$
 DECLARE
     latest timestamptz := (SELECT max((value #>> '{}')::timestamptz)
@@ -219,53 +233,51 @@ DECLARE
     last_at timestamptz;
     last_id bigint;
     ids     bigint[];
-    digests bytea[];
+    entry   bigint;
 BEGIN
     examined := 0;
-    purged := 0;
+    named := 0;
     IF latest IS NULL THEN
         RETURN NEXT;
         RETURN;
     END IF;
-    PERFORM audit_holds_lock();
-    PERFORM set_config('datastorage.purge', 'on', true);
     WITH walked AS MATERIALIZED (
-        SELECT r.id, r.received_at, r.kind, r.correlation_id, r.content_digest
+        SELECT r.id, r.received_at, r.kind, r.correlation_id, r.tableoid
         FROM audit_records r
         WHERE (r.received_at, r.id) > (COALESCE(after_at, '-infinity'), COALESCE(after_id, 0))
           AND r.received_at < latest
         ORDER BY r.received_at, r.id
         LIMIT max_rows
+    ), pending AS (
+        SELECT unnest(p.records) AS id FROM purge_pending p WHERE p.records IS NOT NULL
     ), doomed AS (
-        SELECT w.* FROM walked w
+        SELECT w.id FROM walked w
         WHERE w.received_at < (cutoffs ->> w.kind)::timestamptz
           AND NOT EXISTS (SELECT 1 FROM legal_holds h
                           WHERE h.correlation_id = w.correlation_id AND h.released_at IS NULL)
           -- Only a record the log holds: one removed before its leaf was appended would never
           -- be in the log (it goes at a later purge).
           AND EXISTS (SELECT 1 FROM tlog_leaves l WHERE l.record_id = w.id)
-    ), gone AS (
-        DELETE FROM audit_records r USING doomed d
-        WHERE r.id = d.id AND r.received_at = d.received_at
-        RETURNING r.id, r.content_digest
+          -- Not twice: named by a batch, or in a partition to be dropped, not yet carried out.
+          AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.id = w.id)
+          AND NOT EXISTS (SELECT 1 FROM purge_pending p
+                          WHERE p.partition IS NOT NULL AND to_regclass(p.partition) = w.tableoid)
     ), last AS (
         SELECT w.received_at, w.id FROM walked w ORDER BY w.received_at DESC, w.id DESC LIMIT 1
     )
     SELECT (SELECT count(*) FROM walked),
-           (SELECT array_agg(g.id ORDER BY g.id) FROM gone g),
-           (SELECT array_agg(g.content_digest) FROM gone g),
+           (SELECT array_agg(d.id ORDER BY d.id) FROM doomed d),
            (SELECT l.received_at FROM last l), (SELECT l.id FROM last l)
-    INTO examined, ids, digests, last_at, last_id;
+    INTO examined, ids, last_at, last_id;
     IF ids IS NOT NULL THEN
-        -- By primary key (a join here planned a scan of every digest per batch).
-        DELETE FROM audit_digests WHERE content_digest = ANY (digests);
         INSERT INTO log_entries (kind, body)
         VALUES ('purge', jsonb_build_object(
                     'reason', 'retention', 'policy', policy, 'cutoffs', cutoffs,
-                    'count', cardinality(ids), 'records', to_jsonb(ids)));
-        purged := cardinality(ids);
+                    'count', cardinality(ids), 'records', to_jsonb(ids)))
+        RETURNING id INTO entry;
+        INSERT INTO purge_pending (entry_id, records) VALUES (entry, ids);
+        named := cardinality(ids);
     END IF;
-    PERFORM set_config('datastorage.purge', 'off', true);
     IF examined = max_rows THEN
         next_at := last_at;
         next_id := last_id;
@@ -275,16 +287,16 @@ END
 $$;
 REVOKE ALL ON FUNCTION audit_purge(jsonb, jsonb, timestamptz, bigint, integer) FROM PUBLIC;
 
--- Placing a hold and a purge batch exclude each other (a transaction-scoped advisory lock).
+-- Placing a hold and carrying out a purge exclude each other (a transaction-scoped advisory lock).
 CREATE FUNCTION audit_holds_lock() RETURNS void LANGUAGE sql AS
     $$ SELECT pg_advisory_xact_lock(7234893271234002) $$;
 
--- The month partition `name` dropped whole, when every record in it is past its kind's cutoff and
--- no hold covers any: its digests deleted and a purge entry appended (the partition's range, its
--- records' count and their ids as ranges), in one transaction. Waits at most `lock_wait_ms` for
--- the partitioned table's lock (a drop takes it exclusively: writers wait behind it), then gives
--- up, to try again later. Returns the records dropped, or NULL when it did not drop.
-CREATE FUNCTION audit_purge_partition(name text, cutoffs jsonb, policy jsonb, lock_wait_ms integer)
+-- The month partition `name` logged for a drop, when every record in it is past its kind's cutoff,
+-- the log holds each and no hold covers any: a purge entry (the partition's range, its records'
+-- count and their ids as ranges) and a purge_pending row; audit_purge_apply drops it once a
+-- checkpoint covers the entry. Returns the records it holds, or NULL when it is not to be dropped
+-- (or already pending).
+CREATE FUNCTION audit_purge_partition(name text, cutoffs jsonb, policy jsonb)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
@@ -292,14 +304,14 @@ DECLARE
     bounds    text;
     blocking  boolean;
     n         bigint;
+    entry     bigint;
 BEGIN
     SELECT c.oid, pg_get_expr(c.relpartbound, c.oid) INTO part, bounds
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
     WHERE i.inhparent = 'audit_records'::regclass AND c.relname = name;
-    IF part IS NULL THEN
+    IF part IS NULL OR EXISTS (SELECT 1 FROM purge_pending p WHERE p.partition = name) THEN
         RETURN NULL;
     END IF;
-    PERFORM audit_holds_lock();
     EXECUTE format(
         'SELECT EXISTS (SELECT 1 FROM %s r WHERE r.received_at >= COALESCE((%L::jsonb ->> r.kind)::timestamptz, ''-infinity'')
                         OR EXISTS (SELECT 1 FROM legal_holds h
@@ -310,7 +322,6 @@ BEGIN
         RETURN NULL;
     END IF;
     EXECUTE format('SELECT count(*) FROM %s', part) INTO n;
-    EXECUTE format('DELETE FROM audit_digests a USING %s r WHERE a.content_digest = r.content_digest', part);
     -- Its records' ids as ranges: runs of consecutive ids, joined across gaps where no record
     -- of another partition lies (ids skipped by duplicates, the log's own entries), so that a
     -- range names exactly this partition's records among those stored.
@@ -338,20 +349,93 @@ BEGIN
                     ''partition'', jsonb_build_object(''name'', %5$L, ''bounds'', %6$L),
                     ''count'', (SELECT count(*) FROM %1$s),
                     ''ranges'', COALESCE((SELECT jsonb_agg(jsonb_build_array(lo, hi) ORDER BY lo) FROM ranges), ''[]''::jsonb))
-         RETURNING (body ->> ''count'')::bigint',
-        part, part::oid, policy, cutoffs, name, bounds) INTO n;
+         RETURNING id',
+        part, part::oid, policy, cutoffs, name, bounds) INTO entry;
     END IF;
-    PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
-    BEGIN
-        EXECUTE format('DROP TABLE %s', part);
-    EXCEPTION WHEN lock_not_available THEN
-        RAISE EXCEPTION 'the partition % was not dropped: its table stayed locked for % ms', name, lock_wait_ms
-            USING ERRCODE = 'lock_not_available';
-    END;
+    INSERT INTO purge_pending (entry_id, partition) VALUES (entry, name);
     RETURN n;
 END
 $$;
-REVOKE ALL ON FUNCTION audit_purge_partition(text, jsonb, jsonb, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit_purge_partition(text, jsonb, jsonb) FROM PUBLIC;
+
+-- The retention purge, second step: the oldest pending purge after `after_pending`, and not in
+-- `skip`, whose entry a signed checkpoint covers, carried out. A batch: its records that no hold covers now are deleted
+-- with their digests. A partition: dropped with its digests, unless a hold now covers one of its
+-- records (then it is left, and its unheld records go by batches later); the drop waits at most
+-- `lock_wait_ms` for the partitioned table's lock (writers wait behind it meanwhile), else it
+-- stays pending (`deferred`). Returns no row when nothing pending is covered yet.
+CREATE FUNCTION audit_purge_apply(after_pending bigint, skip bigint[], lock_wait_ms integer)
+RETURNS TABLE (pending bigint, deleted bigint, dropped boolean, deferred boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET jit = off AS $$
+DECLARE
+    p        purge_pending;
+    signed   bigint := (SELECT max(tree_size) FROM tlog_checkpoints);
+    digests  bytea[];
+    part     regclass;
+    held     boolean;
+BEGIN
+    SELECT * INTO p FROM purge_pending q
+    WHERE q.id > after_pending AND q.id <> ALL (skip)
+      AND (q.entry_id IS NULL
+           OR EXISTS (SELECT 1 FROM tlog_leaves l
+                      WHERE l.record_id = q.entry_id AND l.log_index < signed))
+    ORDER BY q.id LIMIT 1;
+    IF p.id IS NULL THEN
+        RETURN;
+    END IF;
+    pending := p.id;
+    deleted := 0;
+    dropped := false;
+    deferred := false;
+    PERFORM audit_holds_lock();
+    IF p.records IS NOT NULL THEN
+        PERFORM set_config('datastorage.purge', 'on', true);
+        WITH gone AS (
+            DELETE FROM audit_records r
+            WHERE r.id = ANY (p.records)
+              AND NOT EXISTS (SELECT 1 FROM legal_holds h
+                              WHERE h.correlation_id = r.correlation_id AND h.released_at IS NULL)
+            RETURNING r.content_digest
+        )
+        SELECT array_agg(g.content_digest) INTO digests FROM gone g;
+        PERFORM set_config('datastorage.purge', 'off', true);
+        -- By primary key (a join here planned a scan of every digest per batch).
+        DELETE FROM audit_digests WHERE content_digest = ANY (digests);
+        deleted := COALESCE(cardinality(digests), 0);
+        DELETE FROM purge_pending WHERE id = p.id;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    part := to_regclass(p.partition);
+    IF part IS NULL THEN
+        DELETE FROM purge_pending WHERE id = p.id;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    EXECUTE format(
+        'SELECT EXISTS (SELECT 1 FROM %s r JOIN legal_holds h ON h.correlation_id = r.correlation_id
+                        WHERE h.released_at IS NULL)', part) INTO held;
+    IF held THEN
+        DELETE FROM purge_pending WHERE id = p.id;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %s', part) INTO deleted;
+    PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
+    BEGIN
+        EXECUTE format('DELETE FROM audit_digests a USING %s r WHERE a.content_digest = r.content_digest', part);
+        EXECUTE format('DROP TABLE %s', part);
+        DELETE FROM purge_pending WHERE id = p.id;
+        dropped := true;
+    EXCEPTION WHEN lock_not_available THEN
+        deleted := 0;
+        deferred := true;
+    END;
+    PERFORM set_config('lock_timeout', '0', true);
+    RETURN NEXT;
+END
+$$;
+REVOKE ALL ON FUNCTION audit_purge_apply(bigint, bigint[], integer) FROM PUBLIC;
 
 -- This month and the next three (contract §9); the maintenance task keeps it so.
 SELECT audit_partition_ensure(now() + make_interval(months => m)) FROM generate_series(0, 3) m;
@@ -361,11 +445,13 @@ SELECT audit_partition_ensure(now() + make_interval(months => m)) FROM generate_
 GRANT SELECT, INSERT ON audit_records, audit_digests, log_entries TO datastorage_runtime;
 GRANT UPDATE (embedding_id, embedding_digest) ON audit_records TO datastorage_runtime;
 GRANT SELECT, INSERT ON legal_holds TO datastorage_runtime;
+GRANT SELECT ON purge_pending TO datastorage_runtime;
 GRANT UPDATE (released_by, released_at, release_reason) ON legal_holds TO datastorage_runtime;
 GRANT USAGE, SELECT ON SEQUENCE legal_holds_id_seq TO datastorage_runtime;
 GRANT EXECUTE ON FUNCTION audit_partitions(),
                           audit_partition_ensure(timestamptz),
                           audit_purge(jsonb, jsonb, timestamptz, bigint, integer),
-                          audit_purge_partition(text, jsonb, jsonb, integer),
+                          audit_purge_partition(text, jsonb, jsonb),
+                          audit_purge_apply(bigint, bigint[], integer),
                           audit_holds_lock()
     TO datastorage_runtime;

@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use ds_tests::{TestApp, fixtures, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
@@ -122,23 +122,24 @@ struct Batch {
     #[diesel(sql_type = BigInt)]
     examined: i64,
     #[diesel(sql_type = BigInt)]
-    purged: i64,
+    named: i64,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     next_at: Option<chrono::DateTime<chrono::Utc>>,
     #[diesel(sql_type = Nullable<BigInt>)]
     next_id: Option<i64>,
 }
 
-/// Every record of `kind` received before `days_ahead` days from now is past its retention (a
-/// clock the test moves: the cutoff the purge is given); batches of `max_rows` until the end.
-/// Returns (records examined, records purged, batches).
+/// Logs the purge of every record of `kind` received before `days_ahead` days from now (a clock
+/// the test moves: the cutoff the purge is given), in batches of `max_rows` until the end; the
+/// records go once a checkpoint covers the entries ([`apply_all`]). Returns (records examined,
+/// records named by purge entries, batches).
 async fn purge_all(
     c: &mut AsyncPgConnection,
     kind: &str,
     days_ahead: i64,
     max_rows: i64,
 ) -> (i64, i64, usize) {
-    let (mut examined, mut purged, mut batches) = (0, 0, 0);
+    let (mut examined, mut named, mut batches) = (0, 0, 0);
     let mut after: (Option<chrono::DateTime<chrono::Utc>>, Option<i64>) = (None, None);
     loop {
         let b: Batch = diesel::sql_query(
@@ -154,14 +155,49 @@ async fn purge_all(
         .await
         .unwrap();
         examined += b.examined;
-        purged += b.purged;
+        named += b.named;
         batches += 1;
         assert!(b.examined <= max_rows);
         match (b.next_at, b.next_id) {
             (Some(at), Some(id)) => after = (Some(at), Some(id)),
-            _ => return (examined, purged, batches),
+            _ => return (examined, named, batches),
         }
     }
+}
+
+#[derive(QueryableByName, Debug)]
+struct Applied {
+    #[diesel(sql_type = BigInt)]
+    deleted: i64,
+    #[diesel(sql_type = Bool)]
+    dropped: bool,
+}
+
+/// One call of `audit_purge_apply` (as the service's role): the oldest pending purge a checkpoint
+/// covers, carried out; `None` when nothing pending is covered.
+async fn apply_one(c: &mut AsyncPgConnection) -> Option<Applied> {
+    diesel::sql_query("SELECT deleted, dropped FROM audit_purge_apply(0, '{}', 2000)")
+        .get_result::<Applied>(c)
+        .await
+        .optional()
+        .unwrap()
+}
+
+/// Carries out every pending purge as checkpoints come to cover their entries (the running
+/// service's sequencer signs one every 100 ms), polling as [`ds_tests::until`] does; returns the
+/// records deleted.
+async fn apply_all(c: &mut AsyncPgConnection) -> i64 {
+    let mut deleted = 0;
+    for _ in 0..2000 {
+        while let Some(a) = apply_one(c).await {
+            deleted += a.deleted;
+        }
+        if count(c, "SELECT count(*) AS n FROM purge_pending").await == 0 {
+            return deleted;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until every logged purge is carried out");
 }
 
 #[tokio::test]
@@ -403,29 +439,20 @@ async fn the_purge_deletes_expired_records_no_hold_covers_in_bounded_batches_and
         ))
         .await
         .unwrap();
-    let (examined, purged, batches) = purge_all(&mut rt, "workflow", 1, 3).await;
-    assert_eq!(purged, 7);
+    let (examined, named, batches) = purge_all(&mut rt, "workflow", 1, 3).await;
+    assert_eq!(named, 7);
     assert!(batches >= 4, "{batches} batches");
     assert!(examined >= 11, "{examined} examined");
+    // Logged first: nothing is deleted while no checkpoint covers the entries (the sequencer is
+    // held), and logging again names nothing twice.
     let mut c = app.db.conn().await.unwrap();
-    let left: Vec<i64> = diesel::sql_query("SELECT id AS n FROM audit_records ORDER BY id")
-        .load::<N>(&mut c)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.n)
-        .collect();
-    let mut kept: Vec<i64> = held.iter().chain(&other).copied().collect();
-    kept.sort_unstable();
-    assert_eq!(left, kept);
-    // Their digests went with them: the same content again is a new record.
+    assert!(apply_one(&mut rt).await.is_none());
+    assert_eq!(purge_all(&mut rt, "workflow", 1, 3).await.1, 0);
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM audit_digests").await,
-        7
+        count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
+        14
     );
-    let again = write(&app, "workflow", "rr-2026-11-30-purgea", 1, 1).await;
-    assert!(!free.contains(&again[0]));
-    // Each batch that removed records is a purge entry naming them, queued for the log.
+    // Each batch that named records is a purge entry naming them, queued for the log.
     #[derive(QueryableByName)]
     struct Entry {
         #[diesel(sql_type = diesel::sql_types::Jsonb)]
@@ -462,7 +489,26 @@ async fn the_purge_deletes_expired_records_no_hold_covers_in_bounded_batches_and
         .await,
         entries.len() as i64
     );
+    // The sequencer let go, checkpoints cover the entries: the records go.
     holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(apply_all(&mut rt).await, 7);
+    let left: Vec<i64> = diesel::sql_query("SELECT id AS n FROM audit_records ORDER BY id")
+        .load::<N>(&mut c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.n)
+        .collect();
+    let mut kept: Vec<i64> = held.iter().chain(&other).copied().collect();
+    kept.sort_unstable();
+    assert_eq!(left, kept);
+    // Their digests went with them: the same content again is a new record.
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_digests").await,
+        7
+    );
+    let again = write(&app, "workflow", "rr-2026-11-30-purgea", 1, 1).await;
+    assert!(!free.contains(&again[0]));
 
     // Released, the held trail goes at the next purge; the release is recorded once, never undone.
     rt.batch_execute(
@@ -481,18 +527,30 @@ async fn the_purge_deletes_expired_records_no_hold_covers_in_bounded_batches_and
         assert!(e.contains("append-only"), "{sql}: {e}");
     }
     until_logged(&app).await;
-    let (_, purged, _) = purge_all(&mut rt, "workflow", 1, 100).await;
-    assert_eq!(purged, 5); // the held four and the one written again
+    let (_, named, _) = purge_all(&mut rt, "workflow", 1, 100).await;
+    assert_eq!(named, 5); // the held four and the one written again
+    assert_eq!(apply_all(&mut rt).await, 5);
 }
 
 #[tokio::test]
-async fn a_hold_placed_while_a_purge_batch_waits_protects_its_records_from_that_batch() {
+async fn a_hold_placed_while_a_logged_purge_waits_to_be_carried_out_protects_its_records() {
     let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
         .await
         .unwrap();
     let ids = write(&app, "remediation", "rr-2026-11-30-racehd", 1, 3).await;
     until_logged(&app).await;
-    // The hold's transaction has the lock and its row, not committed yet...
+    // The purge is logged, and a checkpoint covers its entry: it is due to be carried out...
+    let mut rt = runtime(&app).await;
+    assert_eq!(purge_all(&mut rt, "remediation", 1, 100).await.1, 3);
+    until_count(
+        &app.db.url,
+        "a checkpoint covers the purge entry",
+        "SELECT count(*) AS n FROM purge_pending p JOIN tlog_leaves l ON l.record_id = p.entry_id
+         WHERE l.log_index < (SELECT max(tree_size) FROM tlog_checkpoints)",
+        |n| n == 1,
+    )
+    .await;
+    // ...when a hold's transaction has the lock and its row, not committed yet...
     let mut placing = runtime(&app).await;
     placing
         .batch_execute(
@@ -502,24 +560,25 @@ async fn a_hold_placed_while_a_purge_batch_waits_protects_its_records_from_that_
         )
         .await
         .unwrap();
-    // ...when a purge batch starts: it waits for the lock.
+    // ...and the purge is carried out: it waits for the lock.
     let url = app.db.runtime_url.clone();
     let purge = tokio::spawn(async move {
         let mut c = AsyncPgConnection::establish(&url).await.unwrap();
-        purge_all(&mut c, "remediation", 1, 100).await
+        apply_all(&mut c).await
     });
     let mut c = app.db.conn().await.unwrap();
     until_count(
         &app.db.url,
-        "the purge batch waits for the holds' lock",
+        "carrying out the purge waits for the holds' lock",
         "SELECT count(*) AS n FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%audit_purge%'",
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%audit_purge_apply%'",
         |n| n == 1,
     )
     .await;
     placing.batch_execute("COMMIT").await.unwrap();
-    let (_, purged, _) = purge.await.unwrap();
-    assert_eq!(purged, 0);
+    // The hold committed first: nothing goes (the entry names records that stay, which the
+    // verifier accepts: a purge entry explains records gone, it does not demand them gone).
+    assert_eq!(purge.await.unwrap(), 0);
     assert_eq!(
         count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
         ids.len() as i64
@@ -550,7 +609,7 @@ async fn a_partition_is_dropped_whole_only_when_all_its_records_expired_and_none
                 n: Option<i64>,
             }
             diesel::sql_query(format!(
-                "SELECT audit_purge_partition($1, {cutoffs}, '{{\"days\": {{\"default\": 90}}}}'::jsonb, 2000) AS n"
+                "SELECT audit_purge_partition($1, {cutoffs}, '{{\"days\": {{\"default\": 90}}}}'::jsonb) AS n"
             ))
             .bind::<Text, _>(part)
             .get_result::<Dropped>(&mut rt)
@@ -577,8 +636,41 @@ async fn a_partition_is_dropped_whole_only_when_all_its_records_expired_and_none
         count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
         8
     );
-    // All expired, none held: dropped, its digests and records gone, one entry with its ranges.
+    // All expired, none held: the drop is logged (logging it again does nothing)...
     assert_eq!(drop(both).await, Some(8));
+    assert_eq!(drop(both).await, None);
+    // ...but a hold placed before it is carried out keeps the partition, and the entry names
+    // records that stay.
+    let late = place_hold(&mut rt, "rr-2026-11-30-dropa0").await;
+    assert_eq!(apply_all(&mut rt).await, 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
+        8
+    );
+    rt.batch_execute(&format!(
+        "UPDATE legal_holds SET released_by = 'system:serviceaccount:legal:counsel',
+                released_at = now(), release_reason = 'case closed' WHERE id = {late}"
+    ))
+    .await
+    .unwrap();
+    // Logged again and carried out: dropped, its digests and records gone, an entry with its
+    // ranges.
+    assert_eq!(drop(both).await, Some(8));
+    let applied = std::sync::Arc::new(std::sync::Mutex::new(None));
+    ds_tests::until("a checkpoint covers the drop's entry", || {
+        let (url, applied) = (url.clone(), applied.clone());
+        async move {
+            let mut rt = AsyncPgConnection::establish(&url).await.unwrap();
+            let a = apply_one(&mut rt).await;
+            let got = a.is_some();
+            *applied.lock().unwrap() = a;
+            got
+        }
+    })
+    .await;
+    let applied = applied.lock().unwrap().take().unwrap();
+    assert!(applied.dropped);
+    assert_eq!(applied.deleted, 8);
     assert_eq!(
         count(&mut c, "SELECT count(*) AS n FROM audit_records").await,
         0
@@ -603,10 +695,12 @@ async fn a_partition_is_dropped_whole_only_when_all_its_records_expired_and_none
         #[diesel(sql_type = diesel::sql_types::Jsonb)]
         body: Value,
     }
-    let e: Entry = diesel::sql_query("SELECT body FROM log_entries WHERE kind = 'purge'")
-        .get_result(&mut c)
-        .await
-        .unwrap();
+    let e: Entry = diesel::sql_query(
+        "SELECT body FROM log_entries WHERE kind = 'purge' ORDER BY id DESC LIMIT 1",
+    )
+    .get_result(&mut c)
+    .await
+    .unwrap();
     assert_eq!(e.body["count"], 8);
     assert_eq!(e.body["partition"]["name"], part[0].as_str());
     let mut covered: Vec<i64> = Vec::new();
@@ -640,6 +734,7 @@ async fn the_verifier_tells_a_purge_by_policy_from_a_deletion() {
     place_hold(&mut rt, "rr-2026-11-30-vfypgb").await;
     let (_, n, _) = purge_all(&mut rt, "workflow", 1, 100).await;
     assert_eq!(n, 6);
+    assert_eq!(apply_all(&mut rt).await, 6);
     // The purge entry is a leaf like the records: logged, signed, exported.
     let (note, cp) = checkpoint_covering(&app, 11).await;
     assert_eq!(cp.size, 11);
@@ -742,6 +837,8 @@ async fn maintenance_on_a_clock_the_test_moves_purges_what_expired_and_keeps_wha
         pause: std::time::Duration::ZERO,
         rows_per_second: 0,
         drop_lock_wait: std::time::Duration::from_millis(200),
+        coverage_wait: std::time::Duration::from_secs(30),
+        max_pending: 100,
     };
 
     // Forty days on, workflows and executions are kept 30 days, remediations forever: the
@@ -757,6 +854,8 @@ async fn maintenance_on_a_clock_the_test_moves_purges_what_expired_and_keeps_wha
     assert!(run.ran);
     assert!(run.months_ahead >= 3, "{run:?}");
     assert_eq!(run.records_purged, 6, "{run:?}");
+    // Logged, then carried out within the run once checkpoints covered the entries.
+    assert_eq!((run.records_logged, run.pending), (6, 0), "{run:?}");
     assert_eq!(run.partitions_dropped, 0, "{run:?}");
     assert!(run.batches >= 3, "{run:?}");
     let mut c = app.db.conn().await.unwrap();
@@ -1174,8 +1273,8 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
     until_count(
         &db.url,
         "the replica has purged a few batches",
-        "SELECT count(*) AS n FROM log_entries WHERE kind = 'purge'",
-        |n| n >= 3,
+        "SELECT count(*) AS n FROM audit_records WHERE id <= 400",
+        |n| n <= 370,
     )
     .await;
     first.kill().await.unwrap();
@@ -1183,7 +1282,8 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
     let (acked, statuses) = writer.await.unwrap();
     assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
 
-    // Whatever it did, it did whole: the records gone are exactly those the entries name.
+    // Whatever it did, it did whole: every record gone is named by an entry, and the records
+    // named and not gone are exactly those of the purges logged and not carried out yet.
     async fn named_and_gone(c: &mut AsyncPgConnection) -> (Vec<i64>, Vec<i64>) {
         #[derive(QueryableByName)]
         struct Id {
@@ -1214,7 +1314,30 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
     }
     let (named, gone) = named_and_gone(&mut c).await;
     assert!(!gone.is_empty() && gone.len() < 400, "{} gone", gone.len());
-    assert_eq!(named, gone);
+    assert!(
+        gone.iter().all(|id| named.contains(id)),
+        "{gone:?} {named:?}"
+    );
+    #[derive(QueryableByName)]
+    struct Pending {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let pending: Vec<i64> = diesel::sql_query(
+        "SELECT unnest(records) AS id FROM purge_pending WHERE records IS NOT NULL ORDER BY 1",
+    )
+    .load::<Pending>(&mut c)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|p| p.id)
+    .collect();
+    let named_not_gone: Vec<i64> = named
+        .iter()
+        .filter(|id| !gone.contains(id))
+        .copied()
+        .collect();
+    assert_eq!(named_not_gone, pending);
     assert_eq!(
         count(
             &mut c,
@@ -1296,6 +1419,141 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
                 .sum();
             assert_eq!(purged, 400, "{summary}");
         }
+        Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+}
+
+/// The body of an HTTP/1.1 response read whole from `stream` (chunked or not), after `head` bytes
+/// already read.
+async fn rest_of_body(stream: &mut tokio::net::TcpStream, mut raw: Vec<u8>) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let (mut out, mut at) = (Vec::new(), 0);
+        loop {
+            let eol = at + body[at..].windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&body[at..eol]).unwrap().trim(), 16)
+                    .unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&body[eol + 2..eol + 2 + size]);
+            at = eol + 2 + size + 2;
+        }
+        body = out;
+    }
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn an_export_that_reads_on_while_a_purge_is_carried_out_still_verifies() {
+    use ds_server::verify::Verdict;
+    use ds_tests::log::{checkpoint_covering, temp, text, verify_offline};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
+        .await
+        .unwrap();
+    // 40,000 records received 100 days ago, put back as an administrator's restore would (queued
+    // for the log by the trigger): executions, then, once they are logged, 100 workflows, whose
+    // leaves end the log.
+    let mut c = app.db.conn().await.unwrap();
+    let restore = |kind: &str, ids: std::ops::RangeInclusive<u32>| {
+        format!(
+            "INSERT INTO audit_digests (content_digest, record_id, received_at)
+             SELECT sha256(('exp-' || g)::bytea), g, now() - interval '100 days' FROM generate_series({lo}, {hi}) g;
+             INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id,
+                 created_at, content_digest, details, embedding_digest)
+             SELECT g, now() - interval '100 days', '{kind}', 'exp-' || g, 'payments', 'Completed',
+                 'rr-2026-08-22-exp' || lpad((g % 100)::text, 3, '0'), now() - interval '100 days',
+                 sha256(('exp-' || g)::bytea), '{{}}'::jsonb, sha256('exp'::bytea)
+             FROM generate_series({lo}, {hi}) g;
+             SELECT setval('audit_records_id_seq', {hi});",
+            lo = ids.start(),
+            hi = ids.end()
+        )
+    };
+    c.batch_execute(&restore("execution", 1..=39_900))
+        .await
+        .unwrap();
+    checkpoint_covering(&app, 39_900).await;
+    c.batch_execute(&restore("workflow", 39_901..=40_000))
+        .await
+        .unwrap();
+    let (first_note, _) = checkpoint_covering(&app, 40_000).await;
+
+    // An export starts (the latest checkpoint: 40,000 leaves) and its reader stops after a little,
+    // with a small receive buffer: the service cannot read its last pages before it goes on.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/audit/export HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                app.addr
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < raw.len() {
+        let n = stream.read(&mut raw[got..]).await.unwrap();
+        assert!(n > 0, "the export ended early");
+        got += n;
+    }
+    raw.truncate(got);
+
+    // Meanwhile the workflows' purge is logged, a checkpoint covers its entry, and it is carried
+    // out: the records of the export's last leaves are gone before it reads them.
+    let mut rt = runtime(&app).await;
+    assert_eq!(purge_all(&mut rt, "workflow", 1, 1000).await.1, 100);
+    assert_eq!(apply_all(&mut rt).await, 100);
+
+    // The export reads on: past the 40,000 it started with, to the checkpoint that is the latest
+    // when it gets there, which holds the purge entry.
+    let (head, body) = rest_of_body(&mut stream, raw).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-log-tree-size: 40000"),
+        "{head}"
+    );
+    let lines: Vec<ds_tlog::verify::ExportLine> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() > 40_000, "{} lines", lines.len());
+    let gone: Vec<(u64, i64)> = lines
+        .iter()
+        .filter(|l| l.record.is_none())
+        .map(|l| (l.log_index, l.id))
+        .collect();
+    assert_eq!(gone.len(), 100, "{gone:?} of {}", lines.len());
+    let entry = lines.iter().find(|l| l.kind == "purge").unwrap();
+    let (status, note) = text(
+        &app,
+        &format!("/api/v1/log/checkpoint?size={}", lines.len()),
+    )
+    .await;
+    assert_eq!(status, 200, "{note}");
+    let file = temp("export-during-purge.ndjson", &body);
+    match verify_offline(&file, &[&first_note, &note]) {
+        Verdict::Verified(summary) => assert!(
+            summary.contains(&format!(
+                "100 records purged by policy on {} (purge at logIndex {})",
+                entry.received_at.as_deref().unwrap(),
+                entry.log_index
+            )),
+            "{summary}"
+        ),
         Verdict::Tampered(f) => panic!("{f:?}"),
     }
 }

@@ -94,6 +94,12 @@ pub struct MaintenanceSettings {
     pub rows_per_second: u32,
     /// How long dropping a partition waits for the table's lock (writers wait behind it meanwhile).
     pub drop_lock_wait: Duration,
+    /// How long a run waits, at its end, for a signed checkpoint to cover the purge entries it
+    /// logged (a purge is carried out only then); what is still pending goes at the next run.
+    pub coverage_wait: Duration,
+    /// Purge batches logged and not yet carried out, at most: how far logging runs ahead of
+    /// deleting while checkpoints catch up.
+    pub max_pending: u32,
 }
 
 impl Default for MaintenanceSettings {
@@ -104,6 +110,8 @@ impl Default for MaintenanceSettings {
             pause: Duration::from_millis(100),
             rows_per_second: 5000,
             drop_lock_wait: Duration::from_millis(200),
+            coverage_wait: Duration::from_secs(60),
+            max_pending: 100,
         }
     }
 }
@@ -135,9 +143,14 @@ pub struct MaintenanceRun {
     pub records_dropped: u64,
     /// Partitions whole-drop was due for but whose lock did not come in time (tried next run).
     pub drops_deferred: u32,
-    /// Records deleted by batches, and the batches.
+    /// Records deleted by batches, and the batches carried out.
     pub records_purged: u64,
     pub batches: u64,
+    /// Records named by the purge entries this run logged (carried out once a checkpoint covers
+    /// them, in this run or a later one).
+    pub records_logged: u64,
+    /// Purges logged (by this run or an earlier one) and still not carried out at its end.
+    pub pending: u64,
 }
 
 /// A legal hold (contract §9): every record of `correlation_id`, written before or after it was

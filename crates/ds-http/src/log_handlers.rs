@@ -158,10 +158,25 @@ fn line(e: ExportEntry) -> ExportLine {
     }
 }
 
+/// Where an export stands: the next log index, the lines it may still send, the tree size it
+/// goes up to, and whether that was moved on to the latest checkpoint already.
+struct ExportCursor {
+    from: u64,
+    left: u64,
+    end: u64,
+    extended: bool,
+}
+
 /// `GET /api/v1/audit/export?since&until&correlationId&kinds&cursor&limit`: one JSON line per leaf in
 /// log order, from `cursor` (a log index, default 0), at most `limit` lines, up to the latest signed
-/// checkpoint at the time of the request (its size is the `X-Log-Tree-Size` header). Without filters every leaf is there,
-/// records gone included (`"record": null`): what `datastorage verify` rebuilds the tree from.
+/// checkpoint at the time of the request (its size is the `X-Log-Tree-Size` header) and then on to
+/// the latest one when it got there. Without filters every leaf is there, records gone included
+/// (`"record": null`): what `datastorage verify` rebuilds the tree from.
+///
+/// Why on to the latest checkpoint: a purge deletes records only once a signed checkpoint covers
+/// its entry, so a record this export finds gone was deleted after a checkpoint that names why
+/// was signed, and the checkpoint current when the export reaches its end is at least that one
+/// (docs/retention.md, "Log first, delete after").
 pub(crate) async fn export(
     _auth: Authorized<Read>,
     state: web::Data<AppState>,
@@ -207,39 +222,73 @@ pub(crate) async fn export(
     };
     let from = q.u64("cursor")?.unwrap_or(0);
     let end = guarded(&state, state.log.export_end()).await?;
-    let body = futures_util::stream::unfold(Some((from, limit)), move |next| {
+    let start = ExportCursor {
+        from,
+        left: limit,
+        end,
+        extended: false,
+    };
+    let body = futures_util::stream::unfold(Some(start), move |next| {
         let state = state.clone();
         let filter = filter.clone();
         async move {
-            let (from, left) = next?;
-            if from >= end || left == 0 {
-                return None;
-            }
-            let want = usize::try_from(left)
-                .unwrap_or(EXPORT_PAGE)
-                .min(EXPORT_PAGE);
-            let page = guarded(&state, state.log.export_page(&filter, from, end, want)).await;
-            match page {
-                Err(e) => {
-                    // The status is sent: the stream ends early (the client sees an incomplete body,
-                    // never a short export that looks whole).
-                    tracing::warn!(error = %e, from, "export failed mid-stream");
-                    Some((Err(actix_web::Error::from(e)), None))
+            let mut at = next?;
+            loop {
+                if at.left == 0 {
+                    return None;
                 }
-                Ok(entries) if entries.is_empty() => None,
-                Ok(entries) => {
-                    let full = entries.len() == want;
-                    let left = left - entries.len() as u64;
-                    let last = entries.last().map_or(from, |e| e.log_index);
-                    let mut out = Vec::with_capacity(entries.len() * 512);
-                    for e in entries {
-                        // Serializing a struct of strings, integers and JSON values cannot fail.
-                        let _ = serde_json::to_writer(&mut out, &line(e));
-                        out.push(b'\n');
+                if at.from >= at.end {
+                    // Once: on to the checkpoint that is the latest now.
+                    if at.extended {
+                        return None;
                     }
-                    let next = full.then_some((last + 1, left));
-                    Some((Ok::<_, actix_web::Error>(Bytes::from(out)), next))
+                    at.extended = true;
+                    match guarded(&state, state.log.export_end()).await {
+                        Ok(latest) if latest > at.end => {
+                            at.end = latest;
+                            continue;
+                        }
+                        Ok(_) => return None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, from = at.from, "export failed mid-stream");
+                            return Some((Err(actix_web::Error::from(e)), None));
+                        }
+                    }
                 }
+                let want = usize::try_from(at.left)
+                    .unwrap_or(EXPORT_PAGE)
+                    .min(EXPORT_PAGE);
+                let page = guarded(
+                    &state,
+                    state.log.export_page(&filter, at.from, at.end, want),
+                )
+                .await;
+                let entries = match page {
+                    Err(e) => {
+                        // The status is sent: the stream ends early (the client sees an incomplete
+                        // body, never a short export that looks whole).
+                        tracing::warn!(error = %e, from = at.from, "export failed mid-stream");
+                        return Some((Err(actix_web::Error::from(e)), None));
+                    }
+                    Ok(entries) => entries,
+                };
+                if entries.is_empty() {
+                    // Nothing more below `end`.
+                    at.from = at.end;
+                    continue;
+                }
+                let full = entries.len() == want;
+                at.left -= entries.len() as u64;
+                let last = entries.last().map_or(at.from, |e| e.log_index);
+                let mut out = Vec::with_capacity(entries.len() * 512);
+                for e in entries {
+                    // Serializing a struct of strings, integers and JSON values cannot fail.
+                    let _ = serde_json::to_writer(&mut out, &line(e));
+                    out.push(b'\n');
+                }
+                // A page short of `want` had nothing more below `end`.
+                at.from = if full { last + 1 } else { at.end };
+                return Some((Ok::<_, actix_web::Error>(Bytes::from(out)), Some(at)));
             }
         }
     });

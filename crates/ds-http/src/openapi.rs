@@ -76,7 +76,7 @@ mod paths {
                ("kinds" = Option<String>, Query, description = "comma-separated kinds"),
                ("cursor" = Option<u64>, Query, description = "the log index to start from (default 0)"),
                ("limit" = Option<u64>, Query, description = "at most this many lines (≥ 1)")),
-        responses((status = 200, content_type = "application/x-ndjson", description = "one leaf per line in log order: `{logIndex, leafHash, kind, id, receivedAt, record}` (`record` null when the store no longer holds it), up to the latest signed checkpoint (`X-Log-Tree-Size`)"),
+        responses((status = 200, content_type = "application/x-ndjson", description = "one leaf per line in log order: `{logIndex, leafHash, kind, id, receivedAt, record}` (`record` null when the store no longer holds it), up to the latest signed checkpoint at the request (`X-Log-Tree-Size`), then on to the one latest when it gets there (verify against the checkpoint whose size is the line count)"),
                   (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
     pub fn export() {}
 

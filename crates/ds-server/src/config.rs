@@ -774,6 +774,7 @@ impl Config {
                 "DATASTORAGE_RETENTION_DROP_LOCK_WAIT_MS",
                 200,
             )?),
+            ..ds_domain::retention::MaintenanceSettings::default()
         };
         let settings = RetentionSettings {
             policy,

@@ -392,11 +392,13 @@ async fn background(
     let _ = outcome.send(Outcome::Started);
     tracing::info!("started: the database is ready");
     let sequencer = tokio::spawn(sequencer(log, plan.log.clone(), stop.clone()));
-    let maintenance = tokio::spawn(maintenance(
-        store.clone(),
-        plan.retention.clone(),
-        stop.clone(),
-    ));
+    let mut retention = plan.retention.clone();
+    // A purge is carried out once a checkpoint covers its entry: a run waits for a few of them.
+    retention.maintenance.coverage_wait = retention
+        .maintenance
+        .coverage_wait
+        .max(3 * plan.log.checkpoint_interval + plan.log.integrate_interval);
+    let maintenance = tokio::spawn(maintenance(store.clone(), retention, stop.clone()));
     if plan.worker_interval.is_zero() || plan.workers == 0 {
         stopped(&mut stop).await;
         sequencer

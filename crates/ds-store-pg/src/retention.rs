@@ -65,7 +65,7 @@ struct Dropped {
 #[derive(QueryableByName)]
 struct Batch {
     #[diesel(sql_type = BigInt)]
-    purged: i64,
+    named: i64,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     next_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -93,10 +93,114 @@ async fn months_ahead(c: &mut AsyncPgConnection, now: DateTime<Utc>) -> Result<u
     Ok(rows.iter().take_while(|r| r.covered).count() as u32)
 }
 
-/// Whether `e` is PostgreSQL's `lock_not_available` (a drop that gave up waiting for its lock).
-fn is_lock_timeout(e: &PgStoreError) -> bool {
-    matches!(e, PgStoreError::Query(diesel::result::Error::DatabaseError(_, info))
-        if info.message().contains("stayed locked"))
+/// How often a run looks again for a checkpoint that covers its purge entries.
+const COVERAGE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Purges logged and not carried out yet.
+async fn pending(c: &mut AsyncPgConnection) -> Result<i64, PgStoreError> {
+    Ok(diesel::sql_query("SELECT count(*) AS n FROM purge_pending")
+        .get_result::<Created>(c)
+        .await?
+        .n)
+}
+
+/// The pace of deletions over a run (`rows_per_second`, at least `pause` between batches), and
+/// the partition drops it deferred (their table stayed locked: tried again at the next run).
+struct Pace {
+    started: tokio::time::Instant,
+    deleted: u64,
+    deferred: Vec<i64>,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            started: tokio::time::Instant::now(),
+            deleted: 0,
+            deferred: Vec::new(),
+        }
+    }
+
+    async fn after(&mut self, settings: &MaintenanceSettings, deleted: u64) {
+        self.deleted += deleted;
+        tokio::time::sleep(settings.wait_before_next_batch(self.started.elapsed(), self.deleted))
+            .await;
+    }
+}
+
+#[derive(QueryableByName)]
+struct Applied {
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    deleted: i64,
+    #[diesel(sql_type = Bool)]
+    dropped: bool,
+    #[diesel(sql_type = Bool)]
+    deferred: bool,
+}
+
+/// Carries out every pending purge whose entry a signed checkpoint covers, one per transaction,
+/// paced: `false` when another replica holds the maintenance role.
+async fn apply_covered(
+    c: &mut AsyncPgConnection,
+    settings: &MaintenanceSettings,
+    run: &mut MaintenanceRun,
+    pace: &mut Pace,
+) -> Result<bool, PgStoreError> {
+    let wait_ms = i32::try_from(settings.drop_lock_wait.as_millis()).unwrap_or(i32::MAX);
+    let mut after = 0_i64;
+    loop {
+        let (cursor, skip) = (after, pace.deferred.clone());
+        let applied = c
+            .transaction(async |c| -> Result<Option<Option<Applied>>, PgStoreError> {
+                if !locked(c).await? {
+                    return Ok(None);
+                }
+                let a: Option<Applied> = diesel::sql_query(
+                    "SELECT pending, deleted, dropped, deferred FROM audit_purge_apply($1, $2, $3)",
+                )
+                .bind::<BigInt, _>(cursor)
+                .bind::<diesel::sql_types::Array<BigInt>, _>(skip)
+                .bind::<Integer, _>(wait_ms)
+                .get_result(c)
+                .await
+                .optional()?;
+                Ok(Some(a))
+            })
+            .await?;
+        let a = match applied {
+            None => return Ok(false),
+            Some(None) => return Ok(true),
+            Some(Some(a)) => a,
+        };
+        after = a.pending;
+        let deleted = u64::try_from(a.deleted).unwrap_or(0);
+        if a.deferred {
+            run.drops_deferred += 1;
+            pace.deferred.push(a.pending);
+            tracing::warn!(
+                "retention: a partition due to be dropped stayed locked (a long query on audit_records); the drop is tried again at the next run"
+            );
+            continue;
+        }
+        if a.dropped {
+            run.partitions_dropped += 1;
+            run.records_dropped += deleted;
+            metrics::counter!("datastorage_retention_partitions_dropped_total").increment(1);
+            metrics::counter!("datastorage_retention_records_purged_total").increment(deleted);
+            tracing::info!(
+                records = deleted,
+                "retention: dropped a partition whose records all expired"
+            );
+            continue;
+        }
+        run.batches += 1;
+        run.records_purged += deleted;
+        // Counted per batch: a purge of millions of records shows its progress.
+        metrics::counter!("datastorage_retention_records_purged_total").increment(deleted);
+        pace.after(settings, deleted).await;
+    }
 }
 
 #[derive(QueryableByName)]
@@ -314,63 +418,52 @@ async fn maintain(
     let cutoffs = policy.cutoffs_json(now);
     let description = policy.describe();
     let latest = policy.cutoffs(now).into_values().flatten().max();
+    let mut pace = Pace::new();
+    // What earlier runs logged and a checkpoint covers since.
+    if !apply_covered(c, settings, &mut run, &mut pace).await? {
+        return Ok(run);
+    }
     // Whole partitions first: no row-by-row delete where a drop will do.
     if let Some(latest) = latest {
         let names: Vec<crate::rows::Name> = diesel::sql_query(DROP_CANDIDATES_SQL)
             .bind::<Timestamptz, _>(latest)
             .load(c)
             .await?;
-        let wait_ms = i32::try_from(settings.drop_lock_wait.as_millis()).unwrap_or(i32::MAX);
         for part in names {
             let (cutoffs, description) = (cutoffs.clone(), description.clone());
             let name = part.name.clone();
-            let dropped = c
+            let logged = c
                 .transaction(async |c| -> Result<Option<Option<i64>>, PgStoreError> {
                     if !locked(c).await? {
                         return Ok(None);
                     }
                     let d: Dropped =
-                        diesel::sql_query("SELECT audit_purge_partition($1, $2, $3, $4) AS n")
+                        diesel::sql_query("SELECT audit_purge_partition($1, $2, $3) AS n")
                             .bind::<Text, _>(name)
                             .bind::<Jsonb, _>(cutoffs)
                             .bind::<Jsonb, _>(description)
-                            .bind::<Integer, _>(wait_ms)
                             .get_result(c)
                             .await?;
                     Ok(Some(d.n))
                 })
-                .await;
-            match dropped {
-                Ok(None) => return Ok(run),
-                Ok(Some(Some(n))) => {
-                    let n_records = u64::try_from(n).unwrap_or(0);
-                    run.partitions_dropped += 1;
-                    run.records_dropped += n_records;
-                    metrics::counter!("datastorage_retention_partitions_dropped_total")
-                        .increment(1);
-                    metrics::counter!("datastorage_retention_records_purged_total")
-                        .increment(n_records);
+                .await?;
+            match logged {
+                None => return Ok(run),
+                Some(Some(n)) => {
+                    run.records_logged += u64::try_from(n).unwrap_or(0);
                     tracing::info!(
                         partition = %part.name,
                         records = n,
-                        "retention: dropped a partition whose records all expired"
+                        "retention: logged the drop of a partition whose records all expired"
                     );
                 }
-                Ok(Some(None)) => {}
-                Err(e) if is_lock_timeout(&e) => {
-                    run.drops_deferred += 1;
-                    tracing::warn!(
-                        partition = %part.name,
-                        "retention: a partition due to be dropped stayed locked (a long query on audit_records); its records are purged in batches, the drop tried again next run"
-                    );
-                }
-                Err(e) => return Err(e),
+                Some(None) => {}
             }
         }
     }
-    // Then expired records in bounded batches, paced by records per second.
+    // Then expired records in bounded batches: each logged, then deleted once a checkpoint covers
+    // its entry, at the pace of `rows_per_second`.
     let mut after: (Option<DateTime<Utc>>, Option<i64>) = (None, None);
-    let started = tokio::time::Instant::now();
     let batch = i32::try_from(settings.batch.max(1)).unwrap_or(i32::MAX);
     loop {
         let (cutoffs, description) = (cutoffs.clone(), description.clone());
@@ -381,7 +474,7 @@ async fn maintain(
                     return Ok(None);
                 }
                 let b: Batch = diesel::sql_query(
-                    "SELECT purged, next_at, next_id FROM audit_purge($1, $2, $3, $4, $5)",
+                    "SELECT named, next_at, next_id FROM audit_purge($1, $2, $3, $4, $5)",
                 )
                 .bind::<Jsonb, _>(cutoffs)
                 .bind::<Jsonb, _>(description)
@@ -396,17 +489,44 @@ async fn maintain(
         let Some(b) = b else {
             return Ok(run);
         };
-        let purged = u64::try_from(b.purged).unwrap_or(0);
-        run.batches += 1;
-        run.records_purged += purged;
-        // Counted per batch: a purge of millions of records shows its progress.
-        metrics::counter!("datastorage_retention_records_purged_total").increment(purged);
+        run.records_logged += u64::try_from(b.named).unwrap_or(0);
+        if !apply_covered(c, settings, &mut run, &mut pace).await? {
+            return Ok(run);
+        }
+        // Logging runs ahead of deleting by at most `max_pending` batches.
+        let deadline = tokio::time::Instant::now() + settings.coverage_wait;
+        while pending(c).await? - pace.deferred.len() as i64
+            >= i64::from(settings.max_pending.max(1))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(COVERAGE_POLL).await;
+            if !apply_covered(c, settings, &mut run, &mut pace).await? {
+                return Ok(run);
+            }
+        }
         match (b.next_at, b.next_id) {
             (Some(at), Some(id)) => after = (Some(at), Some(id)),
             _ => break,
         }
-        tokio::time::sleep(settings.wait_before_next_batch(started.elapsed(), run.records_purged))
-            .await;
+    }
+    // The last entries, once a checkpoint covers them.
+    let deadline = tokio::time::Instant::now() + settings.coverage_wait;
+    loop {
+        if !apply_covered(c, settings, &mut run, &mut pace).await? {
+            return Ok(run);
+        }
+        run.pending = u64::try_from(pending(c).await?).unwrap_or(0);
+        // Deferred drops stay pending until the next run.
+        if run.pending <= pace.deferred.len() as u64 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(COVERAGE_POLL).await;
+    }
+    if run.pending > 0 {
+        tracing::warn!(
+            pending = run.pending,
+            "retention: purges logged but no signed checkpoint covers their entries yet: carried out at the next run"
+        );
     }
     if run.records_purged > 0 {
         tracing::info!(
