@@ -269,14 +269,15 @@ pub fn prefill_csv(table: &str, rows: u64, model: &str, shape: Shape) -> Result<
             }
         }
         "audit_records" => {
-            // Received over 29 days ending 91 days ago: every one is past the default retention
+            // Received 100 days ago, a microsecond apart: every one is past the default retention
             // (90 days), so that the bench's purge scenario purges all of them, row by row (they
-            // lie in the partition that also takes today's writes, as in a store migrated in place).
-            let first = chrono::Utc::now() - chrono::Duration::days(120);
-            let step =
-                chrono::Duration::days(29).num_microseconds().unwrap_or(1) / rows.max(1) as i64;
+            // lie in the partition that also takes today's writes, as in a store migrated in
+            // place). Within a second of each other: the log appends a COPY's records in groups,
+            // not in id order, and a record received long before one logged earlier reads to
+            // the verifier as back-dated (its allowance is 300 s).
+            let first = chrono::Utc::now() - chrono::Duration::days(100);
             for i in 1..=rows {
-                let received = first + chrono::Duration::microseconds(step * i as i64);
+                let received = first + chrono::Duration::microseconds(i as i64);
                 let received_at = received.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
                 let created_at = (received - chrono::Duration::seconds(1))
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);

@@ -765,41 +765,60 @@ impl Bench {
         )?;
         let stop_file = self.out.join("purge-done");
         let _ = std::fs::remove_file(&stop_file);
-        let purged_sql = "SELECT COALESCE(sum((body->>'count')::bigint), 0) FROM log_entries WHERE kind = 'purge'";
+        // Done when every expired record is named by a purge entry and no purge waits to be
+        // carried out (the records are deleted once a checkpoint covers their entry).
+        let progress_sql = "SELECT (SELECT COALESCE(sum((body->>'count')::bigint), 0) FROM log_entries WHERE kind = 'purge'), \
+                            (SELECT count(*) FROM purge_pending), now()";
         let limit = Duration::from_secs(600 + size / 500);
-        let (during, purged) = std::thread::scope(|scope| -> Result<(Value, u64)> {
-            let load = scope.spawn(|| {
-                self.load_with(
-                    &service,
-                    Scenario {
-                        seconds: limit.as_secs_f64(),
-                        ..scenario("writes during the purge")
-                    },
-                    &["--stop-file".into(), stop_file.display().to_string()],
-                )
-            });
-            let started = Instant::now();
-            let purged = loop {
-                let purged: u64 = self.psql_in(db, purged_sql)?.parse()?;
-                if purged >= size || started.elapsed() > limit || load.is_finished() {
-                    break purged;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            };
-            std::fs::write(&stop_file, b"")?;
-            let during = load
-                .join()
-                .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
-            Ok((during, purged))
-        })?;
+        let (during, purged, done_at) =
+            std::thread::scope(|scope| -> Result<(Value, u64, String)> {
+                let load = scope.spawn(|| {
+                    self.load_with(
+                        &service,
+                        Scenario {
+                            seconds: limit.as_secs_f64(),
+                            ..scenario("writes during the purge")
+                        },
+                        &["--stop-file".into(), stop_file.display().to_string()],
+                    )
+                });
+                let started = Instant::now();
+                let (purged, done_at) = loop {
+                    let row = self.psql_in(db, progress_sql)?;
+                    let v: Vec<&str> = row.split('|').collect();
+                    let (named, pending): (u64, u64) = (v[0].parse()?, v[1].parse()?);
+                    if (named >= size && pending == 0)
+                        || started.elapsed() > limit
+                        || load.is_finished()
+                    {
+                        break (named, v[2].to_owned());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                };
+                std::fs::write(&stop_file, b"")?;
+                let during = load
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+                Ok((during, purged, done_at))
+            })?;
         service.stop()?;
         if purged < size {
-            bail!("the purge deleted {purged} of the {size} expired records within {limit:?}");
+            bail!("the purge named {purged} of the {size} expired records within {limit:?}");
+        }
+        // The prefilled records are ids 1..=size.
+        let left: u64 = self
+            .psql_in(
+                db,
+                &format!("SELECT count(*) FROM audit_records WHERE id <= {size}"),
+            )?
+            .parse()?;
+        if left > 0 {
+            bail!("{left} of the {size} expired records are still stored after the purge");
         }
         let row = self.psql_in(
             db,
             &format!(
-                "SELECT extract(epoch FROM max(created_at) - min(created_at)), count(*), \
+                "SELECT extract(epoch FROM '{done_at}'::timestamptz - min(created_at)), count(*), \
                         pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal0}') \
                  FROM log_entries WHERE kind = 'purge'"
             ),
