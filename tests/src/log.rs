@@ -71,6 +71,23 @@ pub fn assert_verifies(export: &Path, checkpoints: &[&str]) {
 }
 
 pub fn verify_offline(export: &Path, checkpoints: &[&str]) -> Verdict {
+    verify_offline_expecting(export, checkpoints, None)
+}
+
+/// [`verify_offline`] for an auditor who knows the store keeps records `retention`
+/// (`datastorage verify --retention-days`).
+pub fn verify_offline_expecting(
+    export: &Path,
+    checkpoints: &[&str],
+    retention: Option<chrono::Duration>,
+) -> Verdict {
     let files: Vec<PathBuf> = checkpoints.iter().map(|c| temp("cp", c)).collect();
-    offline(export, &files, &keys(), chrono::Duration::seconds(300)).unwrap()
+    offline(
+        export,
+        &files,
+        &keys(),
+        chrono::Duration::seconds(300),
+        retention,
+    )
+    .unwrap()
 }

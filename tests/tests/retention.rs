@@ -755,7 +755,7 @@ async fn the_verifier_tells_a_purge_by_policy_from_a_deletion() {
     match verify_offline(&file, &[&first_note, &note]) {
         Verdict::Verified(summary) => assert!(
             summary.contains(&format!(
-                "6 records purged by policy on {} (purge at logIndex {})",
+                "6 records purged by policy on {} (purge at logIndex {}, policy {{\"days\":{{\"default\":90}}}})",
                 entry.received_at.as_deref().unwrap(),
                 entry.log_index
             )),
@@ -1418,8 +1418,29 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
                 .filter_map(|p| p.split(' ').next()?.parse::<u64>().ok())
                 .sum();
             assert_eq!(purged, 400, "{summary}");
+            assert!(
+                summary.contains(r#"policy {"days":{"default":90,"workflow":30}}"#),
+                "{summary}"
+            );
         }
         Verdict::Tampered(f) => panic!("{f:?}"),
+    }
+    // An auditor who knows workflows are kept 30 days finds nothing wrong; one told 60 finds
+    // that every purge removed what it should have kept.
+    let expecting = |days| {
+        ds_tests::log::verify_offline_expecting(&file, &[&note], Some(chrono::Duration::days(days)))
+    };
+    assert!(matches!(expecting(30), Verdict::Verified(_)));
+    match expecting(60) {
+        Verdict::Tampered(f) => {
+            assert_eq!(f.len(), 400, "{f:?}");
+            assert!(
+                f.iter()
+                    .all(|f| f.contains("is less than the 60 days of retention you expect")),
+                "{f:?}"
+            );
+        }
+        Verdict::Verified(s) => panic!("verified: {s}"),
     }
 }
 
@@ -1548,7 +1569,7 @@ async fn an_export_that_reads_on_while_a_purge_is_carried_out_still_verifies() {
     match verify_offline(&file, &[&first_note, &note]) {
         Verdict::Verified(summary) => assert!(
             summary.contains(&format!(
-                "100 records purged by policy on {} (purge at logIndex {})",
+                "100 records purged by policy on {} (purge at logIndex {}, policy {{\"days\":{{\"default\":90}}}})",
                 entry.received_at.as_deref().unwrap(),
                 entry.log_index
             )),

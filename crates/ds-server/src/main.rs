@@ -100,6 +100,12 @@ struct VerifyArgs {
     /// (longer is reported as back-dated).
     #[arg(long, default_value_t = 300)]
     max_skew_secs: i64,
+    /// Offline: the retention you know the store keeps (days, its `retention.days` and every
+    /// per-kind one): a purge entry whose cutoff is later than its own time less this explains no
+    /// record (one forged to explain a deletion would claim a shorter retention). Without it, the
+    /// summary shows each purge's stated policy for you to judge.
+    #[arg(long)]
+    retention_days: Option<u32>,
     /// Online: records whose inclusion in today's tree is checked, spread over the log.
     #[arg(long, default_value_t = 64)]
     samples: u64,
@@ -161,6 +167,8 @@ async fn verify(args: VerifyArgs, config: Option<&std::path::Path>) -> ExitCode 
             &args.checkpoints,
             &keys,
             chrono::Duration::seconds(args.max_skew_secs.max(0)),
+            args.retention_days
+                .map(|d| chrono::Duration::days(i64::from(d))),
         ),
         (None, Some(url)) => {
             let token = match &args.token_file {

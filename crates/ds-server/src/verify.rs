@@ -126,12 +126,14 @@ fn verdict(report: Report, mut findings: Vec<String>) -> Verdict {
     }
 }
 
-/// Offline: an export (`-` for standard input) against signed checkpoints.
+/// Offline: an export (`-` for standard input) against signed checkpoints; `retention`: the
+/// retention the auditor expects of every purge (`--retention-days`).
 pub fn offline(
     export: &Path,
     checkpoints: &[PathBuf],
     keys: &CheckpointVerifier,
     max_skew: chrono::Duration,
+    retention: Option<chrono::Duration>,
 ) -> Result<Verdict, Unusable> {
     if checkpoints.is_empty() {
         return Err(unusable(
@@ -147,6 +149,9 @@ pub fn offline(
         Box::new(std::io::BufReader::with_capacity(1 << 20, f))
     };
     let mut v = Verifier::new(&signed, max_skew);
+    if let Some(retention) = retention {
+        v = v.expect_retention(retention);
+    }
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| unusable(format!("reading the export: {e}")))?;
         if line.trim().is_empty() {

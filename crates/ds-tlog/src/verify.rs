@@ -94,6 +94,19 @@ pub enum Finding {
         purge_log_index: u64,
         cutoff: String,
     },
+    /// The store no longer has the record and a purge entry names it, but that purge's cutoff for
+    /// its kind is later than the retention the auditor expects allows (`--retention-days`): the
+    /// entry claims a shorter retention than the store's (one forged to explain a deletion would).
+    ShorterRetention {
+        log_index: u64,
+        kind: String,
+        id: i64,
+        purge_log_index: u64,
+        cutoff: String,
+        purged_at: String,
+        /// The expected retention, as the auditor gave it (`90 days`).
+        expected: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -158,6 +171,18 @@ impl fmt::Display for Finding {
                 f,
                 "logIndex {log_index} ({kind} {id}): the store does not have the record; the purge at logIndex {purge_log_index} names it, but it was received after that purge's cutoff ({cutoff}): deleted"
             ),
+            Finding::ShorterRetention {
+                log_index,
+                kind,
+                id,
+                purge_log_index,
+                cutoff,
+                purged_at,
+                expected,
+            } => write!(
+                f,
+                "logIndex {log_index} ({kind} {id}): the store does not have the record; the purge at logIndex {purge_log_index} names it, but its cutoff ({cutoff}) is less than the {expected} of retention you expect before that purge ({purged_at}): deleted"
+            ),
         }
     }
 }
@@ -183,14 +208,16 @@ pub struct Purge {
     pub at: String,
     /// Records of the export the store no longer has that this purge names.
     pub records: u64,
+    /// The policy the entry states (`{"days": {...}}`, compact JSON), for the auditor to judge.
+    pub policy: String,
 }
 
 impl fmt::Display for Purge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} records purged by policy on {} (purge at logIndex {})",
-            self.records, self.at, self.log_index
+            "{} records purged by policy on {} (purge at logIndex {}, policy {})",
+            self.records, self.at, self.log_index, self.policy
         )
     }
 }
@@ -212,6 +239,9 @@ pub struct Verifier {
     /// The latest receivedAt of the leaves so far.
     latest: Option<DateTime<Utc>>,
     max_skew: Duration,
+    /// The retention the auditor expects: a purge whose cutoff is later than its own time less
+    /// this explains no record.
+    min_retention: Option<Duration>,
     /// After a leaf out of sequence the rebuilt tree no longer describes the log.
     broken: bool,
     /// Records gone, in runs, until the purge entries (later in the log) can explain them.
@@ -239,6 +269,9 @@ struct GoneRun {
 struct PurgeEntry {
     log_index: u64,
     at: String,
+    /// `at` parsed.
+    time: DateTime<Utc>,
+    policy: String,
     /// Kind -> cutoff (records received before it were past retention).
     cutoffs: BTreeMap<String, DateTime<Utc>>,
     explained: u64,
@@ -255,6 +288,7 @@ impl Verifier {
             last_matching: None,
             latest: None,
             max_skew,
+            min_retention: None,
             broken: false,
             gone: Vec::new(),
             covered: BTreeMap::new(),
@@ -264,6 +298,14 @@ impl Verifier {
         // A checkpoint of the empty tree is checked before any line.
         v.check_root();
         v
+    }
+
+    /// A purge explains records gone only when its cutoffs are at least `retention` before its
+    /// own time (less `max_skew`: the cutoffs come from the service's clock, the time from the
+    /// database's): the retention the auditor knows the store keeps.
+    pub fn expect_retention(mut self, retention: Duration) -> Self {
+        self.min_retention = Some(retention);
+        self
     }
 
     /// Checks one line. `Err` is a line the verifier cannot read (usage or I/O, not a finding).
@@ -294,7 +336,7 @@ impl Verifier {
                 if line.kind == "purge"
                     && let Some(body) = &line.record
                 {
-                    self.purge_entry(line.log_index, received_at, body);
+                    self.purge_entry(line.log_index, received_at, body)?;
                 }
             }
             // Gone: deleted, unless a purge entry of the log names it (known at the end).
@@ -330,8 +372,19 @@ impl Verifier {
 
     /// A purge entry's body (contract §9): `cutoffs` (kind -> timestamp), and the ids it removed,
     /// listed (`records`) or as `[lo, hi]` ranges (`ranges`, a partition dropped whole).
-    fn purge_entry(&mut self, log_index: u64, at: &str, body: &Map<String, Value>) {
+    fn purge_entry(
+        &mut self,
+        log_index: u64,
+        at: &str,
+        body: &Map<String, Value>,
+    ) -> Result<(), String> {
         let n = self.purge_entries.len();
+        let time = DateTime::parse_from_rfc3339(at)
+            .map_err(|e| format!("logIndex {log_index}: receivedAt: {e}"))?
+            .with_timezone(&Utc);
+        let policy = body
+            .get("policy")
+            .map_or_else(|| "none stated".to_owned(), Value::to_string);
         let cutoffs = body
             .get("cutoffs")
             .and_then(Value::as_object)
@@ -347,6 +400,8 @@ impl Verifier {
         self.purge_entries.push(PurgeEntry {
             log_index,
             at: at.to_owned(),
+            time,
+            policy,
             cutoffs,
             explained: 0,
         });
@@ -364,6 +419,7 @@ impl Verifier {
                 self.covered.entry(lo).or_insert((hi, n));
             }
         }
+        Ok(())
     }
 
     /// The purge entry naming `id`, if any.
@@ -400,6 +456,25 @@ impl Verifier {
                     continue;
                 };
                 let entry = &mut self.purge_entries[n];
+                if let (Some(cutoff), Some(retention)) =
+                    (entry.cutoffs.get(&kind), self.min_retention)
+                    && *cutoff > entry.time - retention + self.max_skew
+                {
+                    self.report.findings.push(Finding::ShorterRetention {
+                        log_index,
+                        kind,
+                        id,
+                        purge_log_index: entry.log_index,
+                        cutoff: cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        purged_at: entry.at.clone(),
+                        expected: if retention.num_seconds() % 86_400 == 0 {
+                            format!("{} days", retention.num_days())
+                        } else {
+                            format!("{} hours", retention.num_hours())
+                        },
+                    });
+                    continue;
+                }
                 match (entry.cutoffs.get(&kind), run.received_after) {
                     // Received no earlier than `after`, which is not before the cutoff.
                     (Some(cutoff), Some(after)) if after >= *cutoff => {
@@ -428,6 +503,7 @@ impl Verifier {
                 log_index: e.log_index,
                 at: e.at.clone(),
                 records: e.explained,
+                policy: e.policy.clone(),
             });
         }
     }
@@ -646,7 +722,7 @@ mod tests {
             30,
             5 * 3600,
             serde_json::json!({
-                "reason": "retention", "count": 4,
+                "reason": "retention", "count": 4, "policy": {"days": {"workflow": 1}},
                 "cutoffs": {"workflow": "2026-11-30T13:40:00.000000Z"},
                 "records": [103, 104, 105, 125]
             }),
@@ -694,18 +770,70 @@ mod tests {
                 Purge {
                     log_index: 30,
                     at: "2026-11-30T17:00:00.000000Z".into(),
-                    records: 3
+                    records: 3,
+                    policy: r#"{"days":{"workflow":1}}"#.into(),
                 },
                 Purge {
                     log_index: 31,
                     at: "2026-11-30T17:00:01.000000Z".into(),
-                    records: 2
+                    records: 2,
+                    policy: "none stated".into(),
                 },
             ]
         );
         assert_eq!(
             r.purges[0].to_string(),
-            "3 records purged by policy on 2026-11-30T17:00:00.000000Z (purge at logIndex 30)"
+            r#"3 records purged by policy on 2026-11-30T17:00:00.000000Z (purge at logIndex 30, policy {"days":{"workflow":1}})"#
+        );
+        // An auditor who knows the store keeps records at least 4 hours (the cutoff is 3 h 20 min
+        // before the purge): the purge cannot explain them, whatever its entry says.
+        let r = Verifier::new(&cps, Duration::seconds(300)).expect_retention(Duration::hours(4));
+        let mut v = r;
+        for l in &lines {
+            v.push(l).unwrap();
+        }
+        let r = v.finish();
+        let shorter: Vec<(u64, String)> = r
+            .findings
+            .iter()
+            .filter_map(|f| match f {
+                Finding::ShorterRetention {
+                    log_index,
+                    purged_at,
+                    ..
+                } => Some((*log_index, purged_at.clone())),
+                _ => None,
+            })
+            .collect();
+        let (first, second) = (
+            "2026-11-30T17:00:00.000000Z".to_owned(),
+            "2026-11-30T17:00:01.000000Z".to_owned(),
+        );
+        assert_eq!(
+            shorter,
+            vec![
+                (3, first.clone()),
+                (4, first.clone()),
+                (5, first.clone()),
+                (8, second.clone()),
+                (9, second),
+                (25, first)
+            ]
+        );
+        assert!(r.purges.iter().all(|p| p.records == 0), "{:?}", r.purges);
+        assert!(r.findings.iter().any(|f| f.to_string()
+            == "logIndex 3 (workflow 103): the store does not have the record; the purge at logIndex 30 names it, but its cutoff (2026-11-30T13:40:00.000000Z) is less than the 4 hours of retention you expect before that purge (2026-11-30T17:00:00.000000Z): deleted"));
+        // Three hours: the cutoffs are old enough.
+        let mut v =
+            Verifier::new(&cps, Duration::seconds(300)).expect_retention(Duration::hours(3));
+        for l in &lines {
+            v.push(l).unwrap();
+        }
+        assert!(
+            !v.finish()
+                .findings
+                .iter()
+                .any(|f| matches!(f, Finding::ShorterRetention { .. }))
         );
         // A purge entry changed after it was logged is a changed leaf like any other.
         let mut forged = lines.clone();
