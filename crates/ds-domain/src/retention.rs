@@ -291,7 +291,8 @@ pub trait RetentionStore: Send + Sync {
     /// One maintenance run, if this replica gets the role: keeps `months_ahead` month partitions
     /// after the one of `now`, then, when `purge`, drops every partition whose records all expired
     /// under `policy` at `now` and none is held, and deletes the other expired, unheld records in
-    /// batches. Every purge is a log entry.
+    /// batches. Every purge is a log entry, appended first: what it names is deleted once a
+    /// signed checkpoint covers it (in this run, or a later one).
     async fn maintain(
         &self,
         policy: &RetentionPolicy,
