@@ -117,6 +117,24 @@ async fn until_logged(app: &TestApp) {
     .await;
 }
 
+/// SQL that puts back records `ids` of `kind`, received 100 days ago, with their digests, as an
+/// administrator's restore would (queued for the log by the trigger; the sequencer computes their
+/// leaf hashes); `tag` keeps their contents apart from another restore's.
+fn restored(tag: &str, kind: &str, ids: std::ops::RangeInclusive<u32>) -> String {
+    let (lo, hi) = (ids.start(), ids.end());
+    format!(
+        "INSERT INTO audit_digests (content_digest, record_id, received_at)
+         SELECT sha256(('{tag}-' || g)::bytea), g, now() - interval '100 days' FROM generate_series({lo}, {hi}) g;
+         INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id,
+             created_at, content_digest, details, embedding_digest)
+         SELECT g, now() - interval '100 days', '{kind}', '{tag}-' || g, 'payments', 'Completed',
+             'rr-2026-08-22-{tag}' || lpad((g % 100)::text, 3, '0'), now() - interval '100 days',
+             sha256(('{tag}-' || g)::bytea), '{{}}'::jsonb, sha256('{tag}'::bytea)
+         FROM generate_series({lo}, {hi}) g;
+         SELECT setval('audit_records_id_seq', {hi});"
+    )
+}
+
 #[derive(QueryableByName, Debug)]
 struct Batch {
     #[diesel(sql_type = BigInt)]
@@ -1191,19 +1209,9 @@ async fn a_replica_killed_mid_purge_under_writes_leaves_every_deletion_named_and
     // 400 workflows received 100 days ago, put back as an administrator's restore would (queued
     // for the log by the trigger; the sequencer computes their leaf hashes).
     let mut c = db.conn().await.unwrap();
-    c.batch_execute(
-        "INSERT INTO audit_digests (content_digest, record_id, received_at)
-         SELECT sha256(('old-' || g)::bytea), g, now() - interval '100 days' FROM generate_series(1, 400) g;
-         INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id,
-             created_at, content_digest, details, embedding_digest)
-         SELECT g, now() - interval '100 days', 'workflow', 'wf-old-' || g, 'payments', 'Completed',
-             'rr-2026-08-22-old' || lpad((g % 100)::text, 3, '0'), now() - interval '100 days',
-             sha256(('old-' || g)::bytea), '{}'::jsonb, sha256('old'::bytea)
-         FROM generate_series(1, 400) g;
-         SELECT setval('audit_records_id_seq', 400);",
-    )
-    .await
-    .unwrap();
+    c.batch_execute(&restored("old", "workflow", 1..=400))
+        .await
+        .unwrap();
     let env = ds_tests::test_env(
         &db.runtime_url,
         &[
@@ -1485,26 +1493,11 @@ async fn an_export_that_reads_on_while_a_purge_is_carried_out_still_verifies() {
     // for the log by the trigger): executions, then, once they are logged, 100 workflows, whose
     // leaves end the log.
     let mut c = app.db.conn().await.unwrap();
-    let restore = |kind: &str, ids: std::ops::RangeInclusive<u32>| {
-        format!(
-            "INSERT INTO audit_digests (content_digest, record_id, received_at)
-             SELECT sha256(('exp-' || g)::bytea), g, now() - interval '100 days' FROM generate_series({lo}, {hi}) g;
-             INSERT INTO audit_records (id, received_at, kind, name, namespace, phase, correlation_id,
-                 created_at, content_digest, details, embedding_digest)
-             SELECT g, now() - interval '100 days', '{kind}', 'exp-' || g, 'payments', 'Completed',
-                 'rr-2026-08-22-exp' || lpad((g % 100)::text, 3, '0'), now() - interval '100 days',
-                 sha256(('exp-' || g)::bytea), '{{}}'::jsonb, sha256('exp'::bytea)
-             FROM generate_series({lo}, {hi}) g;
-             SELECT setval('audit_records_id_seq', {hi});",
-            lo = ids.start(),
-            hi = ids.end()
-        )
-    };
-    c.batch_execute(&restore("execution", 1..=39_900))
+    c.batch_execute(&restored("exp", "execution", 1..=39_900))
         .await
         .unwrap();
     checkpoint_covering(&app, 39_900).await;
-    c.batch_execute(&restore("workflow", 39_901..=40_000))
+    c.batch_execute(&restored("exp", "workflow", 39_901..=40_000))
         .await
         .unwrap();
     let (first_note, _) = checkpoint_covering(&app, 40_000).await;

@@ -158,6 +158,13 @@ fn line(e: ExportEntry) -> ExportLine {
     }
 }
 
+/// An export failing mid-stream: the status is sent, so the stream ends early (the client sees an
+/// incomplete body, never a short export that looks whole).
+fn failed(e: ApiError, from: u64) -> actix_web::Error {
+    tracing::warn!(error = %e, from, "export failed mid-stream");
+    actix_web::Error::from(e)
+}
+
 /// Where an export stands: the next log index, the lines it may still send, the tree size it
 /// goes up to, and whether that was moved on to the latest checkpoint already.
 struct ExportCursor {
@@ -249,10 +256,7 @@ pub(crate) async fn export(
                             continue;
                         }
                         Ok(_) => return None,
-                        Err(e) => {
-                            tracing::warn!(error = %e, from = at.from, "export failed mid-stream");
-                            return Some((Err(actix_web::Error::from(e)), None));
-                        }
+                        Err(e) => return Some((Err(failed(e, at.from)), None)),
                     }
                 }
                 let want = usize::try_from(at.left)
@@ -264,12 +268,7 @@ pub(crate) async fn export(
                 )
                 .await;
                 let entries = match page {
-                    Err(e) => {
-                        // The status is sent: the stream ends early (the client sees an incomplete
-                        // body, never a short export that looks whole).
-                        tracing::warn!(error = %e, from = at.from, "export failed mid-stream");
-                        return Some((Err(actix_web::Error::from(e)), None));
-                    }
+                    Err(e) => return Some((Err(failed(e, at.from)), None)),
                     Ok(entries) => entries,
                 };
                 if entries.is_empty() {
