@@ -316,6 +316,9 @@ async fn a_write_that_finds_no_partition_for_its_month_creates_it() {
 async fn an_existing_store_is_partitioned_in_place_keeping_every_record_its_replays_and_its_log() {
     const DOWN: &str =
         include_str!("../../migrations/2026-12-04-000000_retention_and_holds/down.sql");
+    // The migrations after it, undone first.
+    const LATER_DOWN: &str =
+        include_str!("../../migrations/2026-12-05-000000_list_indexes/down.sql");
     let app = spawn_app_with(&[("DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND", "0")])
         .await
         .unwrap();
@@ -328,7 +331,8 @@ async fn an_existing_store_is_partitioned_in_place_keeping_every_record_its_repl
         ids.extend(write(&app, kind, "rr-2026-11-30-inplce", 1, 5).await);
     }
     c.batch_execute(&format!(
-        "BEGIN; {DOWN}; DELETE FROM __diesel_schema_migrations WHERE version = '20261204000000'; COMMIT;"
+        "BEGIN; {LATER_DOWN}; {DOWN};
+         DELETE FROM __diesel_schema_migrations WHERE version IN ('20261204000000', '20261205000000'); COMMIT;"
     ))
     .await
     .unwrap();
@@ -356,7 +360,7 @@ async fn an_existing_store_is_partitioned_in_place_keeping_every_record_its_repl
     ids.push(old);
 
     let applied = ds_store_pg::run_migrations(&app.db.url).await.unwrap();
-    assert_eq!(applied, ["20261204000000"]);
+    assert_eq!(applied, ["20261204000000", "20261205000000"]);
     assert_eq!(
         names(
             &mut c,

@@ -14,6 +14,7 @@ pub mod kind;
 pub mod lenient;
 pub mod log;
 pub mod ports;
+pub mod query;
 pub mod record;
 pub mod retention;
 pub mod sanitize;

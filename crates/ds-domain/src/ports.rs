@@ -200,8 +200,16 @@ pub trait AuditStore: Send + Sync {
     /// One record by kind and id.
     async fn get(&self, kind: Kind, id: i64) -> Result<Option<StoredRecord>, StoreError>;
 
-    /// Every record of a correlation id, all kinds, ordered by `createdAt`, then `id`.
-    async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, StoreError>;
+    /// The records of a correlation id, all kinds, ordered by `createdAt`, then `id`, after
+    /// `query.after`: at most `query.limit + 1` (the one more tells that another page follows).
+    async fn trail(
+        &self,
+        query: &crate::query::TrailQuery,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// The records that pass `query.filters`, newest first by `receivedAt`, then `id`, after
+    /// `query.after`: at most `query.limit + 1`. Served by an index whatever the filters.
+    async fn list(&self, query: &crate::query::ListQuery) -> Result<Vec<StoredRecord>, StoreError>;
 
     /// The records nearest to `vector` by cosine similarity, best first, among the records whose
     /// embedding was made by `model` and that pass `filters`; at most `limit`. Filters never silently

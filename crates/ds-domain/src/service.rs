@@ -15,6 +15,7 @@ use crate::ports::{
     AuditStore, EmbedError, Embedder, EmbeddingJob, IdempotencyClaim, JobError, NewEmbedding,
     Repoint, SearchHit, StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult,
 };
+use crate::query::{ListQuery, Page, TrailQuery};
 use crate::record::ValidRecord;
 use crate::search::{SearchBy, SearchRequest};
 use serde_json::Value;
@@ -435,9 +436,34 @@ impl AuditService {
         self.store.get(kind, id).await?.ok_or(AuditError::NotFound)
     }
 
-    /// The trail of a correlation id, oldest first; empty when there is none.
-    pub async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, AuditError> {
-        Ok(self.store.trail(correlation_id).await?)
+    /// A page of the trail of a correlation id, oldest first; empty when there is none.
+    pub async fn trail(&self, query: &TrailQuery) -> Result<Page, AuditError> {
+        let mut records = self.store.trail(query).await?;
+        let next_cursor = if records.len() > query.limit {
+            records.truncate(query.limit);
+            records.last().and_then(|r| query.cursor_after(r))
+        } else {
+            None
+        };
+        Ok(Page {
+            records,
+            next_cursor,
+        })
+    }
+
+    /// A page of the records that pass the query's filters, newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, AuditError> {
+        let mut records = self.store.list(query).await?;
+        let next_cursor = if records.len() > query.limit {
+            records.truncate(query.limit);
+            records.last().map(|r| query.cursor_after(r))
+        } else {
+            None
+        };
+        Ok(Page {
+            records,
+            next_cursor,
+        })
     }
 
     /// Similarity search: text is embedded with the configured provider (same model as the stored

@@ -83,8 +83,20 @@ pub struct RecordResponse {
 #[serde(rename_all = "camelCase")]
 pub struct TrailResponse {
     pub correlation_id: String,
-    /// Oldest first: by `createdAt`, then `id`.
+    /// Oldest first: by `createdAt`, then `id`; at most `limit`.
     pub records: Vec<RecordResponse>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/audit/records`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListResponse {
+    /// Newest first: by `receivedAt`, then `id`, both descending; at most `limit`.
+    pub records: Vec<RecordResponse>,
+    /// Pass as `cursor` (with the same filters) for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /api/v1/audit/search`.

@@ -3,8 +3,8 @@
 use crate::AppState;
 use crate::auth::{Authorized, Read, Write};
 use crate::dto::{
-    BatchResponse, HealthResponse, ReadyResponse, RecordResponse, SearchResponse, SearchResult,
-    TrailResponse, WriteResponse,
+    BatchResponse, HealthResponse, ListResponse, ReadyResponse, RecordResponse, SearchResponse,
+    SearchResult, TrailResponse, WriteResponse,
 };
 use crate::error::ApiError;
 use crate::middleware::RequestContext;
@@ -403,23 +403,46 @@ pub(crate) async fn get_record(
     Ok(HttpResponse::Ok().json(record_response(record)))
 }
 
+/// The pairs of a query string, in order (repeated names kept, for the domain to refuse).
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| {
+            ApiError::InvalidParameter(Violation::new(
+                "query",
+                "format",
+                format!("unreadable query string: {e}"),
+            ))
+        })
+}
+
 pub(crate) async fn trail(
     _auth: Authorized<Read>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let correlation_id = path.into_inner();
-    if !ds_domain::record::is_correlation_id(&correlation_id) {
-        return Err(ApiError::InvalidParameter(Violation::new(
-            "correlationId",
-            "pattern",
-            format!("must match {}", ds_domain::record::CORRELATION_ID.as_str()),
-        )));
-    }
-    let records = guarded(&state, state.service.trail(&correlation_id)).await?;
+    let query = ds_domain::query::parse_trail(&correlation_id, &query_pairs(&req)?)?;
+    let page = guarded(&state, state.service.trail(&query)).await?;
     Ok(HttpResponse::Ok().json(TrailResponse {
         correlation_id,
-        records: records.into_iter().map(record_response).collect(),
+        records: page.records.into_iter().map(record_response).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// The list of contract §10: filters, newest first, a page at a time.
+pub(crate) async fn list(
+    _auth: Authorized<Read>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = ds_domain::query::parse_list(&query_pairs(&req)?)?;
+    let page = guarded(&state, state.service.list(&query)).await?;
+    Ok(HttpResponse::Ok().json(ListResponse {
+        records: page.records.into_iter().map(record_response).collect(),
+        next_cursor: page.next_cursor,
     }))
 }
 

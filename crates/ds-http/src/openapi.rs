@@ -58,10 +58,27 @@ mod paths {
     pub fn get_record() {}
 
     #[utoipa::path(get, path = "/api/v1/audit/trail/{correlationId}", tag = "read",
-        params(("correlationId" = String, Path)),
-        responses((status = 200, body = TrailResponse), (status = 400, body = ErrorBody),
+        params(("correlationId" = String, Path, pattern = r"^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$"),
+               ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "records per page (default 1000)"),
+               ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page of this trail, as it came")),
+        responses((status = 200, body = TrailResponse, description = "a page of the trail, oldest first (`createdAt`, then `id`)"),
+                  (status = 400, body = ErrorBody, description = "a malformed correlation id, `limit` out of range, an unknown or repeated parameter, or a cursor of another trail or endpoint"),
                   (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
     pub fn trail() {}
+
+    #[utoipa::path(get, path = "/api/v1/audit/records", tag = "read",
+        params(("kind" = Option<ds_domain::kind::Kind>, Query, description = "records of this kind"),
+               ("namespace" = Option<String>, Query, pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63, description = "records of this namespace"),
+               ("phase" = Option<ds_domain::kind::Phase>, Query, description = "records in this phase"),
+               ("correlationId" = Option<String>, Query, pattern = r"^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$", description = "records of this trail"),
+               ("since" = Option<String>, Query, format = DateTime, description = "records received at or after (RFC 3339 with offset)"),
+               ("until" = Option<String>, Query, format = DateTime, description = "records received before (RFC 3339 with offset; after `since`)"),
+               ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "records per page (default 100)"),
+               ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page, with the same filters")),
+        responses((status = 200, body = ListResponse, description = "a page of the records that pass every filter, newest first (`receivedAt`, then `id`)"),
+                  (status = 400, body = ErrorBody, description = "a filter that breaks its rule, `limit` out of range, `until` not after `since`, an unknown or repeated parameter, or a cursor of other filters or another endpoint; every violation is listed"),
+                  (status = 401, body = ErrorBody, description = "no usable bearer token, or one the identity provider rejected"), (status = 403, body = ErrorBody, description = "authenticated, but not allowed this access"), (status = 429, body = ErrorBody, description = "over the caller's rate, or too many failed authentications from this address (`Retry-After`)"), (status = 503, body = ErrorBody, description = "starting, shutting down, overloaded or a dependency unavailable (`Retry-After`)")))]
+    pub fn list() {}
 
     #[utoipa::path(post, path = "/api/v1/audit/search", tag = "read",
         request_body(content = SearchBody, content_type = "application/json"),
@@ -144,6 +161,7 @@ mod paths {
         paths::get_record,
         paths::search,
         paths::trail,
+        paths::list,
         paths::export,
         paths::checkpoint,
         paths::inclusion,
@@ -161,6 +179,7 @@ mod paths {
         BatchResponse,
         RecordResponse,
         TrailResponse,
+        ListResponse,
         InclusionResponse,
         ConsistencyResponse,
         HoldBody,

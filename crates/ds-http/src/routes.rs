@@ -68,6 +68,7 @@ fn declare(api: &mut Api) {
     }
     api.route(Method::POST, "/api/v1/audit/batch", handlers::write_batch);
     api.route(Method::POST, "/api/v1/audit/search", handlers::search);
+    api.route(Method::GET, "/api/v1/audit/records", handlers::list);
     api.route(
         Method::GET,
         "/api/v1/audit/trail/{correlation_id}",

@@ -21,6 +21,7 @@ use ds_domain::ports::{
     AuditStore, Backlog, EmbeddingStatus, Repoint, SearchHit, StoreError, StoreHealth,
     StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
+use ds_domain::query::{ListQuery, TrailQuery};
 use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
 use serde_json::{Map, Value};
@@ -188,6 +189,18 @@ impl PgStore {
     pub fn pool_status(&self) -> (usize, usize, usize) {
         let s = self.pool.status();
         (s.size, s.available, s.max_size)
+    }
+
+    /// PostgreSQL's plan of the statement a page of the list runs for `query` (see
+    /// `docs/api.md`, "List records"): `EXPLAIN`, or with `analyze` `EXPLAIN (ANALYZE, BUFFERS)`.
+    /// For the index tests and the bench, which compare it with what the service answers.
+    pub async fn explain_list(
+        &self,
+        query: &ListQuery,
+        analyze: bool,
+    ) -> Result<Vec<String>, PgStoreError> {
+        let mut conn = self.conn().await?;
+        crate::query::explain_list(&mut conn, query, analyze).await
     }
 
     pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, PgStoreError> {
@@ -382,15 +395,17 @@ impl AuditStore for PgStore {
         Ok(records.pop())
     }
 
-    async fn trail(&self, correlation_id: &str) -> Result<Vec<StoredRecord>, StoreError> {
+    async fn trail(&self, query: &TrailQuery) -> Result<Vec<StoredRecord>, StoreError> {
         let mut conn = self.conn().await?;
-        let rows: Vec<RecordRow> = audit_records::table
-            .filter(audit_records::correlation_id.eq(correlation_id))
-            .order((audit_records::created_at.asc(), audit_records::id.asc()))
-            .select(RecordRow::as_select())
-            .load(&mut conn)
-            .await
-            .map_err(PgStoreError::from)?;
+        let rows = crate::query::trail(&mut conn, query).await?;
+        let mut records = Self::all_stored(rows)?;
+        crate::tlog::attach_log_indexes(&mut conn, &mut records).await?;
+        Ok(records)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows = crate::query::list(&mut conn, query).await?;
         let mut records = Self::all_stored(rows)?;
         crate::tlog::attach_log_indexes(&mut conn, &mut records).await?;
         Ok(records)
