@@ -144,6 +144,11 @@ pub trait LogStore: Send + Sync {
     ) -> Result<Vec<ExportEntry>, StoreError>;
 
     async fn status(&self) -> Result<LogStatus, StoreError>;
+
+    /// This store with its reads pinned to one copy of the database (a read replica or the
+    /// primary) for a sequence of reads that must agree with each other: an export's pages and the
+    /// checkpoint it ends at.
+    fn pinned(&self) -> std::sync::Arc<dyn LogStore>;
 }
 
 /// An inclusion proof (RFC 6962 audit path) of a record in a signed tree.
@@ -282,6 +287,12 @@ impl LogService {
         let stored = self.store.hashes(&indexes).await?;
         let hashes = tree::consistency(from, to, &stored).map_err(corrupt)?;
         Ok(ConsistencyProof { from, to, hashes })
+    }
+
+    /// This service with its reads pinned to one copy of the database (see [`LogStore::pinned`]):
+    /// an export runs on one.
+    pub fn pinned(&self) -> LogService {
+        LogService::new(self.store.pinned())
     }
 
     /// The size an export stops at: the latest checkpoint's (what an auditor can verify), or 0.

@@ -114,7 +114,7 @@ pub struct SearchHit {
 }
 
 /// The state of the store, for readiness.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreHealth {
     /// Migrations the binary knows and the database has applied.
@@ -123,6 +123,21 @@ pub struct StoreHealth {
     pub migrations_pending: usize,
     /// The dimension of the stored vectors.
     pub embedding_dimension: usize,
+    /// The read replica, when one is configured.
+    pub read_replica: Option<ReplicaHealth>,
+}
+
+/// The read replica as its last check found it. An unusable replica does not make the service
+/// unready: reads go to the primary meanwhile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaHealth {
+    /// `up` (reads go to it) or `unusable` (reads go to the primary).
+    pub status: &'static str,
+    /// How far behind the primary it was, when it answered.
+    pub lag_seconds: Option<f64>,
+    /// Why it is unusable.
+    pub reason: Option<String>,
 }
 
 /// Errors of the [`AuditStore`] port.

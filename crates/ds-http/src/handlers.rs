@@ -586,10 +586,16 @@ pub(crate) async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> Http
                     pg,
                 );
             }
+            // An unusable read replica leaves the service ready (reads go to the primary); the
+            // answer says so.
+            let mut dependencies = json!({"postgresql": pg, "embedding": embedding});
+            if let Some(replica) = h.read_replica {
+                dependencies["readReplica"] = json!(replica);
+            }
             HttpResponse::Ok().json(ReadyResponse {
                 status: "ready".into(),
                 timestamp: Timestamp::now().to_rfc3339(),
-                dependencies: json!({"postgresql": pg, "embedding": embedding}),
+                dependencies,
                 reason: None,
             })
         }

@@ -228,7 +228,10 @@ pub(crate) async fn export(
         kinds,
     };
     let from = q.u64("cursor")?.unwrap_or(0);
-    let end = guarded(&state, state.log.export_end()).await?;
+    // Every read of this export on one copy of the database (the read replica if usable now), so
+    // that its pages and its checkpoints agree.
+    let log = state.log.pinned();
+    let end = guarded(&state, log.export_end()).await?;
     let start = ExportCursor {
         from,
         left: limit,
@@ -237,6 +240,7 @@ pub(crate) async fn export(
     };
     let body = futures_util::stream::unfold(Some(start), move |next| {
         let state = state.clone();
+        let log = log.clone();
         let filter = filter.clone();
         async move {
             let mut at = next?;
@@ -250,7 +254,7 @@ pub(crate) async fn export(
                         return None;
                     }
                     at.extended = true;
-                    match guarded(&state, state.log.export_end()).await {
+                    match guarded(&state, log.export_end()).await {
                         Ok(latest) if latest > at.end => {
                             at.end = latest;
                             continue;
@@ -262,11 +266,7 @@ pub(crate) async fn export(
                 let want = usize::try_from(at.left)
                     .unwrap_or(EXPORT_PAGE)
                     .min(EXPORT_PAGE);
-                let page = guarded(
-                    &state,
-                    state.log.export_page(&filter, at.from, at.end, want),
-                )
-                .await;
+                let page = guarded(&state, log.export_page(&filter, at.from, at.end, want)).await;
                 let entries = match page {
                     Err(e) => return Some((Err(failed(e, at.from)), None)),
                     Ok(entries) => entries,

@@ -185,6 +185,9 @@ pub struct Config {
     pub db_connect_retry_max: Duration,
     /// `DATASTORAGE_DATABASE_URL` (or `DATABASE_URL`): `postgres://user:pass@host:port/db`.
     pub database_url: DatabaseUrl,
+    /// `DATASTORAGE_DATABASE_READ_URL`, `DATASTORAGE_DB_READ_POOL_SIZE` (pool size) and
+    /// `DATASTORAGE_DB_READ_MAX_LAG_MS` (5000): the streaming replica that reads go to, if any.
+    pub read_replica: Option<ReadReplica>,
     /// `DATASTORAGE_HTTP_ADDR`: API and probes (default `127.0.0.1:8080`).
     pub http_addr: SocketAddr,
     /// `DATASTORAGE_METRICS_ADDR`: Prometheus metrics (default `127.0.0.1:9090`).
@@ -293,6 +296,14 @@ pub const DEFAULT_LOG_ORIGIN: &str = "kubernaut.ai/datastorage";
 /// The database URL: used as a `&str`, printed by `Debug` with its password as `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(pub String);
+
+/// The read replica's settings (`database.read_*`).
+#[derive(Debug, Clone)]
+pub struct ReadReplica {
+    pub url: DatabaseUrl,
+    pub pool_size: usize,
+    pub max_lag: Duration,
+}
 
 impl std::ops::Deref for DatabaseUrl {
     type Target = str;
@@ -557,6 +568,18 @@ impl Config {
             log: Self::log(get)?,
             retention: Self::retention(get)?,
             database_url: DatabaseUrl(database_url),
+            read_replica: match get("DATASTORAGE_DATABASE_READ_URL") {
+                Some(url) if !url.trim().is_empty() => Some(ReadReplica {
+                    url: DatabaseUrl(url),
+                    pool_size: parse(get, "DATASTORAGE_DB_READ_POOL_SIZE", db_pool_size)?,
+                    max_lag: Duration::from_millis(parse(
+                        get,
+                        "DATASTORAGE_DB_READ_MAX_LAG_MS",
+                        5000,
+                    )?),
+                }),
+                _ => None,
+            },
             http_addr: parse(
                 get,
                 "DATASTORAGE_HTTP_ADDR",
@@ -921,6 +944,20 @@ impl Config {
                 key: "DATASTORAGE_DB_CONNECT_RETRY_MAX_MS",
                 reason: "must be at least 1".into(),
             });
+        }
+        if let Some(r) = &self.read_replica {
+            if r.pool_size == 0 {
+                return Err(ConfigError {
+                    key: "DATASTORAGE_DB_READ_POOL_SIZE",
+                    reason: "must be at least 1".into(),
+                });
+            }
+            if r.max_lag.is_zero() {
+                return Err(ConfigError {
+                    key: "DATASTORAGE_DB_READ_MAX_LAG_MS",
+                    reason: "must be at least 1".into(),
+                });
+            }
         }
         if self.job_policy.max_attempts == 0 {
             return Err(ConfigError {

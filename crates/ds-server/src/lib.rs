@@ -19,7 +19,7 @@ use ds_embed_local::LocalEmbedder;
 use ds_embed_openai::OpenAiEmbedder;
 use ds_http::AppState;
 use ds_http::Startup;
-use ds_store_pg::{PgStore, PoolSettings};
+use ds_store_pg::{PgStore, PoolSettings, ReplicaSettings};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -316,6 +316,8 @@ struct StartupPlan {
     worker_interval: Duration,
     log: LogSettings,
     retention: crate::config::RetentionSettings,
+    /// How often the read replica's lag is measured (`None`: no replica).
+    replica_check: Option<Duration>,
 }
 
 /// The maintenance task (contract §9): every `interval`, keeps month partitions ahead, and when a
@@ -399,12 +401,18 @@ async fn background(
         .coverage_wait
         .max(3 * plan.log.checkpoint_interval + plan.log.integrate_interval);
     let maintenance = tokio::spawn(maintenance(store.clone(), retention, stop.clone()));
+    let monitor = plan
+        .replica_check
+        .map(|every| tokio::spawn(replica_monitor(store.clone(), every, stop.clone())));
     if plan.worker_interval.is_zero() || plan.workers == 0 {
         stopped(&mut stop).await;
         sequencer
             .await
             .context("the transparency log's sequencer")?;
         maintenance.await.context("the maintenance task")?;
+        if let Some(m) = monitor {
+            m.await.context("the read replica's monitor")?;
+        }
         return Ok(());
     }
     let workers: Vec<_> = (0..plan.workers)
@@ -424,7 +432,28 @@ async fn background(
         .await
         .context("the transparency log's sequencer")?;
     maintenance.await.context("the maintenance task")?;
+    if let Some(m) = monitor {
+        m.await.context("the read replica's monitor")?;
+    }
     Ok(())
+}
+
+/// Measures the read replica's lag every `every` until `stop`: reads go to it only while the last
+/// measure found it usable (see `ds_store_pg::ReplicaSettings`).
+async fn replica_monitor(store: PgStore, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Some(status) = store.check_replica().await {
+            metrics::gauge!("datastorage_db_replica_usable")
+                .set(f64::from(u8::from(status.usable)));
+            if let Some(lag) = status.lag {
+                metrics::gauge!("datastorage_db_replica_lag_seconds").set(lag.as_secs_f64());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
 }
 
 async fn wait_for_database(
@@ -629,18 +658,31 @@ pub async fn reembed(config: Config, page: usize) -> anyhow::Result<u64> {
 
 /// Builds everything and binds the listeners; nothing is served until the returned servers are polled.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let store = PgStore::new(
-        &config.database_url,
-        &PoolSettings {
-            max_size: config.db_pool_size,
-            wait_timeout: config.db_wait_timeout,
-            statement_timeout: config.db_statement_timeout,
-            group_commit: config.group_commit.clone(),
-            ef_search: config.search_ef_search,
-            ..PoolSettings::default()
-        },
-    )
-    .context("creating the database pool")?;
+    let pool_settings = PoolSettings {
+        max_size: config.db_pool_size,
+        wait_timeout: config.db_wait_timeout,
+        statement_timeout: config.db_statement_timeout,
+        group_commit: config.group_commit.clone(),
+        ef_search: config.search_ef_search,
+        ..PoolSettings::default()
+    };
+    let mut store =
+        PgStore::new(&config.database_url, &pool_settings).context("creating the database pool")?;
+    let replica = config.read_replica.as_ref().map(|r| ReplicaSettings {
+        url: r.url.0.clone(),
+        pool_size: r.pool_size,
+        max_lag: r.max_lag,
+    });
+    if let Some(r) = &replica {
+        store = store
+            .with_replica(r, &pool_settings)
+            .context("creating the read replica's pool (DATASTORAGE_DATABASE_READ_URL)")?;
+        tracing::info!(
+            max_lag_ms = r.max_lag.as_millis() as u64,
+            pool_size = r.pool_size,
+            "reads go to the read replica while it is usable"
+        );
+    }
 
     let provider = build_provider(&config).await?;
     if provider.dimension() != config.embedding_dimension {
@@ -807,6 +849,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         worker_interval: config.embedding_worker_interval,
         log: config.log.clone(),
         retention: config.retention.clone(),
+        replica_check: replica.as_ref().map(ReplicaSettings::check_every),
     };
     let background = tokio::spawn(background(
         plan,

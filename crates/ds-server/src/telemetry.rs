@@ -60,6 +60,8 @@ pub enum Emitted {
     OpenAi,
     /// Only with `auth.mode = "kubernetes"`.
     Kubernetes,
+    /// Only with `database.read_url` set.
+    ReadReplica,
 }
 
 /// One metric.
@@ -313,14 +315,47 @@ pub const CATALOGUE: &[Metric] = &[
     metric(
         "datastorage_db_pool_connections",
         Gauge,
-        &["state"],
-        "Database connections of this replica: `idle` or `in_use` (at scrape time).",
+        &["pool", "state"],
+        "Database connections of this replica by pool (`primary`, `replica`): `idle` or `in_use` (at scrape time).",
     ),
     metric(
         "datastorage_db_pool_max_connections",
         Gauge,
-        &[],
-        "The pool's size limit (DATASTORAGE_DB_POOL_SIZE).",
+        &["pool"],
+        "Each pool's size limit (DATASTORAGE_DB_POOL_SIZE, DATASTORAGE_DB_READ_POOL_SIZE).",
+    ),
+    metric(
+        "datastorage_db_reads_total",
+        Counter,
+        &["pool"],
+        "Reads (the list, trails, search, reads by id, export pages, checkpoints) answered by the `primary` or the `replica`.",
+    ),
+    only(
+        Emitted::ReadReplica,
+        metric(
+            "datastorage_db_replica_fallbacks_total",
+            Counter,
+            &["reason"],
+            "Reads meant for the read replica that the primary answered: `unusable` (lagging, down or not a standby at the last check), `unavailable` (the read failed for want of a connection or in a recovery conflict), `not_found` (a record by id it does not have yet).",
+        ),
+    ),
+    only(
+        Emitted::ReadReplica,
+        metric(
+            "datastorage_db_replica_lag_seconds",
+            Gauge,
+            &[],
+            "How far the read replica's replay is behind the primary's WAL, measured every quarter of DATASTORAGE_DB_READ_MAX_LAG_MS (last known value while it does not answer).",
+        ),
+    ),
+    only(
+        Emitted::ReadReplica,
+        metric(
+            "datastorage_db_replica_usable",
+            Gauge,
+            &[],
+            "1 while reads go to the read replica, 0 while it is lagging, down or not a standby (reads go to the primary).",
+        ),
     ),
     sizes(metric(
         "datastorage_db_group_commit_size",
@@ -476,11 +511,19 @@ pub async fn refresh_gauges(
     service: &ds_domain::AuditService,
     log: &ds_domain::log::LogService,
 ) {
-    let (open, idle, max) = store.pool_status();
-    metrics::gauge!("datastorage_db_pool_connections", "state" => "idle").set(idle as f64);
-    metrics::gauge!("datastorage_db_pool_connections", "state" => "in_use")
-        .set(open.saturating_sub(idle) as f64);
-    metrics::gauge!("datastorage_db_pool_max_connections").set(max as f64);
+    for (pool, status) in [
+        ("primary", Some(store.pool_status())),
+        ("replica", store.replica_pool_status()),
+    ] {
+        let Some((open, idle, max)) = status else {
+            continue;
+        };
+        metrics::gauge!("datastorage_db_pool_connections", "pool" => pool, "state" => "idle")
+            .set(idle as f64);
+        metrics::gauge!("datastorage_db_pool_connections", "pool" => pool, "state" => "in_use")
+            .set(open.saturating_sub(idle) as f64);
+        metrics::gauge!("datastorage_db_pool_max_connections", "pool" => pool).set(max as f64);
+    }
     // Bounded: a scrape never waits long for a database that is slow or down.
     if let Ok(Ok(backlog)) = tokio::time::timeout(
         std::time::Duration::from_secs(2),

@@ -32,6 +32,16 @@ impl PgStoreError {
             if info.message().starts_with("no partition of relation"))
     }
 
+    /// The database is unreachable or going away (see [`unavailable_reason`]): nothing was read or
+    /// written, and the same statement may go elsewhere.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgStoreError::Connect(_) | PgStoreError::Pool(_) => true,
+            PgStoreError::Query(q) => unavailable_reason(q).is_some(),
+            _ => false,
+        }
+    }
+
     /// Serialization failures and deadlocks: the transaction may simply be run again.
     pub fn is_retryable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};

@@ -4,6 +4,7 @@ use crate::connect::Target;
 use crate::error::PgStoreError;
 use crate::group::{self, GroupCommit, Queued, pool_error};
 use crate::pgv::Embedding;
+use crate::replica::{Replica, ReplicaSettings, ReplicaStatus};
 use crate::rows::{RecordRow, SearchRow};
 use crate::schema::{audit_records, embeddings, idempotency_keys};
 use crate::write::status_of;
@@ -18,8 +19,8 @@ use ds_domain::digest::Sha256Digest;
 use ds_domain::jobs::{ClaimedJob, FailedJob, JobInfo};
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, Backlog, EmbeddingStatus, Repoint, SearchHit, StoreError, StoreHealth,
-    StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
+    AuditStore, Backlog, EmbeddingStatus, ReplicaHealth, Repoint, SearchHit, StoreError,
+    StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::query::{ListQuery, TrailQuery};
 use ds_domain::search::SearchFilters;
@@ -87,6 +88,94 @@ pub struct PgStore {
     pub(crate) heal_from: Arc<tokio::sync::Mutex<Vec<u8>>>,
     /// `statement_timeout` and connect timeout of connections opened outside the pool.
     pub(crate) own_connection: (Duration, Duration),
+    /// The streaming replica that reads go to while it is usable (`database.read_url`).
+    replica: Option<Arc<Replica>>,
+    /// Where reads go: as the replica's state says, or pinned ([`PgStore::pinned`]).
+    pub(crate) route: Route,
+}
+
+/// Where one read goes: see [`PgStore::read_plan`].
+#[derive(Debug)]
+pub(crate) struct ReadPlan {
+    replica: bool,
+    pinned: bool,
+}
+
+/// Runs a read where the store's reads go, and again on the primary when the replica's answer
+/// cannot stand (see [`PgStore::settle`]): `read!(store, log, miss, |conn| async { ... })`, the
+/// body an async block over `conn: &mut AsyncPgConnection` answering `Result<T, PgStoreError>`.
+macro_rules! read {
+    ($store:expr, $log:expr, $miss:expr, |$conn:ident| $body:expr) => {{
+        let store = &$store;
+        let mut plan = store.read_plan($log);
+        loop {
+            let answer = match store.read_connection(&plan).await {
+                Ok(mut pooled) => {
+                    let $conn: &mut AsyncPgConnection = &mut pooled;
+                    $body.await
+                }
+                Err(e) => Err(e),
+            };
+            match store.settle(&plan, answer, $miss) {
+                Ok(answer) => break answer,
+                Err(next) => plan = next,
+            }
+        }
+    }};
+}
+pub(crate) use read;
+
+/// Where the reads of a [`PgStore`] go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The replica while it is usable, else the primary.
+    Auto,
+    /// The primary only.
+    Primary,
+    /// The replica only (an export that began there ends there, or fails).
+    Replica,
+}
+
+/// A pool of connections to `url`, each set up alike: `statement_timeout`, pgvector's search settings.
+fn build_pool(
+    url: &str,
+    settings: &PoolSettings,
+    max_size: usize,
+) -> Result<(Pool<AsyncPgConnection>, Arc<Target>), PgStoreError> {
+    let statement_timeout_ms = settings.statement_timeout.as_millis();
+    let ef_search = settings.ef_search.clamp(1, 1000);
+    let target = Arc::new(Target::parse(url)?);
+    let connect = target.clone();
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    // No `SELECT 1` on every checkout (the default): a broken connection fails its statement and
+    // is dropped by the pool; the write path retries nothing that was not committed.
+    config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |_url| {
+        let connect = connect.clone();
+        Box::pin(async move {
+            let mut conn = connect.connect().await?;
+            // pgvector 0.8 iterative index scans: the HNSW scan goes on until `limit` rows pass
+            // the filters instead of stopping after ef_search candidates, so filters drop no
+            // result. Set per connection (placeholders until pgvector loads in the session).
+            conn.batch_execute(&format!(
+                "SET statement_timeout = {statement_timeout_ms}; \
+                 SET hnsw.iterative_scan = strict_order; SET hnsw.ef_search = {ef_search}"
+            ))
+            .await
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+    let pool = Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(settings.wait_timeout))
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(settings.connect_timeout))
+        .build()
+        .map_err(|e| PgStoreError::Pool(e.to_string()))?;
+    Ok((pool, target))
 }
 
 /// How many vector digests [`PgStore`] remembers as stored (~3 MiB).
@@ -95,42 +184,7 @@ pub const KNOWN_VECTORS: usize = 65_536;
 impl PgStore {
     /// Builds the pool. Connections are opened lazily: a database that is not up yet is not an error here.
     pub fn new(database_url: &str, settings: &PoolSettings) -> Result<Self, PgStoreError> {
-        let statement_timeout_ms = settings.statement_timeout.as_millis();
-        let ef_search = settings.ef_search.clamp(1, 1000);
-        let target = Arc::new(Target::parse(database_url)?);
-        let connect = target.clone();
-        let mut config = ManagerConfig::<AsyncPgConnection>::default();
-        // No `SELECT 1` on every checkout (the default): a broken connection fails its statement and
-        // is dropped by the pool; the write path retries nothing that was not committed.
-        config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
-        config.custom_setup = Box::new(move |_url| {
-            let connect = connect.clone();
-            Box::pin(async move {
-                let mut conn = connect.connect().await?;
-                // pgvector 0.8 iterative index scans: the HNSW scan goes on until `limit` rows pass
-                // the filters instead of stopping after ef_search candidates, so filters drop no
-                // result. Set per connection (placeholders until pgvector loads in the session).
-                conn.batch_execute(&format!(
-                    "SET statement_timeout = {statement_timeout_ms}; \
-                     SET hnsw.iterative_scan = strict_order; SET hnsw.ef_search = {ef_search}"
-                ))
-                .await
-                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                Ok(conn)
-            })
-        });
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-            database_url,
-            config,
-        );
-        let pool = Pool::builder(manager)
-            .max_size(settings.max_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(settings.wait_timeout))
-            .create_timeout(Some(settings.connect_timeout))
-            .recycle_timeout(Some(settings.connect_timeout))
-            .build()
-            .map_err(|e| PgStoreError::Pool(e.to_string()))?;
+        let (pool, target) = build_pool(database_url, settings, settings.max_size)?;
         Ok(PgStore {
             pool,
             group_commit: settings.group_commit.clone(),
@@ -143,7 +197,127 @@ impl PgStore {
             swept_to: Arc::default(),
             heal_from: Arc::default(),
             own_connection: (settings.statement_timeout, settings.connect_timeout),
+            replica: None,
+            route: Route::Auto,
         })
+    }
+
+    /// Reads (the list, trails, search, reads by id, exports) go to the streaming replica of
+    /// `replica.url` while it is usable; see [`crate::replica`]. Its connections are set up as the
+    /// primary's (`settings`).
+    pub fn with_replica(
+        mut self,
+        replica: &ReplicaSettings,
+        settings: &PoolSettings,
+    ) -> Result<Self, PgStoreError> {
+        let (pool, _) = build_pool(&replica.url, settings, replica.pool_size)?;
+        self.replica = Some(Arc::new(Replica::new(pool, replica.max_lag)));
+        Ok(self)
+    }
+
+    /// Measures the replica's lag and records whether reads may go to it (`None`: no replica).
+    /// Called every [`ReplicaSettings::check_every`] by the server.
+    pub async fn check_replica(&self) -> Option<ReplicaStatus> {
+        let replica = self.replica.as_ref()?;
+        let primary = match self.conn().await {
+            Ok(mut c) => crate::replica::primary_position(&mut c).await,
+            Err(e) => Err(e),
+        };
+        Some(replica.check(primary).await)
+    }
+
+    /// What the last check of the replica found (`None`: no replica).
+    pub fn replica_status(&self) -> Option<ReplicaStatus> {
+        self.replica.as_ref().map(|r| r.status())
+    }
+
+    /// The replica pool's occupancy, as [`PgStore::pool_status`] (`None`: no replica).
+    pub fn replica_pool_status(&self) -> Option<(usize, usize, usize)> {
+        self.replica.as_ref().map(|r| {
+            let s = r.pool.status();
+            (s.size, s.available, s.max_size)
+        })
+    }
+
+    /// This store with its reads pinned to one database for a sequence of reads that must agree
+    /// with each other (an export's pages and its checkpoints): the replica if it is usable now,
+    /// else the primary; a pinned read never moves to the other.
+    pub fn pinned(&self) -> PgStore {
+        let mut pinned = self.clone();
+        pinned.route = match &self.replica {
+            Some(r) if r.usable() => Route::Replica,
+            _ => Route::Primary,
+        };
+        pinned
+    }
+
+    /// Where a read goes first (see [`crate::replica`]): the replica when it is usable (or the
+    /// store is pinned there), else the primary. `log`: a read of the log's checkpoints, which goes
+    /// to the replica only when pinned there (proofs stay with the primary's newest checkpoint).
+    /// Run a read through [`read!`], which follows the plan.
+    pub(crate) fn read_plan(&self, log: bool) -> ReadPlan {
+        let auto = self.route == Route::Auto && !log;
+        let replica = match &self.replica {
+            Some(_) if self.route == Route::Replica => true,
+            Some(r) if auto => r.usable(),
+            _ => false,
+        };
+        if !replica && auto && self.replica.is_some() {
+            metrics::counter!("datastorage_db_replica_fallbacks_total", "reason" => "unusable")
+                .increment(1);
+        }
+        ReadPlan {
+            replica,
+            pinned: self.route == Route::Replica,
+        }
+    }
+
+    /// A connection where `plan` says.
+    pub(crate) async fn read_connection(
+        &self,
+        plan: &ReadPlan,
+    ) -> Result<Object<AsyncPgConnection>, PgStoreError> {
+        match (&self.replica, plan.replica) {
+            (Some(r), true) => r.pool.get().await.map_err(group::pool_error),
+            _ => self.conn().await,
+        }
+    }
+
+    /// What to do with `answer`, read where `plan` said: the answer, or a plan to read again on
+    /// the primary (a replica's answer for which `miss` is true, such as a record it does not
+    /// have yet; a replica without a connection to give, or one that cancelled the read in a
+    /// conflict with its recovery). Never a second try when pinned.
+    pub(crate) fn settle<T>(
+        &self,
+        plan: &ReadPlan,
+        answer: Result<T, PgStoreError>,
+        miss: impl Fn(&T) -> bool,
+    ) -> Result<Result<T, PgStoreError>, ReadPlan> {
+        let pool = if plan.replica { "replica" } else { "primary" };
+        let retry = |reason: &'static str| {
+            metrics::counter!("datastorage_db_replica_fallbacks_total", "reason" => reason)
+                .increment(1);
+            Err(ReadPlan {
+                replica: false,
+                pinned: false,
+            })
+        };
+        match answer {
+            Ok(v) if !plan.replica || plan.pinned || !miss(&v) => {
+                metrics::counter!("datastorage_db_reads_total", "pool" => pool).increment(1);
+                Ok(Ok(v))
+            }
+            Ok(_) => retry("not_found"),
+            Err(e) if !plan.replica || plan.pinned || !e.is_unavailable() => Ok(Err(e)),
+            Err(e) => {
+                if !e.is_retryable()
+                    && let Some(r) = &self.replica
+                {
+                    r.failed(&e);
+                }
+                retry("unavailable")
+            }
+        }
     }
 
     /// Writes `requests` as one group, as group commit does when they arrive together: one
@@ -181,6 +355,9 @@ impl PgStore {
     pub async fn close(&self) {
         self.pending.idle().await;
         self.pool.close();
+        if let Some(r) = &self.replica {
+            r.pool.close();
+        }
         // The sequencer's own connection (after its current run, which holds it).
         *self.sequencer.lock().await = None;
     }
@@ -380,35 +557,38 @@ impl AuditStore for PgStore {
     }
 
     async fn get(&self, kind: Kind, id: i64) -> Result<Option<StoredRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let row: Option<RecordRow> = audit_records::table
-            .filter(audit_records::id.eq(id))
-            .filter(audit_records::kind.eq(kind.as_str()))
-            .select(RecordRow::as_select())
-            .first(&mut conn)
-            .await
-            .optional()
-            .map_err(PgStoreError::from)?;
-        let mut records: Vec<StoredRecord> =
-            row.map(Self::to_stored).transpose()?.into_iter().collect();
-        crate::tlog::attach_log_indexes(&mut conn, &mut records).await?;
-        Ok(records.pop())
+        // A replica that lags does not have a record just written: read again on the primary.
+        Ok(read!(self, false, Option::is_none, |conn| async {
+            let row: Option<RecordRow> = audit_records::table
+                .filter(audit_records::id.eq(id))
+                .filter(audit_records::kind.eq(kind.as_str()))
+                .select(RecordRow::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            let mut records: Vec<StoredRecord> =
+                row.map(Self::to_stored).transpose()?.into_iter().collect();
+            crate::tlog::attach_log_indexes(conn, &mut records).await?;
+            Ok(records.pop())
+        })?)
     }
 
     async fn trail(&self, query: &TrailQuery) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let rows = crate::query::trail(&mut conn, query).await?;
-        let mut records = Self::all_stored(rows)?;
-        crate::tlog::attach_log_indexes(&mut conn, &mut records).await?;
-        Ok(records)
+        Ok(read!(self, false, |_| false, |conn| async {
+            let rows = crate::query::trail(conn, query).await?;
+            let mut records = Self::all_stored(rows)?;
+            crate::tlog::attach_log_indexes(conn, &mut records).await?;
+            Ok::<_, PgStoreError>(records)
+        })?)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let rows = crate::query::list(&mut conn, query).await?;
-        let mut records = Self::all_stored(rows)?;
-        crate::tlog::attach_log_indexes(&mut conn, &mut records).await?;
-        Ok(records)
+        Ok(read!(self, false, |_| false, |conn| async {
+            let rows = crate::query::list(conn, query).await?;
+            let mut records = Self::all_stored(rows)?;
+            crate::tlog::attach_log_indexes(conn, &mut records).await?;
+            Ok::<_, PgStoreError>(records)
+        })?)
     }
 
     async fn search(
@@ -418,44 +598,11 @@ impl AuditStore for PgStore {
         filters: &SearchFilters,
         limit: usize,
     ) -> Result<Vec<SearchHit>, StoreError> {
-        use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
-        let mut conn = self.conn().await?;
-        let kinds: Option<Vec<String>> = filters
-            .kinds
-            .as_ref()
-            .map(|ks| ks.iter().map(|k| k.as_str().to_owned()).collect());
-        let namespace = filters.namespace.clone();
-        let since = filters.since.map(|t| t.as_utc());
-        let until = filters.until.map(|t| t.as_utc());
-        let model = model.to_owned();
+        let vector = Embedding(vector);
         let limit = i64::try_from(limit).unwrap_or(100);
-        // The connection carries the HNSW settings (see `PgStore::new`): one round trip.
-        let rows: Vec<SearchRow> = diesel::sql_query(SEARCH_SQL)
-            .bind::<crate::pgv::Vector, _>(Embedding(vector))
-            .bind::<Text, _>(model)
-            .bind::<Nullable<Array<Text>>, _>(kinds)
-            .bind::<Nullable<Text>, _>(namespace)
-            .bind::<Nullable<Timestamptz>, _>(since)
-            .bind::<Nullable<Timestamptz>, _>(until)
-            .bind::<BigInt, _>(limit)
-            .load::<SearchRow>(&mut conn)
-            .await
-            .map_err(PgStoreError::from)?;
-        let mut hits = rows
-            .into_iter()
-            .map(|r| {
-                Ok(SearchHit {
-                    similarity: 1.0 - r.distance,
-                    record: Self::to_stored(r.record)?,
-                })
-            })
-            .collect::<Result<Vec<_>, PgStoreError>>()?;
-        let ids: Vec<i64> = hits.iter().map(|h| h.record.id).collect();
-        let indexes = crate::tlog::log_indexes(&mut conn, &ids).await?;
-        for h in &mut hits {
-            h.record.log_index = indexes.get(&h.record.id).copied();
-        }
-        Ok(hits)
+        Ok(read!(self, false, |_| false, |conn| search(
+            conn, &vector, model, filters, limit
+        ))?)
     }
 
     async fn claim_jobs(
@@ -608,8 +755,54 @@ impl AuditStore for PgStore {
             migrations_applied: known.len() - pending,
             migrations_pending: pending,
             embedding_dimension: usize::try_from(dim).unwrap_or(0),
+            read_replica: self.replica_status().map(|r| ReplicaHealth {
+                status: if r.usable { "up" } else { "unusable" },
+                lag_seconds: r.lag.map(|l| l.as_secs_f64()),
+                reason: r.reason,
+            }),
         })
     }
+}
+
+/// The records nearest to `vector` (see [`AuditStore::search`]), on one connection.
+async fn search(
+    conn: &mut AsyncPgConnection,
+    vector: &Embedding,
+    model: &str,
+    filters: &SearchFilters,
+    limit: i64,
+) -> Result<Vec<SearchHit>, PgStoreError> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
+    let kinds: Option<Vec<&str>> = filters
+        .kinds
+        .as_ref()
+        .map(|ks| ks.iter().map(|k| k.as_str()).collect());
+    // The connection carries the HNSW settings (see `build_pool`): one round trip.
+    let rows: Vec<SearchRow> = diesel::sql_query(SEARCH_SQL)
+        .bind::<crate::pgv::Vector, _>(vector)
+        .bind::<Text, _>(model)
+        .bind::<Nullable<Array<Text>>, _>(kinds)
+        .bind::<Nullable<Text>, _>(filters.namespace.as_deref())
+        .bind::<Nullable<Timestamptz>, _>(filters.since.map(|t| t.as_utc()))
+        .bind::<Nullable<Timestamptz>, _>(filters.until.map(|t| t.as_utc()))
+        .bind::<BigInt, _>(limit)
+        .load::<SearchRow>(conn)
+        .await?;
+    let mut hits = rows
+        .into_iter()
+        .map(|r| {
+            Ok(SearchHit {
+                similarity: 1.0 - r.distance,
+                record: PgStore::to_stored(r.record)?,
+            })
+        })
+        .collect::<Result<Vec<_>, PgStoreError>>()?;
+    let ids: Vec<i64> = hits.iter().map(|h| h.record.id).collect();
+    let indexes = crate::tlog::log_indexes(conn, &ids).await?;
+    for h in &mut hits {
+        h.record.log_index = indexes.get(&h.record.id).copied();
+    }
+    Ok(hits)
 }
 
 /// Nearest records by cosine distance, ordered best first (ties by id), filters applied inside the scan.

@@ -35,6 +35,7 @@ use ds_tlog::note::CheckpointSigner;
 use ds_tlog::tree::{self, StoredHashes};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Key of the sequencer's advisory lock ("tlogseq\0").
@@ -724,15 +725,16 @@ impl LogStore for PgStore {
     }
 
     async fn checkpoint(&self, size: Option<u64>) -> Result<Option<Checkpoint>, StoreError> {
-        let mut conn = self.conn().await?;
-        let rows: Vec<CheckpointRow> = diesel::sql_query(
-            "SELECT tree_size, root_hash, note FROM tlog_checkpoints \
-             WHERE $1::bigint IS NULL OR tree_size = $1 ORDER BY tree_size DESC LIMIT 1",
-        )
-        .bind::<Nullable<BigInt>, _>(size.map(to_i64))
-        .load(&mut conn)
-        .await
-        .map_err(PgStoreError::from)?;
+        let rows: Vec<CheckpointRow> = crate::store::read!(self, true, |_| false, |conn| async {
+            diesel::sql_query(
+                "SELECT tree_size, root_hash, note FROM tlog_checkpoints \
+                 WHERE $1::bigint IS NULL OR tree_size = $1 ORDER BY tree_size DESC LIMIT 1",
+            )
+            .bind::<Nullable<BigInt>, _>(size.map(to_i64))
+            .load(conn)
+            .await
+            .map_err(PgStoreError::from)
+        })?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None);
         };
@@ -773,8 +775,13 @@ impl LogStore for PgStore {
         below: u64,
         limit: usize,
     ) -> Result<Vec<ExportEntry>, StoreError> {
-        let mut conn = self.conn().await?;
-        Ok(export(&mut conn, filter, from, below, limit).await?)
+        Ok(crate::store::read!(self, false, |_| false, |conn| export(
+            conn, filter, from, below, limit
+        ))?)
+    }
+
+    fn pinned(&self) -> Arc<dyn LogStore> {
+        Arc::new(PgStore::pinned(self))
     }
 
     async fn status(&self) -> Result<LogStatus, StoreError> {

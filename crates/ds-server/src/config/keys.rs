@@ -221,6 +221,24 @@ pub const KEYS: &[Key] = &[
         Required,
         "`postgres://user:password@host:port/database` (`DATABASE_URL` is read when this is unset). Holds a password: pass it from a Secret, not the file.",
     ),
+    secret(
+        "DATASTORAGE_DATABASE_READ_URL",
+        "database.read_url",
+        Unset,
+        "A PostgreSQL streaming replica of `database.url` that reads go to (the list, trails, search, reads by id, exports) while it is usable; writes, the log's sequencer, proofs and maintenance stay on the primary (docs/scaling.md). Unset: everything on the primary. Holds a password: pass it from a Secret.",
+    ),
+    key(
+        "DATASTORAGE_DB_READ_POOL_SIZE",
+        "database.read_pool_size",
+        Computed("pool size"),
+        "Most connections to the read replica.",
+    ),
+    key(
+        "DATASTORAGE_DB_READ_MAX_LAG_MS",
+        "database.read_max_lag_ms",
+        Value("5000"),
+        "Farther behind the primary than this, the replica is not read: reads go to the primary until it catches up (checked every quarter of it, 50 ms to 1 s). A record read by id is found right after its 201 whatever the lag.",
+    ),
     key(
         "DATASTORAGE_MIGRATE_ON_START",
         "database.migrate_on_start",
