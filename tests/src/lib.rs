@@ -8,6 +8,7 @@
 //! xtask test` starts one and sets it), or, with `DATASTORAGE_TEST_DB=docker`, a pgvector container from
 //! testcontainers-modules (machines with a Docker engine only).
 
+pub mod cluster;
 pub mod kube_server;
 pub mod log;
 pub mod openai_server;

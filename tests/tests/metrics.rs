@@ -322,7 +322,7 @@ async fn every_catalogued_metric_is_emitted_with_its_type_and_labels_and_the_ale
     let text = scrape.text().await.unwrap();
     let e = parse(&text);
 
-    // The read replica's metrics need a streaming replica: tests/tests/replica.rs checks them.
+    // The read replica's metrics need a streaming replica: tests/tests/read_replica.rs checks them.
     for m in CATALOGUE
         .iter()
         .filter(|m| !matches!(m.emitted, ds_server::telemetry::Emitted::ReadReplica))

@@ -97,7 +97,9 @@ pub struct PgStore {
 /// Where one read goes: see [`PgStore::read_plan`].
 #[derive(Debug)]
 pub(crate) struct ReadPlan {
+    /// On the replica (else the primary).
     replica: bool,
+    /// No second try elsewhere: the primary, or a store pinned to the replica.
     pinned: bool,
 }
 
@@ -126,14 +128,13 @@ macro_rules! read {
 pub(crate) use read;
 
 /// Where the reads of a [`PgStore`] go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Route {
     /// The replica while it is usable, else the primary.
     Auto,
-    /// The primary only.
-    Primary,
-    /// The replica only (an export that began there ends there, or fails).
-    Replica,
+    /// Where the first read was answered (the replica if usable then, else the primary), and
+    /// there only: the reads of an export agree with each other, or fail.
+    Pinned(Arc<OnceLock<bool>>),
 }
 
 /// A pool of connections to `url`, each set up alike: `statement_timeout`, pgvector's search settings.
@@ -240,14 +241,11 @@ impl PgStore {
     }
 
     /// This store with its reads pinned to one database for a sequence of reads that must agree
-    /// with each other (an export's pages and its checkpoints): the replica if it is usable now,
-    /// else the primary; a pinned read never moves to the other.
+    /// with each other (an export's pages and its checkpoints): the one that answers the first
+    /// read (the replica if usable then, else the primary); a pinned read never moves to the other.
     pub fn pinned(&self) -> PgStore {
         let mut pinned = self.clone();
-        pinned.route = match &self.replica {
-            Some(r) if r.usable() => Route::Replica,
-            _ => Route::Primary,
-        };
+        pinned.route = Route::Pinned(Arc::new(OnceLock::new()));
         pinned
     }
 
@@ -256,19 +254,31 @@ impl PgStore {
     /// to the replica only when pinned there (proofs stay with the primary's newest checkpoint).
     /// Run a read through [`read!`], which follows the plan.
     pub(crate) fn read_plan(&self, log: bool) -> ReadPlan {
-        let auto = self.route == Route::Auto && !log;
-        let replica = match &self.replica {
-            Some(_) if self.route == Route::Replica => true,
-            Some(r) if auto => r.usable(),
-            _ => false,
+        let Some(replica) = &self.replica else {
+            return ReadPlan {
+                replica: false,
+                pinned: true,
+            };
         };
-        if !replica && auto && self.replica.is_some() {
+        let (auto, pinned_to) = match &self.route {
+            Route::Auto => (!log, None),
+            // Not pinned yet: the first read goes where any read goes, checkpoints included.
+            Route::Pinned(at) => (true, at.get().copied()),
+        };
+        if let Some(on_replica) = pinned_to {
+            return ReadPlan {
+                replica: on_replica,
+                pinned: true,
+            };
+        }
+        let usable = auto && replica.usable();
+        if auto && !usable {
             metrics::counter!("datastorage_db_replica_fallbacks_total", "reason" => "unusable")
                 .increment(1);
         }
         ReadPlan {
-            replica,
-            pinned: self.route == Route::Replica,
+            replica: usable,
+            pinned: !usable,
         }
     }
 
@@ -299,16 +309,19 @@ impl PgStore {
                 .increment(1);
             Err(ReadPlan {
                 replica: false,
-                pinned: false,
+                pinned: true,
             })
         };
         match answer {
-            Ok(v) if !plan.replica || plan.pinned || !miss(&v) => {
+            Ok(v) if plan.pinned || !miss(&v) => {
                 metrics::counter!("datastorage_db_reads_total", "pool" => pool).increment(1);
+                if let Route::Pinned(at) = &self.route {
+                    let _ = at.set(plan.replica);
+                }
                 Ok(Ok(v))
             }
             Ok(_) => retry("not_found"),
-            Err(e) if !plan.replica || plan.pinned || !e.is_unavailable() => Ok(Err(e)),
+            Err(e) if plan.pinned || !e.is_unavailable() => Ok(Err(e)),
             Err(e) => {
                 if !e.is_retryable()
                     && let Some(r) = &self.replica
