@@ -249,6 +249,21 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The namespace of prefilled record `i`: one of 50, a trail's four records in the same one.
+pub fn prefill_namespace(i: u64) -> String {
+    format!("team-{:02}", (i / 4).wrapping_mul(2_654_435_761) % 50)
+}
+
+/// The phase of prefilled record `i`: 70% Completed, 15% Processing, 10% Pending, 5% Failed.
+pub fn prefill_phase(i: u64) -> &'static str {
+    match i % 20 {
+        0 => "Failed",
+        1 | 2 => "Pending",
+        3..=5 => "Processing",
+        _ => "Completed",
+    }
+}
+
 /// CSV rows for `COPY … (FORMAT csv)`. Embedding `i` (id i, 1-based) belongs to record `i`.
 /// Columns: embeddings (id, digest, model, embedding); audit_records (id, received_at, kind, name,
 /// namespace, phase, correlation_id, message, created_at, content_digest, details,
@@ -287,7 +302,9 @@ pub fn prefill_csv(table: &str, rows: u64, model: &str, shape: Shape) -> Result<
                 let details = serde_json::json!({"prefilled": true, "body": body}).to_string();
                 writeln!(
                     out,
-                    "{i},{received_at},{kind},prefill-{i},payments,Completed,{},\"{}\",{created_at},{},\"{}\",{},{i}",
+                    "{i},{received_at},{kind},prefill-{i},{},{},{},\"{}\",{created_at},{},\"{}\",{},{i}",
+                    prefill_namespace(i),
+                    prefill_phase(i),
                     correlation_id("prefill", i),
                     unique_text(i),
                     digest("r", i),

@@ -7,6 +7,8 @@
 //! - `prefill`: CSV for `COPY` (embeddings or records), so that tables are filled without the API.
 //! - `search`: top-10 vector searches through the API, their latency, and recall@10 against an exact
 //!   scan in the database.
+//! - `list`: the list of records through the API (each filter's page 1, a deep scroll) next to
+//!   `EXPLAIN (ANALYZE, BUFFERS)` of the same statements.
 //! - `embed`: the bare local model's throughput (batched, all cores): a baseline of the worker.
 //! - `proofs`, `export`, `synthetic-export`: the transparency log (inclusion proof latency through the
 //!   API, the export, an export of any size for timing `datastorage verify`).
@@ -14,6 +16,7 @@
 
 mod bodies;
 mod data;
+mod list;
 mod load;
 mod search;
 mod structure;
@@ -50,6 +53,8 @@ enum Command {
     },
     /// Vector search latency and recall@10.
     Search(search::SearchArgs),
+    /// The list of records: latency of each filter and of a deep scroll, with their plans.
+    List(list::ListArgs),
     /// Inclusion proofs of random logged records through the API: latency.
     Proofs(tlog::ProofArgs),
     /// The whole export through the API, into a file.
@@ -109,6 +114,7 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Command::Search(args) => runtime.block_on(search::run(args))?,
+        Command::List(args) => runtime.block_on(list::run(args))?,
         Command::Ready { addr } => runtime.block_on(search::ready(addr))?,
         Command::Proofs(args) => runtime.block_on(tlog::proofs(args))?,
         Command::Export(args) => runtime.block_on(tlog::export(args))?,

@@ -107,7 +107,7 @@ fn recall(got: &[(i64, f64)], exact: &[Exact]) -> f64 {
 pub async fn run(args: SearchArgs) -> Result<Value> {
     let mut vectors = Vectors::new(args.vectors, 0xbeef);
     let queries: Vec<Vec<f32>> = (0..args.queries).map(|_| vectors.next_vector()).collect();
-    let mut client = Client::new(args.addr);
+    let mut client = SearchClient::new(args.addr);
     // Warm-up: the first queries load the index into memory.
     for q in queries.iter().take(20) {
         client.search(q).await?;
@@ -161,7 +161,7 @@ struct Stored {
 /// that very vector returns (its record, or one tied at distance 0). A miss is a record the graph
 /// search cannot reach from its entry point at this `ef_search`, whatever the query: it bounds
 /// recall, and a larger `ef_search` only partly repairs it.
-async fn self_found(args: &SearchArgs, client: &mut Client) -> Result<(usize, usize)> {
+async fn self_found(args: &SearchArgs, client: &mut SearchClient) -> Result<(usize, usize)> {
     let mut conn = AsyncPgConnection::establish(&args.db_url).await?;
     let stored: Vec<Stored> = diesel::sql_query(
         "SELECT r.id, e.embedding::text AS embedding FROM embeddings e \
@@ -220,19 +220,61 @@ async fn get_json(addr: SocketAddr, path: &str) -> Result<Value> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// A tiny HTTP client for the search endpoint (one keep-alive connection).
-struct Client {
+/// The search endpoint through a [`Client`].
+struct SearchClient(Client);
+
+impl SearchClient {
+    fn new(addr: SocketAddr) -> Self {
+        SearchClient(Client::new(addr))
+    }
+
+    /// The ids and cosine distances of the top 10.
+    async fn search(&mut self, vector: &[f32]) -> Result<Vec<(i64, f64)>> {
+        let body = json!({"vector": vector, "limit": 10}).to_string();
+        let (status, bytes) = self
+            .0
+            .send("POST", "/api/v1/audit/search", Some(body))
+            .await?;
+        if !status.is_success() {
+            bail!(
+                "search answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let v: Value = serde_json::from_slice(&bytes)?;
+        v["results"]
+            .as_array()
+            .context("no results array")?
+            .iter()
+            .map(|r| {
+                let id = r["id"].as_i64().context("a result without id")?;
+                let similarity = r["similarity"]
+                    .as_f64()
+                    .context("a result without similarity")?;
+                Ok((id, 1.0 - similarity))
+            })
+            .collect()
+    }
+}
+
+/// A tiny HTTP/1.1 client (one keep-alive connection, reopened when the server closed it).
+pub struct Client {
     addr: SocketAddr,
     sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
 }
 
 impl Client {
-    fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr) -> Self {
         Client { addr, sender: None }
     }
 
-    /// The ids and cosine distances of the top 10.
-    async fn search(&mut self, vector: &[f32]) -> Result<Vec<(i64, f64)>> {
+    /// One request; the status and the whole body.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(hyper::StatusCode, Bytes)> {
         let reusable = match self.sender.as_mut() {
             Some(s) => s.ready().await.is_ok(),
             None => false,
@@ -249,36 +291,19 @@ impl Client {
                 sender
             }
         };
-        let body = json!({"vector": vector, "limit": 10}).to_string();
-        let request = hyper::Request::builder()
-            .method("POST")
-            .uri("/api/v1/audit/search")
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request.body(Full::new(body.map(Bytes::from).unwrap_or_default()))?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!(
-                "search answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            );
-        }
         self.sender = Some(sender);
-        let v: Value = serde_json::from_slice(&bytes)?;
-        v["results"]
-            .as_array()
-            .context("no results array")?
-            .iter()
-            .map(|r| {
-                let id = r["id"].as_i64().context("a result without id")?;
-                let similarity = r["similarity"]
-                    .as_f64()
-                    .context("a result without similarity")?;
-                Ok((id, 1.0 - similarity))
-            })
-            .collect()
+        Ok((status, bytes))
     }
 }
 

@@ -419,12 +419,13 @@ async fn every_catalogued_metric_is_emitted_with_its_type_and_labels_and_the_ale
         let must_name = file.contains("monitoring") || file.ends_with("operations.md");
         assert!(!must_name || !names.is_empty(), "{file} names no metric");
         for name in names {
+            let Some(m) = CATALOGUE.iter().find(|m| m.name == name) else {
+                panic!("{file} references {name}, which the service does not emit");
+            };
+            // The read replica's are checked against a streaming replica (read_replica.rs).
             assert!(
-                CATALOGUE.iter().any(|m| m.name == name),
-                "{file} references {name}, which the service does not emit"
-            );
-            assert!(
-                e.types.contains_key(&name),
+                e.types.contains_key(&name)
+                    || matches!(m.emitted, ds_server::telemetry::Emitted::ReadReplica),
                 "{file}: {name} was not emitted"
             );
         }

@@ -370,6 +370,7 @@ impl Bench {
         let (cpu0, _) = process_usage(service.pid());
         let (busy0, total0) = machine_jiffies();
         let pg0 = postgres_cpu_seconds();
+        let wal0 = self.psql_in("postgres", "SELECT pg_current_wal_lsn()")?;
         let mut args = vec![
             "load".to_owned(),
             "--addr".into(),
@@ -395,6 +396,17 @@ impl Bench {
         let (busy1, total1) = machine_jiffies();
         let pg1 = postgres_cpu_seconds();
         let secs = result["seconds"].as_f64().unwrap_or(seconds);
+        // Everything the cluster wrote to its WAL meanwhile (the sequencer's and checkpoints' too),
+        // per acknowledged record.
+        let wal: f64 = self
+            .psql_in(
+                "postgres",
+                &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal0}')"),
+            )?
+            .parse()
+            .unwrap_or(0.0);
+        let acked = result["records_per_second"].as_f64().unwrap_or(0.0) * secs;
+        result["wal_bytes_per_record"] = json!(wal / acked.max(1.0));
         result["scenario"] = json!(name);
         result["service_cpu_cores"] = json!((cpu1 - cpu0) / secs);
         // Backends that ended during the run are not counted: a lower bound.
@@ -657,6 +669,76 @@ impl Bench {
             verify["records_per_second"].as_f64().unwrap_or(0.0)
         ));
         Ok(json!({"inclusion_proofs": proofs, "export": export, "verify": verify}))
+    }
+
+    /// The list of records (contract §10) through the API, each query next to `EXPLAIN (ANALYZE,
+    /// BUFFERS)` of the same statement, and a deep scroll.
+    fn list(&self, db: &str) -> Result<Value> {
+        step(&format!("{db}: the list of records through the API"));
+        let list = self.ds_bench(&["list", "--addr", API, "--db-url", &self.cluster.url(db)])?;
+        for q in list["queries"].as_array().into_iter().flatten() {
+            step(&format!(
+                "list {}: p50 {:.2} ms, p99 {:.2} ms through the API; PostgreSQL alone {:.2} ms",
+                q["query"].as_str().unwrap_or(""),
+                f(&q["latency_ms"]["p50"]),
+                f(&q["latency_ms"]["p99"]),
+                f(&q["explain_analyze"]["execution_ms"])
+            ));
+        }
+        let d = &list["deep_scroll"];
+        step(&format!(
+            "deep scroll: {} pages, the last 10 {:.2} ms vs the first 10 {:.2} ms ({:.2}×)",
+            d["pages"],
+            f(&d["last_10_pages_mean_ms"]),
+            f(&d["first_10_pages_mean_ms"]),
+            f(&d["last_over_first"])
+        ));
+        Ok(list)
+    }
+
+    /// What the store holds on disk per record: the records' heap and each of their indexes (summed
+    /// over the month partitions), the vectors and their HNSW index, the log's tables.
+    fn storage(&self, db: &str) -> Result<Value> {
+        let rows = self.psql_in(
+            db,
+            "SELECT 'records', (SELECT count(*) FROM audit_records) \
+             UNION ALL SELECT 'heap audit_records', (SELECT coalesce(sum(pg_relation_size(i.inhrelid)), 0) \
+                 FROM pg_inherits i WHERE i.inhparent = 'audit_records'::regclass) \
+             UNION ALL SELECT 'index ' || c.relname, (SELECT coalesce(sum(pg_relation_size(i.inhrelid)), 0) \
+                 FROM pg_inherits i WHERE i.inhparent = c.oid) \
+                 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid WHERE x.indrelid = 'audit_records'::regclass \
+             UNION ALL SELECT 'heap embeddings', pg_relation_size('embeddings') \
+             UNION ALL SELECT 'index embeddings_embedding_hnsw', pg_relation_size('embeddings_embedding_hnsw') \
+             UNION ALL SELECT 'table+indexes audit_digests', pg_total_relation_size('audit_digests') \
+             UNION ALL SELECT 'table+indexes tlog_segments', pg_total_relation_size('tlog_segments') \
+             UNION ALL SELECT 'table+indexes tlog_leaves', pg_total_relation_size('tlog_leaves')",
+        )?;
+        let mut parts = serde_json::Map::new();
+        for line in rows.lines() {
+            if let Some((name, bytes)) = line.split_once('|') {
+                parts.insert(name.to_owned(), json!(bytes.parse::<f64>().unwrap_or(0.0)));
+            }
+        }
+        let records = parts.get("records").and_then(Value::as_f64).unwrap_or(0.0);
+        let per_record: serde_json::Map<String, Value> = parts
+            .iter()
+            .filter(|(k, _)| *k != "records")
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    json!(v.as_f64().unwrap_or(0.0) / records.max(1.0)),
+                )
+            })
+            .collect();
+        step(&format!(
+            "storage per record: {}",
+            per_record
+                .iter()
+                .map(|(k, v)| format!("{k} {:.0} B", v.as_f64().unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(json!({"records": records, "bytes": parts, "bytes_per_record": per_record}))
     }
 
     /// `datastorage verify` of an export: its verdict and records per second, next to SHA-256 over
@@ -1191,6 +1273,10 @@ impl Bench {
         let (_, rss) = process_usage(service.pid());
         report["inline_service_peak_rss_mib"] = json!(rss);
         report["log_reads"] = self.log_reads(&db)?;
+        if size > 0 {
+            report["list"] = self.list(&db)?;
+            report["storage"] = self.storage(&db)?;
+        }
         service.stop()?;
         if size > 0 {
             // One service per ef_search (a per-connection setting); the exact answers are computed
@@ -1433,7 +1519,7 @@ fn summarize(r: &Value) -> String {
             ));
         }
         s.push_str(&format!(
-            "{:<30} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9}\n",
+            "{:<30} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}\n",
             "scenario",
             "rec/s",
             "p50 ms",
@@ -1445,14 +1531,15 @@ fn summarize(r: &Value) -> String {
             "pg cpu",
             "gen cpu",
             "rss MiB",
-            "vs raw"
+            "vs raw",
+            "WAL B/rec"
         ));
         for sc in size["scenarios"].as_array().into_iter().flatten() {
             let conns = sc["conns"].as_u64().unwrap_or(0);
             let raw = baseline("insert", conns);
             let rate = f(&sc["records_per_second"]);
             s.push_str(&format!(
-                "{:<30} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>7.2} {:>7.2} {:>7.2} {:>7.0} {:>9}\n",
+                "{:<30} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>7.2} {:>7.2} {:>7.2} {:>7.0} {:>9} {:>8.0}\n",
                 sc["scenario"].as_str().unwrap_or(""),
                 rate,
                 f(&sc["latency_ms"]["p50"]),
@@ -1464,7 +1551,8 @@ fn summarize(r: &Value) -> String {
                 f(&sc["postgres_cpu_cores"]),
                 f(&sc["generator_cpu_seconds"]) / f(&sc["seconds"]),
                 f(&sc["service_peak_rss_mib"]),
-                raw.map(|b| format!("{:.2}×", rate / b)).unwrap_or_default()
+                raw.map(|b| format!("{:.2}×", rate / b)).unwrap_or_default(),
+                f(&sc["wal_bytes_per_record"])
             ));
         }
         if let Some(p) = size.get("log_prefill") {
@@ -1513,6 +1601,51 @@ fn summarize(r: &Value) -> String {
                 v["records"],
                 f(&v["sha256sum_seconds"]),
                 f(&v["seconds"])
+            ));
+        }
+        if let Some(l) = size.get("list").filter(|l| !l.is_null()) {
+            s.push_str(&format!(
+                "list of records (GET /api/v1/audit/records, page 1 of 100, {} records; target p99 ≤ 20 ms at 1M), through the API vs EXPLAIN ANALYZE of the same statement:\n",
+                l["records"]
+            ));
+            for q in l["queries"].as_array().into_iter().flatten() {
+                let e = &q["explain_analyze"];
+                s.push_str(&format!(
+                    "  {:<27} p50 {:>6.2} ms  p99 {:>6.2} ms  | PostgreSQL {:>6.2} ms, {:>5} buffers{}  ({} records)\n",
+                    q["query"].as_str().unwrap_or(""),
+                    f(&q["latency_ms"]["p50"]),
+                    f(&q["latency_ms"]["p99"]),
+                    f(&e["execution_ms"]),
+                    e["buffers"],
+                    if e["seq_scan"] == true { ", SEQ SCAN" } else { "" },
+                    q["records_per_page"]
+                ));
+            }
+            let d = &l["deep_scroll"];
+            s.push_str(&format!(
+                "  deep scroll, no filter: page {} vs page 1: API {:.2} vs {:.2} ms (mean of 10, {:.2}×); PostgreSQL {:.2} vs {:.2} ms, {} vs {} buffers\n",
+                d["pages"],
+                f(&d["last_10_pages_mean_ms"]),
+                f(&d["first_10_pages_mean_ms"]),
+                f(&d["last_over_first"]),
+                f(&d["last_page_explain_analyze"]["execution_ms"]),
+                f(&d["first_page_explain_analyze"]["execution_ms"]),
+                d["last_page_explain_analyze"]["buffers"],
+                d["first_page_explain_analyze"]["buffers"]
+            ));
+        }
+        if let Some(st) = size.get("storage").filter(|v| !v.is_null()) {
+            let per = st["bytes_per_record"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "on disk per record ({} records): {}\n",
+                st["records"],
+                per.iter()
+                    .map(|(k, v)| format!("{k} {:.0} B", v.as_f64().unwrap_or(0.0)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         let w = &size["worker"];
