@@ -238,4 +238,33 @@ mod tests {
         }
         assert_eq!(documented, registered);
     }
+
+    /// The query parameters of the paged reads are the domain's, with the domain's bounds.
+    #[test]
+    fn the_paged_reads_document_the_parameters_the_domain_accepts() {
+        use ds_domain::query::{LIST_PARAMETERS, MAX_LIMIT, TRAIL_PARAMETERS};
+        let doc = serde_json::to_value(document()).unwrap_or_default();
+        for (path, known) in [
+            ("/api/v1/audit/records", &LIST_PARAMETERS[..]),
+            ("/api/v1/audit/trail/{correlationId}", &TRAIL_PARAMETERS[..]),
+        ] {
+            let op = &doc["paths"][path]["get"];
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let query: BTreeSet<&str> = params
+                .iter()
+                .filter(|p| p["in"] == "query")
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            assert_eq!(query, known.iter().copied().collect(), "{path}");
+            let limit = params.iter().find(|p| p["name"] == "limit");
+            let schema = &limit.map(|l| l["schema"].clone()).unwrap_or_default();
+            assert_eq!(schema["minimum"], 1, "{path}: {schema}");
+            assert_eq!(schema["maximum"], MAX_LIMIT, "{path}: {schema}");
+            for status in ["200", "400"] {
+                assert!(op["responses"].get(status).is_some(), "{path} {status}");
+            }
+        }
+        let next = &doc["components"]["schemas"]["ListResponse"]["properties"]["nextCursor"];
+        assert!(next.is_object(), "{next}");
+    }
 }
