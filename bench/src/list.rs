@@ -98,7 +98,7 @@ async fn analyze(c: &mut AsyncPgConnection, q: &ListQuery) -> Result<Value> {
         l.contains("Seq Scan on audit_records")
             && plan[n + 1..]
                 .iter()
-                .take_while(|l| !l.contains("->"))
+                .take_while(|l| !l.contains("->") && !l.starts_with("Planning"))
                 .any(|l| l.contains("Buffers:"))
     });
     Ok(json!({
