@@ -121,6 +121,16 @@ async fn scroll(app: &TestApp, path: &str, query: &str, key: &str) -> Vec<i64> {
     panic!("{query}: more than 1000 pages");
 }
 
+/// `GET path` must be a 400 about one parameter: its field and constraint.
+async fn refused(app: &TestApp, path: &str) -> (String, String) {
+    let r = app.get(path).await.unwrap();
+    assert_eq!(r.status, 400, "{path}: {}", r.body);
+    assert_eq!(r.body["error"]["code"], "VALIDATION_ERROR", "{path}");
+    let d = &r.body["error"]["details"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (text(&d["field"]), text(&d["constraint"]))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_pages_through_every_filter_newest_first_across_partitions() {
     let app = spawn_app().await.unwrap();
@@ -278,20 +288,22 @@ async fn records_written_over_http_are_listed_newest_first_and_bad_queries_chang
         ["kind:enum", "limit:minimum", "offset:unknown", "phase:enum"]
     );
     // The cursor of the unfiltered list does not continue a filtered one.
-    let other = app
-        .get(&format!(
-            "/api/v1/audit/records?kind=workflow&cursor={cursor}"
-        ))
-        .await
-        .unwrap();
-    assert_eq!(other.status, 400);
-    assert_eq!(other.body["error"]["details"]["field"], "cursor");
-    let garbage = app
-        .get("/api/v1/audit/records?cursor=%00%27%3B%20DROP%20TABLE%20audit_records%3B")
-        .await
-        .unwrap();
-    assert_eq!(garbage.status, 400);
-    assert_eq!(garbage.body["error"]["details"]["constraint"], "format");
+    assert_eq!(
+        refused(
+            &app,
+            &format!("/api/v1/audit/records?kind=workflow&cursor={cursor}")
+        )
+        .await,
+        ("cursor".into(), "filters".into())
+    );
+    assert_eq!(
+        refused(
+            &app,
+            "/api/v1/audit/records?cursor=%00%27%3B%20DROP%20TABLE%20audit_records%3B"
+        )
+        .await,
+        ("cursor".into(), "format".into())
+    );
     assert_eq!(app.db.count("audit_records").await.unwrap(), 5);
 }
 
@@ -329,31 +341,26 @@ async fn the_trail_pages_in_its_order_and_a_cursor_belongs_to_its_trail() {
         .await
         .unwrap();
     let cursor = page.body["nextCursor"].as_str().unwrap();
-    let elsewhere = app
-        .get(&format!(
-            "/api/v1/audit/trail/rr-2026-11-30-c00005?cursor={cursor}"
-        ))
-        .await
-        .unwrap();
-    assert_eq!(elsewhere.status, 400);
-    assert_eq!(elsewhere.body["error"]["details"]["constraint"], "filters");
-    let listed = app
-        .get(&format!("/api/v1/audit/records?cursor={cursor}"))
-        .await
-        .unwrap();
-    assert_eq!(listed.status, 400);
-    assert_eq!(listed.body["error"]["details"]["constraint"], "scope");
-    for bad in [
-        "limit=0",
-        "limit=1001",
-        "limit=x",
-        "since=2025-01-01T00:00:00Z",
+    assert_eq!(
+        refused(
+            &app,
+            &format!("/api/v1/audit/trail/rr-2026-11-30-c00005?cursor={cursor}")
+        )
+        .await,
+        ("cursor".into(), "filters".into())
+    );
+    assert_eq!(
+        refused(&app, &format!("/api/v1/audit/records?cursor={cursor}")).await,
+        ("cursor".into(), "scope".into())
+    );
+    for (bad, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=x", "limit"),
+        ("since=2025-01-01T00:00:00Z", "since"),
     ] {
-        let r = app
-            .get(&format!("/api/v1/audit/trail/{trail}?{bad}"))
-            .await
-            .unwrap();
-        assert_eq!(r.status, 400, "{bad}");
+        let (got, _) = refused(&app, &format!("/api/v1/audit/trail/{trail}?{bad}")).await;
+        assert_eq!(got, field, "{bad}");
     }
 }
 
