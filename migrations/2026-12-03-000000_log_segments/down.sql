@@ -29,6 +29,8 @@ DROP TABLE tlog_leaves;
 ALTER TABLE tlog_old_leaves RENAME TO tlog_leaves;
 ALTER INDEX tlog_old_leaves_pkey RENAME TO tlog_leaves_pkey;
 ALTER TABLE tlog_leaves RENAME CONSTRAINT tlog_old_leaves_record_id_key TO tlog_leaves_record_id_key;
+ALTER TABLE tlog_leaves RENAME CONSTRAINT tlog_old_leaves_log_index_check TO tlog_leaves_log_index_check;
+ALTER TABLE tlog_leaves RENAME CONSTRAINT tlog_old_leaves_leaf_hash_check TO tlog_leaves_leaf_hash_check;
 CREATE TRIGGER tlog_leaves_append_only BEFORE UPDATE OR DELETE ON tlog_leaves
     FOR EACH ROW EXECUTE FUNCTION tlog_append_only();
 CREATE TRIGGER tlog_hashes_append_only BEFORE UPDATE OR DELETE ON tlog_hashes

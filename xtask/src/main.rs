@@ -3,6 +3,8 @@
 //! - `dev`: run the service on the embedded default (local PostgreSQL + pgvector, local model).
 //! - `test`: the same set-up, then the whole test suite with nextest, then clean-up.
 //! - `ci`: fmt check, clippy `-D warnings`, architecture invariants, then `test`.
+//! - `migrate`: apply pending migrations to `DATABASE_URL` or the dev cluster; `migration new NAME`:
+//!   a new migration's files, ordered after the last one.
 //! - `fetch-model`, `install-pgvector`: single set-up steps.
 //!
 //! Every set-up step prints what it does. `DATABASE_URL` (a server that has pgvector) replaces the local
@@ -41,6 +43,11 @@ fn main() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("ci") => ci(&root),
         Some("bench") => bench::bench(&root, &args[1..]),
+        Some("migrate") => migrate(&root),
+        Some("migration") => match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("new"), Some(name)) => new_migration(&root, name),
+            _ => bail!("usage: cargo xtask migration new NAME"),
+        },
         Some("fetch-model") => fetch_model(&root).map(|_| ()),
         Some("install-pgvector") => install_pgvector(&root),
         _ => {
@@ -51,6 +58,8 @@ fn main() -> Result<()> {
                  test [ARGS]       run the whole test suite (ARGS go to cargo nextest run)\n  \
                  ci                fmt check + clippy -D warnings + architecture checks + test\n  \
                  bench [OPTIONS]   the service against its pgbench baselines (--sizes 0,100k,1M --seconds 10 --conns 1,16,64)\n  \
+                 migrate           apply pending migrations to DATABASE_URL, or to the dev cluster (`dev`'s database)\n  \
+                 migration new NAME  create migrations/<version>_NAME/{{up,down}}.sql, ordered after the last one\n  \
                  fetch-model       download the local embedding model into target/models/\n  \
                  install-pgvector  install the pgvector extension (root, Debian) if it is missing"
             );
@@ -273,46 +282,104 @@ fn ensure_local_postgres(root: &Path) -> Result<()> {
 /// The login role `cargo xtask dev` runs the service as (a member of `datastorage_runtime`).
 const DEV_RUNTIME_ROLE: &str = "datastorage_app";
 
+/// The database `dev` and `migrate` work on: `DATABASE_URL`, or the database `datastorage` of the
+/// dev cluster (started, created when missing). The cluster, to stop afterwards, and the owner's URL.
+fn dev_database(root: &Path) -> Result<(Option<Cluster>, String)> {
+    if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        return Ok((None, url));
+    }
+    ensure_local_postgres(root)?;
+    let c = Cluster::start(root, "pg-dev", DEV_PORT, false, true)?;
+    if c.psql("CREATE DATABASE datastorage").is_err() {
+        step(
+            "database `datastorage` already exists: keeping its data (delete target/pg-dev to start empty)",
+        );
+    }
+    let url = c.url("datastorage");
+    Ok((Some(c), url))
+}
+
+/// `datastorage ARGS`, built and run by cargo (release).
+fn datastorage(args: &[&str]) -> Command {
+    let mut c = Command::new("cargo");
+    c.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "ds-server",
+        "--bin",
+        "datastorage",
+        "--",
+    ])
+    .args(args);
+    c
+}
+
+/// `cargo xtask migrate`: `datastorage migrate` as the database's owner.
+fn migrate(root: &Path) -> Result<()> {
+    let (cluster, url) = dev_database(root)?;
+    step("applying pending migrations as the database's owner");
+    let result = run(datastorage(&["migrate"])
+        .env("DATASTORAGE_DATABASE_URL", &url)
+        .env("DATASTORAGE_LOG_FORMAT", "text"));
+    if let Some(c) = &cluster {
+        c.stop();
+    }
+    result
+}
+
+/// `cargo xtask migration new NAME`: `migrations/<version>_NAME/{up,down}.sql`, its version the
+/// current UTC time, or one second after the newest migration's when that is later (diesel applies
+/// a fresh database's migrations in version order).
+fn new_migration(root: &Path, name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        bail!("{name:?}: a migration's name is lower-case letters, digits and `_`");
+    }
+    const FORMAT: &str = "%Y-%m-%d-%H%M%S";
+    let dir = root.join("migrations");
+    let mut versions: Vec<String> = std::fs::read_dir(&dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(|n| n.chars().take(17).collect()))
+        .collect();
+    versions.sort();
+    let now = chrono::Utc::now().naive_utc();
+    let version = match versions.last() {
+        Some(last) => {
+            let last = chrono::NaiveDateTime::parse_from_str(last, FORMAT)
+                .with_context(|| format!("the newest migration's version {last:?}"))?;
+            now.max(last + chrono::Duration::seconds(1))
+        }
+        None => now,
+    }
+    .format(FORMAT)
+    .to_string();
+    let path = dir.join(format!("{version}_{name}"));
+    std::fs::create_dir_all(&path)?;
+    std::fs::write(
+        path.join("up.sql"),
+        format!("-- {name}: what this changes, and why.\n"),
+    )?;
+    std::fs::write(
+        path.join("down.sql"),
+        format!(
+            "-- Undoes {name}: the exact reverse of up.sql (tests/tests/migrations.rs redoes every migration on a database with records).\n"
+        ),
+    )?;
+    step(&format!("created {}/up.sql and down.sql", path.display()));
+    Ok(())
+}
+
 fn dev(root: &Path) -> Result<()> {
     let model = fetch_model(root)?;
-    let external = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
-    let cluster = match &external {
-        Some(_) => None,
-        None => {
-            ensure_local_postgres(root)?;
-            let c = Cluster::start(root, "pg-dev", DEV_PORT, false, true)?;
-            if c.psql("CREATE DATABASE datastorage").is_err() {
-                step(
-                    "database `datastorage` already exists: keeping its data (delete target/pg-dev to start empty)",
-                );
-            }
-            Some(c)
-        }
-    };
+    let (cluster, owner_url) = dev_database(root)?;
     // Two roles, as in production: migrations as the owner, the service as the runtime role (which may
     // read and append records, never change or delete them). With an external DATABASE_URL the
     // service uses that URL for both.
-    let owner_url = external.clone().unwrap_or_else(|| {
-        cluster
-            .as_ref()
-            .map(|c| c.url("datastorage"))
-            .unwrap_or_default()
-    });
-    let datastorage = |args: &[&str]| {
-        let mut c = Command::new("cargo");
-        c.args([
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "ds-server",
-            "--bin",
-            "datastorage",
-            "--",
-        ])
-        .args(args);
-        c
-    };
     step("migrating the database as its owner");
     run(datastorage(&["migrate"])
         .env("DATASTORAGE_DATABASE_URL", &owner_url)
