@@ -190,6 +190,23 @@ impl TestDb {
     }
 }
 
+/// The `name` column (text) of every row `sql` answers, in order; panics on a failed query.
+#[allow(clippy::expect_used)] // test helper: a failed query is a failed test
+pub async fn names(c: &mut AsyncPgConnection, sql: &str) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    diesel::sql_query(sql)
+        .load::<Name>(c)
+        .await
+        .expect("the query of names")
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}
+
 /// Replaces the user and password of a `postgres://` URL.
 pub fn with_user(url: &str, user: &str, password: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {

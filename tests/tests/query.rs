@@ -10,7 +10,7 @@ use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use ds_domain::kind::{Kind, Phase};
 use ds_domain::query::{ListFilters, ListQuery, Position};
 use ds_domain::time::Timestamp;
-use ds_tests::{TestApp, TestDb, fixtures, spawn_app};
+use ds_tests::{TestApp, TestDb, fixtures, names, spawn_app};
 use serde_json::{Value, json};
 
 const KINDS: [&str; 4] = ["remediation", "aianalysis", "workflow", "execution"];
@@ -69,19 +69,11 @@ async fn make(c: &mut AsyncPgConnection, n: i64, base: DateTime<Utc>, step: Dura
 
 /// The partitions that hold records (the empty ones, months ahead, cost nothing to scan).
 async fn partitions_used(c: &mut AsyncPgConnection) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct Name {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        name: String,
-    }
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query("SELECT DISTINCT tableoid::regclass::text AS name FROM audit_records")
-        .load::<Name>(c)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.name)
-        .collect()
+    names(
+        c,
+        "SELECT DISTINCT tableoid::regclass::text AS name FROM audit_records",
+    )
+    .await
 }
 
 /// Every page of the list for `query` (a query string without `cursor`), `limit` records a page;

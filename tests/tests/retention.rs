@@ -8,7 +8,7 @@
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use ds_tests::{TestApp, fixtures, spawn_app, spawn_app_with};
+use ds_tests::{TestApp, fixtures, names, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 
 /// Posts `n` records of `kind` to the trail `trail` (numbers from `first`) in one batch; their ids.
@@ -39,12 +39,6 @@ struct N {
     n: i64,
 }
 
-#[derive(QueryableByName, Debug)]
-struct Name {
-    #[diesel(sql_type = Text)]
-    name: String,
-}
-
 async fn count(c: &mut AsyncPgConnection, sql: &str) -> i64 {
     diesel::sql_query(sql).get_result::<N>(c).await.unwrap().n
 }
@@ -57,16 +51,6 @@ async fn until_count(url: &str, what: &str, sql: &str, holds: impl Fn(i64) -> bo
         holds(count(&mut c, sql).await)
     })
     .await;
-}
-
-async fn names(c: &mut AsyncPgConnection, sql: &str) -> Vec<String> {
-    diesel::sql_query(sql)
-        .load::<Name>(c)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.name)
-        .collect()
 }
 
 /// The partition each of `ids` is stored in.

@@ -404,7 +404,7 @@ pub(crate) async fn get_record(
 }
 
 /// The pairs of a query string, in order (repeated names kept, for the domain to refuse).
-fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
     web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .map_err(|e| {

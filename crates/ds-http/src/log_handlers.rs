@@ -29,10 +29,8 @@ pub(crate) fn bad(field: &str, constraint: &str, message: impl Into<String>) -> 
 
 impl Params {
     pub(crate) fn parse(req: &HttpRequest, known: &[&str]) -> Result<Self, ApiError> {
-        let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .map_err(|e| bad("query", "format", format!("unreadable query string: {e}")))?;
         let mut out = HashMap::new();
-        for (k, v) in pairs.into_inner() {
+        for (k, v) in crate::handlers::query_pairs(req)? {
             if !known.contains(&k.as_str()) {
                 return Err(bad(
                     &k,
