@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use ds_tests::fixtures::{self, CORRELATION};
-use ds_tests::{TestApp, spawn_app};
+use ds_tests::{TestApp, spawn_app, until};
 use serde_json::{Value, json};
 
 const KINDS: [&str; 4] = ["remediation", "aianalysis", "workflow", "execution"];
@@ -218,6 +218,56 @@ async fn unknown_fields_are_kept_verbatim_and_reserved_ones_refused() {
     let r = write(&app, "aianalysis", &reserved).await;
     assert_error_shape(&r, 400, "VALIDATION_ERROR", "/api/v1/audit/aianalysis");
     assert_eq!(r.body["error"]["details"]["field"], "receivedAt");
+}
+
+/// Found by the conformance run: PostgreSQL writes a jsonb number out in full (f64::MAX as 309 digits),
+/// and a parser that is not exact read that back as "number out of range". The record was stored and
+/// acknowledged, then every read of it answered 500 and the log's sequencer stopped at it. Numbers at
+/// the limits of f64 read back unchanged, and the record reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_at_the_limits_of_a_double_read_back_and_reach_the_log() {
+    let app = spawn_app().await.unwrap();
+    let extremes = json!([
+        f64::MAX,
+        -f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        1e-5,
+        0.1,
+        u64::MAX,
+        i64::MIN,
+        1.7976931348623155e308
+    ]);
+    let mut body = fixtures::aianalysis(5);
+    body["extremes"] = extremes.clone();
+    let r = write(&app, "aianalysis", &body).await;
+    assert_eq!(r.status, 201, "{:#}", r.body);
+    let id = r.body["id"].as_i64().unwrap();
+    let got = app
+        .get(&format!("/api/v1/audit/aianalysis/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200, "{:#}", got.body);
+    assert_eq!(got.body["extremes"], extremes);
+    let trail = app
+        .get(&format!(
+            "/api/v1/audit/trail/{}",
+            body["correlationId"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(trail.status, 200, "{:#}", trail.body);
+    assert_eq!(trail.body["records"][0]["extremes"], extremes);
+    let list = app.get("/api/v1/audit/records").await.unwrap();
+    assert_eq!(list.status, 200, "{:#}", list.body);
+    until("the record is in a signed checkpoint", || async {
+        app.get(&format!(
+            "/api/v1/log/proof/inclusion?kind=aianalysis&id={id}"
+        ))
+        .await
+        .is_ok_and(|p| p.status == 200)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,7 +578,7 @@ async fn probes_and_the_openapi_document() {
     ] {
         assert!(doc.body["paths"].get(p).is_some(), "{p} is documented");
     }
-    let required = &doc.body["components"]["schemas"]["CommonInput"]["required"];
+    let required = &doc.body["components"]["schemas"]["RemediationRecord"]["required"];
     assert!(
         required
             .as_array()
@@ -536,6 +586,10 @@ async fn probes_and_the_openapi_document() {
             .contains(&json!("correlationId")),
         "{required}"
     );
+    // The deployment's dimension is the length of a search vector.
+    let vector = &doc.body["components"]["schemas"]["SearchBody"]["properties"]["vector"];
+    assert_eq!(vector["minItems"], 384, "{vector}");
+    assert_eq!(vector["maxItems"], 384, "{vector}");
 
     app.state
         .shutting_down

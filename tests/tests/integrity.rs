@@ -294,7 +294,21 @@ async fn records_get_a_log_index_and_proofs_that_verify_against_signed_checkpoin
         ("/api/v1/log/proof/consistency?from=5&to=3".to_owned(), 400),
         (
             "/api/v1/log/proof/consistency?from=1&to=999999".to_owned(),
-            400,
+            404,
+        ),
+        (
+            format!(
+                "/api/v1/log/proof/inclusion?kind=workflow&id={}&treeSize=999999",
+                first[0]
+            ),
+            404,
+        ),
+        (
+            format!(
+                "/api/v1/log/proof/inclusion?kind=workflow&id={}&treeSize={}",
+                second[0], early.size
+            ),
+            404,
         ),
         ("/api/v1/log/checkpoint?size=999999".to_owned(), 404),
         ("/api/v1/log/checkpoint?size=-1".to_owned(), 400),

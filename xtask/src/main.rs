@@ -2,7 +2,8 @@
 //!
 //! - `dev`: run the service on the embedded default (local PostgreSQL + pgvector, local model).
 //! - `test`: the same set-up, then the whole test suite with nextest, then clean-up.
-//! - `ci`: fmt check, clippy `-D warnings`, architecture invariants, then `test`.
+//! - `ci`: fmt check, clippy `-D warnings`, architecture invariants, `test`, then `conformance`.
+//! - `conformance`: the service against its OpenAPI document, judged by schemathesis (from PyPI).
 //! - `migrate`: apply pending migrations to `DATABASE_URL` or the dev cluster; `migration new NAME`:
 //!   a new migration's files, ordered after the last one.
 //! - `fetch-model`, `install-pgvector`: single set-up steps.
@@ -12,6 +13,7 @@
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod conformance;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,7 @@ fn main() -> Result<()> {
         Some("dev") => dev(&root),
         Some("test") => test(&root, &args[1..]),
         Some("ci") => ci(&root),
+        Some("conformance") => conformance::conformance(&root),
         Some("bench") => bench::bench(&root, &args[1..]),
         Some("migrate") => migrate(&root),
         Some("migration") => match (args.get(1).map(String::as_str), args.get(2)) {
@@ -56,7 +59,8 @@ fn main() -> Result<()> {
                  commands:\n  \
                  dev               run the service on 127.0.0.1:8080 (metrics :9090) with a local PostgreSQL + pgvector\n  \
                  test [ARGS]       run the whole test suite (ARGS go to cargo nextest run)\n  \
-                 ci                fmt check + clippy -D warnings + architecture checks + test\n  \
+                 ci                fmt check + clippy -D warnings + architecture checks + test + conformance\n  \
+                 conformance       the service against its OpenAPI document with schemathesis (pinned, from PyPI)\n  \
                  bench [OPTIONS]   the service against its pgbench baselines (--sizes 0,100k,1M --seconds 10 --conns 1,16,64)\n  \
                  migrate           apply pending migrations to DATABASE_URL, or to the dev cluster (`dev`'s database)\n  \
                  migration new NAME  create migrations/<version>_NAME/{{up,down}}.sql, ordered after the last one\n  \
@@ -498,7 +502,8 @@ fn ci(root: &Path) -> Result<()> {
         "warnings",
     ]))?;
     architecture_checks()?;
-    test(root, &[])
+    test(root, &[])?;
+    conformance::conformance(root)
 }
 
 /// Architecture invariants that a build cannot see.

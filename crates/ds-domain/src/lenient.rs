@@ -54,7 +54,13 @@ pub fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
 
 /// Deserializes `map` (only the keys that `T` defines should be in it) into `T`, reporting every value of
 /// the wrong type with its JSON path. Returns the value (with the bad fields absent) and the violations.
+///
+/// A number with no fractional part is an integer, as in JSON Schema (`2.0` is a valid `integer`):
+/// such numbers are read as integers wherever they are.
 pub fn from_map<T: DeserializeOwned>(mut map: Map<String, Value>) -> (Option<T>, Vec<Violation>) {
+    for v in map.values_mut() {
+        integral_numbers_as_integers(v);
+    }
     if let Ok(t) = serde_json::from_value::<T>(Value::Object(map.clone())) {
         return (Some(t), Vec::new());
     }
@@ -92,6 +98,24 @@ pub fn from_map<T: DeserializeOwned>(mut map: Map<String, Value>) -> (Option<T>,
     }
 }
 
+/// Rewrites every float of `v` that has no fractional part and fits an `i64` as that integer.
+fn integral_numbers_as_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+            {
+                // In range and without fraction: the cast is exact.
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(m) => m.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +127,25 @@ mod tests {
         step_count: Option<i64>,
         name: Option<String>,
         flag: Option<bool>,
+    }
+
+    #[test]
+    fn numbers_without_fraction_are_integers_as_in_json_schema() {
+        let map = serde_json::json!({"stepCount": 3.0, "name": "ok"});
+        let Value::Object(map) = map else {
+            unreachable!()
+        };
+        let (value, violations) = from_map::<Probe>(map);
+        assert!(violations.is_empty(), "{violations:?}");
+        assert_eq!(value.unwrap().step_count, Some(3));
+        for bad in [serde_json::json!(3.5), serde_json::json!(1e19)] {
+            let Value::Object(map) = serde_json::json!({ "stepCount": bad }) else {
+                unreachable!()
+            };
+            let (_, violations) = from_map::<Probe>(map);
+            assert_eq!(violations.len(), 1, "{bad}");
+            assert_eq!(violations[0].constraint, "type");
+        }
     }
 
     #[test]

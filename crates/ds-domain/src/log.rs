@@ -218,13 +218,12 @@ impl LogService {
     async fn signed_tree(&self, size: Option<u64>, field: &str) -> Result<Checkpoint, AuditError> {
         match self.store.checkpoint(size).await? {
             Some(c) => Ok(c),
-            None if size.is_some() => Err(invalid(
-                field,
-                format!(
-                    "there is no signed checkpoint of size {}: use the size of a checkpoint",
-                    size.unwrap_or_default()
-                ),
-            )),
+            // A size that names no kept checkpoint names nothing there is: 404, as for the checkpoint
+            // itself.
+            None if size.is_some() => Err(AuditError::Absent(format!(
+                "{field}: there is no signed checkpoint of size {}: use the size of a checkpoint",
+                size.unwrap_or_default()
+            ))),
             None => Err(AuditError::NotYetIntegrated),
         }
     }
@@ -246,13 +245,10 @@ impl LogService {
         let tree = self.signed_tree(tree_size, "treeSize").await?;
         if log_index >= tree.size {
             return match tree_size {
-                Some(_) => Err(invalid(
-                    "treeSize",
-                    format!(
-                        "the record has logIndex {log_index}, beyond a tree of {} leaves",
-                        tree.size
-                    ),
-                )),
+                Some(_) => Err(AuditError::Absent(format!(
+                    "the record is not in the tree of {} leaves (its logIndex is {log_index})",
+                    tree.size
+                ))),
                 None => Err(AuditError::NotYetIntegrated),
             };
         }

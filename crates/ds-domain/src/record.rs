@@ -43,8 +43,19 @@ pub fn is_correlation_id(s: &str) -> bool {
     CORRELATION_ID.is_match(s)
 }
 
-/// 10 KiB: the limit of `message`.
-pub const MESSAGE_MAX_BYTES: usize = 10 * 1024;
+/// The limit of `message`, in characters (Unicode code points, what JSON Schema's `maxLength` counts):
+/// the contract's "10 KiB" as a rule that the OpenAPI document can state exactly.
+pub const MESSAGE_MAX_CHARS: usize = 10 * 1024;
+/// The limit of a value of `labels`, `signalContext` and `actionData`, in characters.
+pub const MAP_VALUE_MAX_CHARS: usize = 1024;
+/// The most entries of `labels`, `signalContext` and `actionData`.
+pub const MAP_MAX_ENTRIES: usize = 64;
+/// The longest key of `labels`, `signalContext` and `actionData`, in characters.
+pub const MAP_KEY_MAX_CHARS: usize = 317;
+
+/// The longest `originalPayload`, in base64 characters: 1 MiB once decoded (up to 2 bytes more
+/// when the text has no padding). A limit on the text as sent, so that the OpenAPI document states it.
+pub const ORIGINAL_PAYLOAD_MAX_CHARS: usize = ORIGINAL_PAYLOAD_MAX_BYTES.div_ceil(3) * 4;
 /// 1 MiB: the limit of a decoded `originalPayload`.
 pub const ORIGINAL_PAYLOAD_MAX_BYTES: usize = 1024 * 1024;
 
@@ -133,18 +144,21 @@ fn no_controls(value: &Option<String>, _: &()) -> garde::Result {
 /// values ≤ 1 KiB, no control characters (tab, LF and CR are allowed in values).
 fn string_map(value: &Option<BTreeMap<String, String>>, _: &()) -> garde::Result {
     let Some(map) = value else { return Ok(()) };
-    if map.len() > 64 {
+    if map.len() > MAP_MAX_ENTRIES {
         return Err(err(
             "maxItems",
-            format!("must have at most 64 entries, has {}", map.len()),
+            format!(
+                "must have at most {MAP_MAX_ENTRIES} entries, has {}",
+                map.len()
+            ),
         ));
     }
     for (k, v) in map {
         let shown: String = k.chars().take(64).collect();
-        if k.is_empty() || k.chars().count() > 317 {
+        if k.is_empty() || k.chars().count() > MAP_KEY_MAX_CHARS {
             return Err(err(
                 "keyLength",
-                format!("key {shown:?} must be 1 to 317 characters long"),
+                format!("key {shown:?} must be 1 to {MAP_KEY_MAX_CHARS} characters long"),
             ));
         }
         if k.chars().any(char::is_control) {
@@ -153,10 +167,10 @@ fn string_map(value: &Option<BTreeMap<String, String>>, _: &()) -> garde::Result
                 format!("key {shown:?} must not contain control characters"),
             ));
         }
-        if v.len() > 1024 {
+        if v.chars().count() > MAP_VALUE_MAX_CHARS {
             return Err(err(
                 "valueLength",
-                format!("value of {shown:?} must be at most 1 KiB"),
+                format!("value of {shown:?} must be at most {MAP_VALUE_MAX_CHARS} characters"),
             ));
         }
         if has_forbidden_controls(v) {
@@ -171,20 +185,48 @@ fn string_map(value: &Option<BTreeMap<String, String>>, _: &()) -> garde::Result
 
 fn base64_payload(value: &Option<String>, _: &()) -> garde::Result {
     let Some(s) = value else { return Ok(()) };
-    // The decoded size is at most 3/4 of the encoded one: refuse oversized input before decoding it.
-    if s.len() / 4 * 3 > ORIGINAL_PAYLOAD_MAX_BYTES + 3 {
-        return Err(err("maxLength", "decoded payload must be at most 1 MiB"));
+    // Refuse oversized input before decoding it.
+    if s.chars().count() > ORIGINAL_PAYLOAD_MAX_CHARS {
+        return Err(err(
+            "maxLength",
+            format!(
+                "must be at most {ORIGINAL_PAYLOAD_MAX_CHARS} base64 characters (1 MiB decoded)"
+            ),
+        ));
     }
     match base64::engine::general_purpose::STANDARD.decode(s.as_bytes()) {
-        Ok(bytes) if bytes.len() > ORIGINAL_PAYLOAD_MAX_BYTES => {
-            Err(err("maxLength", "decoded payload must be at most 1 MiB"))
-        }
         Ok(_) => Ok(()),
         Err(_) => Err(err(
             "base64",
             "must be standard base64 (RFC 4648, with padding)",
         )),
     }
+}
+
+/// The schema of `labels`, `signalContext` and `actionData` (the rules of `string_map`).
+#[cfg(feature = "openapi")]
+fn string_map_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(MAP_VALUE_MAX_CHARS))
+        .pattern(Some(
+            r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$",
+        ));
+    let key = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAP_KEY_MAX_CHARS))
+        .pattern(Some(r"^[^\u0000-\u001f\u007f-\u009f]*$"));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .max_properties(Some(MAP_MAX_ENTRIES))
+        .property_names(Some(key))
+        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+        .description(Some(format!(
+            "string to string, at most {MAP_MAX_ENTRIES} entries; keys 1–{MAP_KEY_MAX_CHARS} characters without control characters; values at most {MAP_VALUE_MAX_CHARS} characters without control characters other than tab, LF and CR"
+        )))
+        .build()
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -196,19 +238,38 @@ fn base64_payload(value: &Option<String>, _: &()) -> garde::Result {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommonInput {
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), pattern(DNS_LABEL))]
     pub name: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 63,
+            pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 63), pattern(DNS_LABEL))]
     pub namespace: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(feature = "openapi", schema(required = true, nullable = false))]
     #[garde(required)]
     pub phase: Option<Phase>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[garde(length(bytes, max = 10240))]
+    #[cfg_attr(feature = "openapi", schema(max_length = 10240))]
+    #[garde(length(chars, max = 10240))]
     pub message: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(feature = "openapi", schema(required = true, nullable = false))]
     #[garde(required)]
     pub created_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -217,7 +278,14 @@ pub struct CommonInput {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
     pub completed_at: Option<Timestamp>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            pattern = r"^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$"
+        )
+    )]
     #[garde(required, pattern(CORRELATION_ID))]
     pub correlation_id: Option<String>,
 }
@@ -324,22 +392,58 @@ pub trait KindInput: DeserializeOwned + Serialize + Validate<Context = ()> + Def
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationInput {
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(feature = "openapi", schema(required = true, nullable = false))]
     #[garde(required)]
     pub signal_type: Option<SignalType>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub signal_name: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 63,
+            pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 63), pattern(DNS_LABEL))]
     pub signal_namespace: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(feature = "openapi", schema(required = true, nullable = false))]
     #[garde(required)]
     pub target_type: Option<TargetType>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub target_name: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 63,
+            pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 63), pattern(DNS_LABEL))]
     pub target_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,15 +454,31 @@ pub struct RemediationInput {
     pub priority: Option<Priority>,
     /// 64 hex digits; a `sha256:` prefix is accepted and stored without it; stored in lower case.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^(sha256:)?[0-9a-fA-F]{64}$"))]
     #[garde(pattern(r"^(sha256:)?[0-9a-fA-F]{64}$"))]
     pub fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(length(chars, max = 255), custom(no_controls))]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = string_map_schema))]
     #[garde(custom(string_map))]
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 1398104,
+            pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+        )
+    )]
     #[garde(custom(base64_payload))]
     pub original_payload: Option<String>,
 }
@@ -381,28 +501,47 @@ impl KindInput for RemediationInput {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AiAnalysisInput {
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub remediation_request_ref: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
     pub signal_type: Option<SignalType>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = string_map_schema))]
     #[garde(custom(string_map))]
     pub signal_context: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
     pub llm_provider: Option<LlmProvider>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 100,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(length(chars, max = 100), custom(no_controls))]
     pub llm_model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 2.0))]
     #[garde(range(min = 0.0, max = 2.0))]
     pub temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
     pub root_cause: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     #[garde(range(min = 0.0, max = 1.0))]
     pub confidence: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -412,12 +551,27 @@ pub struct AiAnalysisInput {
     #[garde(skip)]
     pub requires_approval: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(length(chars, max = 255), custom(no_controls))]
     pub investigation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9223372036854775807_i64)
+    )]
     #[garde(range(min = 1))]
     pub tokens_used: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9223372036854775807_i64)
+    )]
     #[garde(range(min = 0))]
     pub investigation_time_seconds: Option<i64>,
 }
@@ -438,10 +592,19 @@ impl KindInput for AiAnalysisInput {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepStatus {
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub name: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(feature = "openapi", schema(required = true, nullable = false))]
     #[garde(required)]
     pub phase: Option<Phase>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -450,11 +613,20 @@ pub struct StepStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[garde(skip)]
     pub completed_at: Option<Timestamp>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            minimum = 0,
+            maximum = 9223372036854775807_i64
+        )
+    )]
     #[garde(required, range(min = 0))]
     pub retry_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[garde(length(bytes, max = 10240))]
+    #[cfg_attr(feature = "openapi", schema(max_length = 10240))]
+    #[garde(length(chars, max = 10240))]
     pub message: Option<String>,
 }
 
@@ -463,16 +635,49 @@ pub struct StepStatus {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowInput {
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub remediation_request_ref: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub workflow_name: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            minimum = 1,
+            maximum = 9223372036854775807_i64
+        )
+    )]
     #[garde(required, range(min = 1))]
     pub step_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(length(chars, max = 255), custom(no_controls))]
     pub ai_analysis_ref: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -482,18 +687,35 @@ pub struct WorkflowInput {
     #[garde(skip)]
     pub requires_approval: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9223372036854775807_i64)
+    )]
     #[garde(range(min = 0))]
     pub current_step: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9223372036854775807_i64)
+    )]
     #[garde(range(min = 0))]
     pub completed_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9223372036854775807_i64)
+    )]
     #[garde(range(min = 0))]
     pub failed_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9223372036854775807_i64)
+    )]
     #[garde(range(min = 0))]
     pub skipped_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     #[garde(length(max = 1000), dive)]
     pub step_statuses: Option<Vec<StepStatus>>,
 }
@@ -546,25 +768,69 @@ impl KindInput for WorkflowInput {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionInput {
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub workflow_execution_ref: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 100,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 100), custom(no_controls))]
     pub action_type: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(feature = "openapi", schema(required = true, nullable = false))]
     #[garde(required)]
     pub target_type: Option<TargetType>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 255), custom(no_controls))]
     pub target_name: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            nullable = false,
+            min_length = 1,
+            max_length = 63,
+            pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+        )
+    )]
     #[garde(required, length(chars, min = 1, max = 63), pattern(DNS_LABEL))]
     pub target_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 255,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(length(chars, max = 255), custom(no_controls))]
     pub step_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = string_map_schema))]
     #[garde(custom(string_map))]
     pub action_data: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -583,9 +849,23 @@ pub struct ExecutionInput {
     #[garde(skip)]
     pub action_result: Option<ActionResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 100,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(length(chars, max = 100), custom(no_controls))]
     pub resource_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 100,
+            pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+        )
+    )]
     #[garde(length(chars, max = 100), custom(no_controls))]
     pub previous_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -595,6 +875,7 @@ pub struct ExecutionInput {
     #[garde(skip)]
     pub validation_result: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 100))]
     #[garde(length(max = 100))]
     pub validation_warnings: Option<Vec<String>>,
 }
@@ -706,8 +987,6 @@ fn parse_kind<T: KindInput>(map: Map<String, Value>) -> Result<ValidRecord, Vec<
         .map(|v| top_field(&v.field).to_owned())
         .collect();
 
-    common.sanitize();
-    spec.sanitize();
     // A field already reported for its type is not reported again as missing.
     let not_retyped =
         |v: &Violation| !(v.constraint == "required" && typed_bad.iter().any(|b| b == &v.field));
@@ -715,6 +994,10 @@ fn parse_kind<T: KindInput>(map: Map<String, Value>) -> Result<ValidRecord, Vec<
     violations.extend(validate::run(&spec).into_iter().filter(not_retyped));
     common.cross_check(&mut violations);
     spec.cross_check(&mut violations);
+    // Rules apply to the values as sent (the OpenAPI document states them so); the free text that is
+    // kept is then sanitized.
+    common.sanitize();
+    spec.sanitize();
 
     let common = match common.into_common() {
         Some(c) if violations.is_empty() => c,

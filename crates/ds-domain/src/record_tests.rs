@@ -166,7 +166,7 @@ fn valid_boundaries_pass(#[case] kind: Kind, #[case] field: &str, #[case] value:
 #[case::label_key_too_long(Kind::Remediation, "labels", Some(labels(1, 318, 1)), "keyLength")]
 #[case::label_value_too_long(Kind::Remediation, "labels", Some(labels(1, 4, 1025)), "valueLength")]
 #[case::labels_not_strings(Kind::Remediation, "labels.a", Some(json!({"a": 1})), "type")]
-#[case::payload_too_big(Kind::Remediation, "originalPayload", Some(b64(1024 * 1024 + 1)), "maxLength")]
+#[case::payload_too_big(Kind::Remediation, "originalPayload", Some(b64(1024 * 1024 + 3)), "maxLength")]
 #[case::payload_not_base64(Kind::Remediation, "originalPayload", Some(json!("not base64!")), "base64")]
 // aianalysis
 #[case::ref_missing(Kind::AiAnalysis, "remediationRequestRef", None, "required")]

@@ -207,15 +207,25 @@ fn fields(
             None | Some(Value::Null) => {
                 violations.push(Violation::new(name, "required", "is required"))
             }
-            Some(Value::String(v)) => {
-                let v = crate::sanitize::strip_controls(v).trim().to_owned();
-                if v.is_empty() {
-                    violations.push(Violation::new(name, "required", "must not be empty"));
-                } else if name == "correlationId" && !crate::record::is_correlation_id(&v) {
+            Some(Value::String(v)) if name == "correlationId" => {
+                if crate::record::is_correlation_id(v) {
+                    out.insert(name, v.clone());
+                } else {
                     violations.push(Violation::new(
                         name,
                         "pattern",
                         format!("must match {}", crate::record::CORRELATION_ID.as_str()),
+                    ));
+                }
+            }
+            Some(Value::String(v)) => {
+                // The rules hold for the text as sent; what is kept is without controls and trimmed.
+                let kept = crate::sanitize::strip_controls(v).trim().to_owned();
+                if kept.is_empty() {
+                    violations.push(Violation::new(
+                        name,
+                        "required",
+                        "must hold a character that is neither a control nor white space",
                     ));
                 } else if v.chars().count() > MAX_REASON_CHARS {
                     violations.push(Violation::new(
@@ -224,7 +234,7 @@ fn fields(
                         format!("must be at most {MAX_REASON_CHARS} characters"),
                     ));
                 } else {
-                    out.insert(name, v);
+                    out.insert(name, kept);
                 }
             }
             Some(_) => violations.push(Violation::new(name, "type", "must be a string")),

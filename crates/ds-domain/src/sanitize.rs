@@ -30,6 +30,13 @@ fn cleaner() -> &'static ammonia::Builder<'static> {
     })
 }
 
+/// A text holds a character that is neither a control character (Unicode `Cc`, what
+/// [`strip_controls`] removes and more) nor white space (Unicode `White_Space`, what `str::trim`
+/// removes): the rule "not blank" of hold reasons and search queries, as an ECMA-262 pattern for the
+/// OpenAPI document (unanchored: "contains").
+pub const NOT_BLANK_PATTERN: &str =
+    r"[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+
 /// Removes every control character except tab, line feed and carriage return.
 pub fn strip_controls(s: &str) -> String {
     s.chars()

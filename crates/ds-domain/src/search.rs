@@ -42,7 +42,9 @@ pub struct SearchRequest {
 #[serde(rename_all = "camelCase")]
 struct Input {
     query: Option<String>,
-    vector: Option<Vec<f32>>,
+    /// Read as doubles, checked, then narrowed: a value is either representable in single precision
+    /// or refused, never silently made infinite or zero.
+    vector: Option<Vec<f64>>,
     kinds: Option<Vec<Kind>>,
     namespace: Option<String>,
     since: Option<Timestamp>,
@@ -51,8 +53,8 @@ struct Input {
     min_similarity: Option<f64>,
 }
 
-/// The longest query text, in bytes (the model reads at most 256 tokens anyway).
-pub const MAX_QUERY_BYTES: usize = 10 * 1024;
+/// The longest query text, in characters as sent (the model reads at most 256 tokens anyway).
+pub const MAX_QUERY_CHARS: usize = 10 * 1024;
 
 /// Validates a search body; every violation is reported.
 pub fn parse_search(value: Value) -> Result<SearchRequest, AuditError> {
@@ -73,27 +75,40 @@ pub fn parse_search(value: Value) -> Result<SearchRequest, AuditError> {
 
     let by = match (input.query, input.vector) {
         (Some(q), None) => {
-            let q = crate::sanitize::strip_controls(&q).trim().to_owned();
-            if q.is_empty() {
-                violations.push(Violation::new("query", "required", "must not be empty"));
-            } else if q.len() > MAX_QUERY_BYTES {
+            let kept = crate::sanitize::strip_controls(&q).trim().to_owned();
+            if kept.is_empty() {
+                violations.push(Violation::new(
+                    "query",
+                    "required",
+                    "must hold a character that is neither a control nor white space",
+                ));
+            } else if q.chars().count() > MAX_QUERY_CHARS {
                 violations.push(Violation::new(
                     "query",
                     "maxLength",
-                    "must be at most 10 KiB",
+                    format!("must be at most {MAX_QUERY_CHARS} characters"),
                 ));
             }
-            Some(SearchBy::Text(q))
+            Some(SearchBy::Text(kept))
         }
         (None, Some(v)) => {
-            if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
+            let single = f64::from(f32::MAX);
+            let smallest = f64::from(f32::MIN_POSITIVE);
+            if v.is_empty() || v.iter().any(|x| !x.is_finite() || x.abs() > single) {
                 violations.push(Violation::new(
                     "vector",
                     "format",
-                    "must be a non-empty array of finite numbers",
+                    "must be a non-empty array of finite numbers of single precision",
+                ));
+            } else if !v.iter().any(|x| x.abs() >= smallest) {
+                violations.push(Violation::new(
+                    "vector",
+                    "contains",
+                    "must hold a number of magnitude at least 1.1754943508222875e-38: a zero vector has no direction to compare",
                 ));
             }
-            Some(SearchBy::Vector(v))
+            // In range (checked above): the narrowing rounds, never overflows.
+            Some(SearchBy::Vector(v.iter().map(|&x| x as f32).collect()))
         }
         (Some(_), Some(_)) => {
             violations.push(Violation::new(

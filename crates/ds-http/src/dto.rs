@@ -4,9 +4,6 @@
 use ds_domain::Violation;
 use ds_domain::kind::Kind;
 use ds_domain::ports::{EmbeddingStatus, WriteOutcome, WriteStatus};
-use ds_domain::record::{
-    AiAnalysisInput, CommonInput, ExecutionInput, RemediationInput, WorkflowInput,
-};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -103,11 +100,14 @@ pub struct ListResponse {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchBody {
-    /// Text to search by (embedded with the configured model); or give `vector`.
+    /// Text to search by (embedded with the configured model): not blank; or give `vector`.
     pub query: Option<String>,
     /// A vector of the model's dimension; or give `query`.
     pub vector: Option<Vec<f32>>,
+    /// Only records of these kinds (all kinds when absent).
+    #[schema(min_items = 1)]
     pub kinds: Option<Vec<Kind>>,
+    /// Only records of this namespace.
     pub namespace: Option<String>,
     /// Records created at or after this instant.
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -115,9 +115,11 @@ pub struct SearchBody {
     /// Records created before this instant.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub until: Option<String>,
-    /// 1–100, default 10.
+    /// How many hits at most (default 10).
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// 0–1: leave out hits less similar than this.
+    /// Leave out hits less similar than this.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_similarity: Option<f64>,
 }
 
@@ -192,47 +194,21 @@ pub struct ReadyResponse {
     pub reason: Option<String>,
 }
 
-// Request schemas of the four kinds: the common fields plus the kind's own (documentation only).
-
-/// A remediation record.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct RemediationRecord {
-    #[serde(flatten)]
-    common: CommonInput,
-    #[serde(flatten)]
-    spec: RemediationInput,
+/// The record bodies: the document builds each from the common fields and the kind's (see
+/// `openapi::records`); these names only reserve their place in it.
+macro_rules! record_body {
+    ($($name:ident),*) => {$(
+        #[derive(ToSchema)]
+        #[allow(dead_code)]
+        pub struct $name;
+    )*};
 }
-
-/// An AI analysis record.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct AiAnalysisRecord {
-    #[serde(flatten)]
-    common: CommonInput,
-    #[serde(flatten)]
-    spec: AiAnalysisInput,
-}
-
-/// A workflow record.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct WorkflowRecord {
-    #[serde(flatten)]
-    common: CommonInput,
-    #[serde(flatten)]
-    spec: WorkflowInput,
-}
-
-/// An execution record.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ExecutionRecord {
-    #[serde(flatten)]
-    common: CommonInput,
-    #[serde(flatten)]
-    spec: ExecutionInput,
-}
+record_body!(
+    RemediationRecord,
+    AiAnalysisRecord,
+    WorkflowRecord,
+    ExecutionRecord
+);
 
 /// `GET /api/v1/log/proof/inclusion`: the RFC 6962 audit path of a record's leaf in a signed tree.
 #[derive(Debug, Serialize, ToSchema)]
@@ -266,16 +242,14 @@ pub struct HoldBody {
     /// The trail to keep (the pattern of §2.1's correlationId).
     #[schema(pattern = r"^[a-z]+-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$")]
     pub correlation_id: String,
-    /// Why (1–1024 characters).
-    #[schema(min_length = 1, max_length = 1024)]
+    /// Why: not blank; kept without control characters, trimmed.
     pub reason: String,
 }
 
 /// `DELETE /api/v1/holds/{id}`: why the hold is released.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReleaseBody {
-    /// Why (1–1024 characters).
-    #[schema(min_length = 1, max_length = 1024)]
+    /// Why: not blank; kept without control characters, trimmed.
     pub reason: String,
 }
 
