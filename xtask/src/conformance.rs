@@ -154,7 +154,8 @@ fn with_cluster(
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("PYTHONPATH", root.join("conformance"))
         .env("NO_COLOR", "1")
-        .current_dir(root.join("conformance"))
+        // Its cache (replayed crashes) stays under target/.
+        .current_dir(dir)
         .status()
         .context("running schemathesis")?;
     drop(service);
