@@ -36,8 +36,15 @@ impl Timestamp {
         Self::from_utc(Utc::now())
     }
 
-    /// Parses RFC 3339 (an offset is required, `Z` or `±hh:mm`).
+    /// Parses RFC 3339 (an offset is required, `Z` or `±hh:mm`), exactly as JSON Schema's
+    /// `date-time` format: date and time are separated by `T` (or `t`), not by the space that
+    /// chrono also takes.
     pub fn parse(s: &str) -> Result<Self, String> {
+        if !matches!(s.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(
+                "not an RFC 3339 timestamp with offset (date and time separated by `T`)".into(),
+            );
+        }
         DateTime::parse_from_rfc3339(s)
             .map(|t| Self::from_utc(t.with_timezone(&Utc)))
             .map_err(|e| format!("not an RFC 3339 timestamp with offset ({e})"))

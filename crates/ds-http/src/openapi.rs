@@ -640,3 +640,7 @@ mod tests {
         assert!(next.is_object(), "{next}");
     }
 }
+
+#[cfg(test)]
+#[path = "openapi_rules_tests.rs"]
+mod rules_tests;
