@@ -261,6 +261,10 @@ async fn ensure_template(conn: &mut AsyncPgConnection, admin: &str, template: &s
     ds_store_pg::run_migrations(&with_database(admin, &building))
         .await
         .context("migrating the template database")?;
+    // The search index of the local model's vectors, as `datastorage migrate` makes it.
+    ds_store_pg::ensure_vector_index(&with_database(admin, &building), 384)
+        .await
+        .context("making the template's vector index")?;
     // The runtime role exists once the migrations ran; its login member belongs to the cluster.
     conn.batch_execute(&format!(
         "DO $$ BEGIN

@@ -50,6 +50,9 @@ struct State {
     /// A request with an input containing this is refused with 400, as a real provider refuses an
     /// input over its context length.
     refuse: Mutex<Option<String>>,
+    /// Models served with vectors of another dimension: the local model's vector repeated to that
+    /// length (its cosine similarities unchanged), as a wider model of the same meaning.
+    widths: Mutex<Vec<(String, usize)>>,
 }
 
 /// The running server.
@@ -71,6 +74,7 @@ impl FakeOpenAi {
             seen: Mutex::new(Vec::new()),
             arrivals: tx,
             refuse: Mutex::new(None),
+            widths: Mutex::new(Vec::new()),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -117,6 +121,16 @@ impl FakeOpenAi {
     /// as providers do); `None`: no input is refused.
     pub fn refuse_inputs_containing(&self, text: Option<&str>) {
         *self.state.refuse.lock().unwrap_or_else(|p| p.into_inner()) = text.map(str::to_owned);
+    }
+
+    /// Serves `model` with vectors of `dimension` numbers: the local model's, repeated to that length
+    /// (so that similar texts stay similar). Other models get the local model's 384.
+    pub fn serve_model_of_dimension(&self, model: &str, dimension: usize) {
+        self.state
+            .widths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((model.to_owned(), dimension));
     }
 
     /// The requests received so far.
@@ -228,8 +242,21 @@ async fn embeddings(
             if inputs.is_empty() {
                 return error(400, None, "input must not be empty");
             }
+            let width = state
+                .widths
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|(m, _)| body["model"] == m.as_str())
+                .map(|(_, d)| *d);
             match state.model.embed(inputs.clone()).await {
-                Ok(v) => v,
+                Ok(v) => match width {
+                    Some(d) => v
+                        .into_iter()
+                        .map(|x| (0..d).map(|i| x[i % x.len()]).collect())
+                        .collect(),
+                    None => v,
+                },
                 Err(e) => return error(500, None, &e.to_string()),
             }
         }

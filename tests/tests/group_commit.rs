@@ -172,8 +172,17 @@ async fn a_key_repeated_in_a_group_replays_the_first_answer_or_conflicts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_write_does_not_fail_its_group() {
     let db = TestDb::new().await.unwrap();
+    // The database refuses the one write whose vector has 3 numbers.
+    let mut c = db.conn().await.unwrap();
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut c,
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+             IF vector_dims(NEW.embedding) = 3 THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON embeddings FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
     let s = store(&db, 1);
-    // A 3-dimensional vector does not fit the vector(384) column.
     let results = s
         .write_together(vec![
             request(vec![record(1)], 384),

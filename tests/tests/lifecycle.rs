@@ -136,7 +136,7 @@ async fn without_migrate_on_start_it_waits_for_the_migration_job() {
     );
 
     // The Job runs `datastorage migrate`.
-    let applied = ds_server::migrate(&db.url).await.unwrap();
+    let applied = ds_server::migrate(&db.url, 384).await.unwrap();
     assert_eq!(applied, ds_store_pg::known_migrations());
     running.wait_until_started().await.unwrap();
     let (addr, _state) = running.spawn();

@@ -210,3 +210,124 @@ async fn the_reembed_command_queues_what_the_configured_model_lacks() {
     );
     assert_eq!(ds_server::reembed(config(), 1).await.unwrap(), 0);
 }
+
+/// A deployment moves from the local 384-dimension model to a 768-dimension one served over the
+/// OpenAI API: `migrate` with the new dimension makes its index (the old one stays), `reembed` queues
+/// every record for the new model, the new service's worker embeds them with vectors of 768 numbers
+/// (the old ones stay stored) and its searches find them, the best hit the same as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_moves_from_384_to_768_dimensions_both_searchable_until_the_switch() {
+    use ds_domain::ports::AuditStore;
+    let old = ds_tests::spawn_app().await.unwrap();
+    let texts = [
+        "Pod restarted after OOMKill in payments",
+        "Disk pressure evicted pods on node seven",
+        "Certificate expired for the ingress gateway",
+    ];
+    for (n, text) in texts.iter().enumerate() {
+        let mut r = fixtures::remediation(n as u32 + 1);
+        r["message"] = json!(text);
+        let w = old.post("/api/v1/audit/remediation", &r).await.unwrap();
+        assert_eq!(w.status, 201, "{}", w.body);
+    }
+    let names = |body: &serde_json::Value| -> Vec<String> {
+        body["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| h["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let search = json!({"query": "certificate expired on the gateway", "limit": 3});
+    let before = old.post("/api/v1/audit/search", &search).await.unwrap();
+    assert_eq!(before.status, 200, "{}", before.body);
+    assert_eq!(names(&before.body).len(), 3);
+    let best = names(&before.body)[0].clone();
+
+    let openai = ds_tests::openai_server::FakeOpenAi::start().await.unwrap();
+    openai.serve_model_of_dimension("wide-768", 768);
+    let base_url = openai.base_url();
+    let env = [
+        ("DATASTORAGE_EMBEDDING_PROVIDER", "openai"),
+        ("DATASTORAGE_EMBEDDING_OPENAI_BASE_URL", base_url.as_str()),
+        ("DATASTORAGE_EMBEDDING_OPENAI_MODEL", "wide-768"),
+        ("DATASTORAGE_EMBEDDING_DIMENSION", "768"),
+        ("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "20"),
+        ("DATASTORAGE_MIGRATE_ON_START", "false"),
+    ];
+    let config = || ds_tests::test_config(&old.db.url, &env).unwrap();
+
+    // Before `migrate` with the new dimension, `reembed` refuses and says what to run.
+    let err = ds_server::reembed(config(), 100).await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("768") && msg.contains("datastorage migrate"),
+        "{msg}"
+    );
+    assert!(
+        ds_server::migrate(&old.db.url, 768)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let store =
+        ds_store_pg::PgStore::new(&old.db.url, &ds_store_pg::PoolSettings::default()).unwrap();
+    assert_eq!(store.health().await.unwrap().vector_indexes, vec![384, 768]);
+
+    assert_eq!(ds_server::reembed(config(), 2).await.unwrap(), 3);
+    let running = ds_server::start(config()).await.unwrap();
+    running.wait_until_started().await.unwrap();
+    let (addr, _state) = running.spawn();
+    let client = ds_tests::http_client();
+    let new_search = || {
+        let client = client.clone();
+        let search = search.clone();
+        async move {
+            let r = client
+                .post(format!("http://{addr}/api/v1/audit/search"))
+                .json(&search)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    ds_tests::until("the new model's worker embedded every record", || async {
+        names(&new_search().await).len() == 3
+    })
+    .await;
+    // The new vectors are the new model's: 768 numbers each, next to the old ones.
+    #[derive(diesel::QueryableByName)]
+    struct Dims {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        model: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        dims: i32,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut c = old.db.conn().await.unwrap();
+    let dims: Vec<Dims> = diesel::sql_query(
+        "SELECT model, vector_dims(embedding) AS dims, count(*) AS n FROM embeddings GROUP BY 1, 2 ORDER BY 2",
+    )
+    .load(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(dims.len(), 2);
+    assert_eq!((dims[0].dims, dims[0].n), (384, 3));
+    assert_eq!(
+        (dims[1].model.as_str(), dims[1].dims, dims[1].n),
+        ("wide-768", 768, 3)
+    );
+    // Same meaning, same best hit.
+    assert_eq!(names(&new_search().await)[0], best);
+    // A vector of the old dimension is refused by the new service, as any of another dimension.
+    let r = client
+        .post(format!("http://{addr}/api/v1/audit/search"))
+        .json(&json!({"vector": vec![0.1f32; 384]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -14,24 +14,30 @@ fn config(url: &str, extra: &[(&str, &str)]) -> Config {
 async fn migrate_applies_every_migration_once_on_an_empty_database() {
     let db = TestDb::empty().await.unwrap();
     let url = db.url.clone();
-    let applied = ds_server::migrate(&url).await.unwrap();
+    let applied = ds_server::migrate(&url, 384).await.unwrap();
     assert_eq!(applied, ds_store_pg::known_migrations());
     assert!(
-        ds_server::migrate(&url).await.unwrap().is_empty(),
+        ds_server::migrate(&url, 384).await.unwrap().is_empty(),
         "a second run applies nothing"
     );
 }
 
+/// A service whose embedding dimension has no search index (another model's database, or one
+/// migrated with another `embedding.dimension`) refuses to start when it may not migrate, naming the
+/// dimension and the fix; allowed to migrate, it makes the index and starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_up_refuses_a_vector_column_of_another_dimension_naming_both() {
+async fn start_up_without_the_index_of_its_dimension_refuses_or_makes_it() {
     let db = TestDb::new().await.unwrap();
     let mut c = db.conn().await.unwrap();
-    c.batch_execute(
-        "DROP INDEX embeddings_embedding_hnsw; ALTER TABLE embeddings ALTER COLUMN embedding TYPE vector(768);",
-    )
+    c.batch_execute("DROP INDEX embeddings_hnsw_384")
+        .await
+        .unwrap();
+    let running = ds_server::start(config(
+        &db.url,
+        &[("DATASTORAGE_MIGRATE_ON_START", "false")],
+    ))
     .await
     .unwrap();
-    let running = ds_server::start(config(&db.url, &[])).await.unwrap();
     let err = running
         .wait_until_started()
         .await
@@ -44,9 +50,23 @@ async fn start_up_refuses_a_vector_column_of_another_dimension_naming_both() {
     );
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("dimension mismatch") && msg.contains("384") && msg.contains("768"),
+        msg.contains("dimension mismatch")
+            && msg.contains("384")
+            && msg.contains("datastorage migrate"),
         "{msg}"
     );
+
+    let running = ds_server::start(config(&db.url, &[("DATASTORAGE_MIGRATE_ON_START", "true")]))
+        .await
+        .unwrap();
+    running.wait_until_started().await.unwrap();
+    use ds_domain::ports::AuditStore;
+    let h = ds_store_pg::PgStore::new(&db.url, &ds_store_pg::PoolSettings::default())
+        .unwrap()
+        .health()
+        .await
+        .unwrap();
+    assert_eq!(h.vector_indexes, vec![384]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,9 +18,15 @@ async fn store(db: &TestDb) -> PgStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_embedding_insert_writes_no_record() {
     let db = TestDb::new().await.unwrap();
+    let mut c = db.conn().await.unwrap();
+    c.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON embeddings FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
     let s = store(&db).await;
-    // A 3-dimensional vector does not fit the vector(384) column: the embedding insert fails.
-    let err = s.write(request(vec![record(1)], 3)).await.unwrap_err();
+    let err = s.write(request(vec![record(1)], 384)).await.unwrap_err();
     assert!(matches!(err, StoreError::Query(_)), "{err:?}");
     assert_eq!(db.count("audit_records").await.unwrap(), 0);
     assert_eq!(db.count("embeddings").await.unwrap(), 0);
@@ -133,7 +139,7 @@ async fn readiness_reports_migrations_and_the_vector_dimension() {
     let h = store(&db).await.health().await.unwrap();
     assert_eq!(h.migrations_pending, 0);
     assert_eq!(h.migrations_applied, ds_store_pg::known_migrations().len());
-    assert_eq!(h.embedding_dimension, 384);
+    assert_eq!(h.vector_indexes, vec![384]);
     let unreachable = PgStore::new(
         "postgres://postgres@127.0.0.1:1/none",
         &PoolSettings::default(),

@@ -21,7 +21,18 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-const PG_MAJOR: &str = "15";
+/// The PostgreSQL majors the project runs on (pgvector builds for each).
+const PG_MAJORS: [&str; 3] = ["17", "16", "15"];
+
+/// The newest supported PostgreSQL major whose server binaries are installed (15 when none is: the
+/// paths then fall back to `$PATH`).
+fn pg_major() -> &'static str {
+    PG_MAJORS
+        .iter()
+        .find(|m| Path::new(&format!("/usr/lib/postgresql/{m}/bin/initdb")).exists())
+        .copied()
+        .unwrap_or("15")
+}
 const DEV_PORT: u16 = 55432;
 const TEST_PORT: u16 = 55433;
 /// Crates the domain must never depend on (architecture invariant).
@@ -102,7 +113,7 @@ fn fetch_model(root: &Path) -> Result<PathBuf> {
 fn install_pgvector(root: &Path) -> Result<()> {
     run(Command::new("bash")
         .arg(root.join("scripts/install-pgvector.sh"))
-        .arg(PG_MAJOR))
+        .arg(pg_major()))
 }
 
 fn is_root() -> bool {
@@ -133,7 +144,7 @@ struct Cluster {
 
 impl Cluster {
     fn bin(name: &str) -> PathBuf {
-        let p = PathBuf::from(format!("/usr/lib/postgresql/{PG_MAJOR}/bin/{name}"));
+        let p = PathBuf::from(format!("/usr/lib/postgresql/{}/bin/{name}", pg_major()));
         if p.exists() { p } else { PathBuf::from(name) }
     }
 
@@ -206,8 +217,9 @@ impl Cluster {
                     .arg(&cluster.data))?;
             }
             step(&format!(
-                "initdb {} (PostgreSQL {PG_MAJOR}, trust auth on loopback)",
-                cluster.data.display()
+                "initdb {} (PostgreSQL {}, trust auth on loopback)",
+                cluster.data.display(),
+                pg_major()
             ));
             run(cluster
                 .cmd("initdb")
@@ -274,11 +286,45 @@ impl Cluster {
 
 /// pgvector present (installed when missing, as root on Debian) unless an external database is used.
 fn ensure_local_postgres(root: &Path) -> Result<()> {
-    if !Cluster::bin("initdb").exists() && Command::new("initdb").arg("--version").output().is_err()
-    {
-        bail!(
-            "PostgreSQL {PG_MAJOR} server binaries are missing: apt-get install postgresql-{PG_MAJOR}, or set DATABASE_URL"
+    let present = || {
+        Cluster::bin("initdb").exists() || Command::new("initdb").arg("--version").output().is_ok()
+    };
+    if !present() {
+        // Debian and Ubuntu, as root: the distribution's PostgreSQL server (`postgresql`, whatever
+        // major it is, when it is one pgvector and this project support), without a cluster of its
+        // own running (ours live under target/).
+        if !is_root() || Command::new("apt-get").arg("--version").output().is_err() {
+            bail!(
+                "PostgreSQL server binaries (15, 16 or 17) are missing: apt-get install postgresql (as root), or set DATABASE_URL"
+            );
+        }
+        step(
+            "PostgreSQL server binaries are missing: apt-get install postgresql (the distribution's)",
         );
+        run(Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "postgresql",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        for m in PG_MAJORS {
+            // The package starts a cluster of its own on 5432: ours do not need it.
+            let _ = Command::new("pg_ctlcluster")
+                .args([m, "main", "stop"])
+                .status();
+        }
+        if !present() {
+            bail!(
+                "apt-get installed the distribution's postgresql, but no server of a supported major (15, 16, 17) is there: install one of those, or set DATABASE_URL"
+            );
+        }
+        step(&format!("PostgreSQL {} installed", pg_major()));
     }
     install_pgvector(root)
 }

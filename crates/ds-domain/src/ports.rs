@@ -121,8 +121,9 @@ pub struct StoreHealth {
     pub migrations_applied: usize,
     /// Migrations the binary knows that the database lacks (readiness fails while any are pending).
     pub migrations_pending: usize,
-    /// The dimension of the stored vectors.
-    pub embedding_dimension: usize,
+    /// The dimensions whose vectors have their search index (ascending); searches of a dimension
+    /// without one would read every vector.
+    pub vector_indexes: Vec<usize>,
     /// The read replica, when one is configured.
     pub read_replica: Option<ReplicaHealth>,
 }

@@ -568,7 +568,8 @@ pub(crate) async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> Http
                 "latencyMs": latency_ms,
                 "migrationsApplied": h.migrations_applied,
                 "migrationsPending": h.migrations_pending,
-                "embeddingDimension": h.embedding_dimension,
+                "embeddingDimension": embedder.dimension(),
+                "vectorIndexes": h.vector_indexes,
             });
             if h.migrations_pending > 0 {
                 return not_ready(
@@ -576,12 +577,11 @@ pub(crate) async fn readyz(state: web::Data<AppState>, req: HttpRequest) -> Http
                     pg,
                 );
             }
-            if h.embedding_dimension != embedder.dimension() {
+            if !h.vector_indexes.contains(&embedder.dimension()) {
                 return not_ready(
                     format!(
-                        "embedding dimension mismatch: provider {} vs database column {}",
+                        "embedding dimension mismatch: no search index for the provider's {} dimensions (run `datastorage migrate`)",
                         embedder.dimension(),
-                        h.embedding_dimension
                     ),
                     pg,
                 );

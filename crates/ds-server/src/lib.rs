@@ -465,10 +465,11 @@ async fn wait_for_database(
     for attempt in 1u64.. {
         // Migrating needs the owner's rights: a service running as the runtime role (which may not
         // create tables, not even diesel's bookkeeping table) migrates only when something is pending.
-        let up_to_date = matches!(store.health().await, Ok(h) if h.migrations_pending == 0);
+        let up_to_date = matches!(store.health().await,
+            Ok(h) if h.migrations_pending == 0 && h.vector_indexes.contains(&plan.dimension));
         let waiting_for = if plan.migrate
             && !up_to_date
-            && let Err(e) = migrate(&plan.database_url).await
+            && let Err(e) = migrate(&plan.database_url, plan.dimension).await
         {
             tracing::warn!(
                 attempt,
@@ -494,10 +495,10 @@ async fn wait_for_database(
                         h.migrations_pending
                     )
                 }
-                Ok(h) if h.embedding_dimension != plan.dimension => bail!(
-                    "embedding dimension mismatch: the database column embeddings.embedding has {} dimensions, the provider and DATASTORAGE_EMBEDDING_DIMENSION have {}",
-                    h.embedding_dimension,
-                    plan.dimension
+                Ok(h) if !h.vector_indexes.contains(&plan.dimension) => bail!(
+                    "embedding dimension mismatch: the database has no search index for vectors of {} dimensions (the provider's and DATASTORAGE_EMBEDDING_DIMENSION; it has indexes for {:?}): run `datastorage migrate` with this configuration first",
+                    plan.dimension,
+                    h.vector_indexes
                 ),
                 Ok(_) => return Ok(()),
             }
@@ -552,11 +553,23 @@ async fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
     }
 }
 
-/// Applies pending migrations.
-pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
-    ds_store_pg::run_migrations(database_url)
+/// Applies pending migrations, then makes the search index of vectors of `dimension` (the deployment's
+/// `embedding.dimension`) when it is missing. Returns the migrations applied.
+pub async fn migrate(database_url: &str, dimension: usize) -> anyhow::Result<Vec<String>> {
+    let applied = ds_store_pg::run_migrations(database_url)
         .await
-        .context("applying migrations")
+        .context("applying migrations")?;
+    if ds_store_pg::ensure_vector_index(database_url, dimension)
+        .await
+        .with_context(|| format!("making the search index of vectors of {dimension} dimensions"))?
+    {
+        tracing::info!(
+            dimension,
+            index = %ds_store_pg::vector_index_name(dimension),
+            "made the search index of the configured embedding dimension"
+        );
+    }
+    Ok(applied)
 }
 
 /// `datastorage reembed`: after a change of embedding model, queues every record that has no vector of
@@ -625,12 +638,12 @@ pub async fn reembed(config: Config, page: usize) -> anyhow::Result<u64> {
         );
     }
     let provider = build_provider(&config).await?;
-    if provider.dimension() != health.embedding_dimension {
+    if !health.vector_indexes.contains(&provider.dimension()) {
         bail!(
-            "embedding dimension mismatch: the provider `{}` gives {} dimensions, the database column embeddings.embedding has {}: change the column first",
+            "embedding dimension mismatch: the provider `{}` gives {} dimensions, and the database has no search index for them (it has indexes for {:?}): run `datastorage migrate` with this configuration first",
             provider.model_id(),
             provider.dimension(),
-            health.embedding_dimension
+            health.vector_indexes
         );
     }
     let model = provider.model_id().to_owned();

@@ -323,7 +323,7 @@ async fn main() -> ExitCode {
     // Before any HTTP client exists: the process's one TLS stack (rustls + ring).
     ds_embed_openai::install_tls_provider();
     let result = match command {
-        Command::Migrate => ds_server::migrate(&config.database_url)
+        Command::Migrate => ds_server::migrate(&config.database_url, config.embedding_dimension)
             .await
             .map(|applied| tracing::info!(applied = ?applied, "migrations applied")),
         Command::Jobs(JobsCommand::List { parked, limit }) => {

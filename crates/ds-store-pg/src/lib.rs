@@ -63,6 +63,72 @@ pub async fn run_migrations(database_url: &str) -> Result<Vec<String>, PgStoreEr
     .map_err(|e| PgStoreError::Migration(format!("migration task failed: {e}")))?
 }
 
+/// The name of the HNSW index of the vectors of `dimension`.
+pub fn vector_index_name(dimension: usize) -> String {
+    format!("embeddings_hnsw_{dimension}")
+}
+
+#[derive(diesel::QueryableByName)]
+struct IndexName {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+}
+
+/// The dimensions that have a valid HNSW index (`embeddings_hnsw_<dimension>`), ascending.
+pub(crate) async fn vector_indexes(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<usize>, PgStoreError> {
+    let names: Vec<IndexName> = diesel_async::RunQueryDsl::load(
+        diesel::sql_query(
+            "SELECT c.relname::text AS name FROM pg_index x \
+         JOIN pg_class c ON c.oid = x.indexrelid \
+         WHERE x.indrelid = 'embeddings'::regclass AND x.indisvalid \
+           AND c.relname ~ '^embeddings_hnsw_[0-9]+$' ORDER BY 1",
+        ),
+        conn,
+    )
+    .await?;
+    let mut dims: Vec<usize> = names
+        .iter()
+        .filter_map(|n| n.name.strip_prefix("embeddings_hnsw_")?.parse().ok())
+        .collect();
+    dims.sort_unstable();
+    Ok(dims)
+}
+
+/// Makes the HNSW index of the vectors of `dimension` when it is missing (or left invalid by a build
+/// that failed): a partial index over `embedding::vector(dimension)` for the rows of that dimension,
+/// built `CONCURRENTLY`, so writes go on meanwhile. Needs the table's owner (`datastorage migrate`
+/// runs it). Returns whether it built one.
+pub async fn ensure_vector_index(
+    database_url: &str,
+    dimension: usize,
+) -> Result<bool, PgStoreError> {
+    use diesel_async::SimpleAsyncConnection;
+    if !(1..=16_000).contains(&dimension) {
+        return Err(PgStoreError::Migration(format!(
+            "an embedding dimension is 1 to 16000, not {dimension}"
+        )));
+    }
+    let mut conn = connect::establish(database_url).await?;
+    if vector_indexes(&mut conn).await?.contains(&dimension) {
+        return Ok(false);
+    }
+    let name = vector_index_name(dimension);
+    // An invalid index of that name (a concurrent build that failed) is dropped and built again.
+    // One statement per call: several in one simple query form a transaction block, which
+    // CONCURRENTLY refuses.
+    conn.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        .await?;
+    conn.batch_execute(&format!(
+        "CREATE INDEX CONCURRENTLY {name} ON embeddings \
+         USING hnsw ((embedding::vector({dimension})) vector_cosine_ops) \
+         WHERE vector_dims(embedding) = {dimension}"
+    ))
+    .await?;
+    Ok(true)
+}
+
 /// The versions of the embedded migrations.
 pub fn known_migrations() -> Vec<String> {
     use diesel::migration::MigrationSource;

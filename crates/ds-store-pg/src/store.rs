@@ -467,12 +467,6 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-#[derive(QueryableByName)]
-struct Dim {
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    dim: i32,
-}
-
 #[async_trait]
 impl AuditStore for PgStore {
     async fn write(&self, request: WriteRequest) -> Result<WriteResult, StoreError> {
@@ -752,22 +746,15 @@ impl AuditStore for PgStore {
                 .unwrap_or_default();
         let known = crate::known_migrations();
         let pending = known.iter().filter(|k| !applied.contains(k)).count();
-        let dim = if pending == 0 {
-            diesel::sql_query(
-                "SELECT atttypmod AS dim FROM pg_attribute \
-                 WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'",
-            )
-            .get_result::<Dim>(&mut conn)
-            .await
-            .map_err(PgStoreError::from)?
-            .dim
+        let vector_indexes = if pending == 0 {
+            crate::vector_indexes(&mut conn).await?
         } else {
-            0
+            Vec::new()
         };
         Ok(StoreHealth {
             migrations_applied: known.len() - pending,
             migrations_pending: pending,
-            embedding_dimension: usize::try_from(dim).unwrap_or(0),
+            vector_indexes,
             read_replica: self.replica_status().map(|r| ReplicaHealth {
                 status: if r.usable { "up" } else { "unusable" },
                 lag_seconds: r.lag.map(|l| l.as_secs_f64()),
@@ -791,7 +778,7 @@ async fn search(
         .as_ref()
         .map(|ks| ks.iter().map(|k| k.as_str()).collect());
     // The connection carries the HNSW settings (see `build_pool`): one round trip.
-    let rows: Vec<SearchRow> = diesel::sql_query(SEARCH_SQL)
+    let rows: Vec<SearchRow> = diesel::sql_query(search_sql(vector.0.len()))
         .bind::<crate::pgv::Vector, _>(vector)
         .bind::<Text, _>(model)
         .bind::<Nullable<Array<Text>>, _>(kinds)
@@ -819,21 +806,28 @@ async fn search(
 }
 
 /// Nearest records by cosine distance, ordered best first (ties by id), filters applied inside the scan.
-const SEARCH_SQL: &str = "\
+/// The search statement for vectors of `dimension`: the expression and predicate of that dimension's
+/// index (`embeddings_hnsw_<dimension>`, see [`crate::ensure_vector_index`]), so that the planner
+/// can use it; the dimension is a number formatted in, never a value from a request.
+fn search_sql(dimension: usize) -> String {
+    format!(
+        "\
 SELECT * FROM (
     SELECT r.id, r.kind, r.name, r.namespace, r.phase, r.correlation_id, r.message, r.created_at,
            r.started_at, r.completed_at, r.received_at, r.details, r.unknown_fields, r.embedding_id,
-           (e.embedding <=> $1) AS distance
+           (e.embedding::vector({dimension}) <=> $1) AS distance
     FROM embeddings e
     JOIN audit_records r ON r.embedding_id = e.id
-    WHERE e.model = $2
+    WHERE e.model = $2 AND vector_dims(e.embedding) = {dimension}
       AND ($3::text[] IS NULL OR r.kind = ANY($3))
       AND ($4::text IS NULL OR r.namespace = $4)
       AND ($5::timestamptz IS NULL OR r.created_at >= $5)
       AND ($6::timestamptz IS NULL OR r.created_at < $6)
-    ORDER BY e.embedding <=> $1
+    ORDER BY e.embedding::vector({dimension}) <=> $1
     LIMIT $7
-) hits ORDER BY distance, id";
+) hits ORDER BY distance, id"
+    )
+}
 
 /// The answer of a queued write.
 async fn receive(
