@@ -229,3 +229,56 @@ async fn the_sweep_links_pending_records_a_bounded_slice_at_a_time() {
         20
     );
 }
+
+/// Replicas starting together each find the index of their dimension missing; one builds it, the
+/// others wait for it instead of dropping the index being built as invalid (found by a fresh-clone
+/// CI run: three replicas starting together, two refused to start). Forced: both are past their
+/// first check and polling for the lock, held here, before either may build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_making_the_same_vector_index_build_it_once() {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let db = TestDb::new().await.unwrap();
+    let mut holder = db.conn().await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({})",
+            ds_store_pg::VECTOR_INDEX_LOCK
+        ))
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    let a = tokio::spawn(async move { ds_store_pg::ensure_vector_index(&url, 8).await });
+    let url = db.url.clone();
+    let b = tokio::spawn(async move { ds_store_pg::ensure_vector_index(&url, 8).await });
+    ds_tests::until("both builders poll for the lock", || async {
+        use diesel_async::RunQueryDsl;
+        let mut c = db.conn().await.unwrap();
+        {
+            let n: N = diesel::sql_query(
+                "SELECT count(DISTINCT pid) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'SELECT pg_try_advisory_lock(%'",
+            )
+            .get_result(&mut c)
+            .await
+            .unwrap();
+            n.n >= 2
+        }
+    })
+    .await;
+    holder
+        .batch_execute(&format!(
+            "SELECT pg_advisory_unlock({})",
+            ds_store_pg::VECTOR_INDEX_LOCK
+        ))
+        .await
+        .unwrap();
+    let mut built = vec![a.await.unwrap().unwrap(), b.await.unwrap().unwrap()];
+    built.sort();
+    assert_eq!(built, vec![false, true], "built once");
+    let s = PgStore::new(&db.url, &PoolSettings::default()).unwrap();
+    assert_eq!(s.health().await.unwrap().vector_indexes, vec![8, 384]);
+}

@@ -515,6 +515,13 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     ])
     .args(extra)
     .env("DATASTORAGE_EMBEDDING_LOCAL_MODEL_DIR", &model);
+    // The tests' temporary files (exports, keys, configuration files, clusters of their own) go to a
+    // directory of this run, removed afterwards, so that runs leave nothing behind in /tmp.
+    let scratch = std::env::temp_dir().join(format!("datastorage-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    // Like /tmp: the postgres user of the tests' own clusters writes there too.
+    run(Command::new("chmod").arg("1777").arg(&scratch))?;
+    cmd.env("TMPDIR", &scratch);
     if docker {
         step(
             "DATASTORAGE_TEST_DB=docker: tests take PostgreSQL from a pgvector container (needs a Docker engine)",
@@ -532,6 +539,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         c.stop();
         let _ = std::fs::remove_dir_all(&c.data);
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 

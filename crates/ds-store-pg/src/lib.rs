@@ -37,6 +37,9 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 
 /// Key of the advisory lock held while migrating, so that replicas starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x6461_7461_7374_6f72; // "datastor"
+/// Taken while a vector index is built; not [`MIGRATION_LOCK`], whose blocking waiters hold a
+/// snapshot that `CREATE INDEX CONCURRENTLY` would wait for.
+pub const VECTOR_INDEX_LOCK: i64 = MIGRATION_LOCK + 1;
 
 /// Applies pending migrations under an advisory lock; returns the versions it applied.
 ///
@@ -112,6 +115,46 @@ pub async fn ensure_vector_index(
     }
     let mut conn = connect::establish(database_url).await?;
     if vector_indexes(&mut conn).await?.contains(&dimension) {
+        return Ok(false);
+    }
+    // One builder at a time, across replicas starting together: the others would see the index being
+    // built as invalid and drop it. The lock is taken by polling, so that a waiting session holds no
+    // snapshot that CREATE INDEX CONCURRENTLY would wait for (a blocking wait would deadlock).
+    #[derive(diesel::QueryableByName)]
+    struct Got {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        got: bool,
+    }
+    loop {
+        let got: Got = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query(format!(
+                "SELECT pg_try_advisory_lock({VECTOR_INDEX_LOCK}) AS got"
+            )),
+            &mut conn,
+        )
+        .await?;
+        if got.got {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let built = build_vector_index(&mut conn, dimension).await;
+    let unlocked = conn
+        .batch_execute(&format!("SELECT pg_advisory_unlock({VECTOR_INDEX_LOCK})"))
+        .await;
+    let built = built?;
+    unlocked?;
+    Ok(built)
+}
+
+/// [`ensure_vector_index`] under the lock: checks again (another replica may have built it
+/// meanwhile), then builds.
+async fn build_vector_index(
+    conn: &mut AsyncPgConnection,
+    dimension: usize,
+) -> Result<bool, PgStoreError> {
+    use diesel_async::SimpleAsyncConnection;
+    if vector_indexes(conn).await?.contains(&dimension) {
         return Ok(false);
     }
     let name = vector_index_name(dimension);
