@@ -495,11 +495,18 @@ async fn wait_for_database(
                         h.migrations_pending
                     )
                 }
-                Ok(h) if !h.vector_indexes.contains(&plan.dimension) => bail!(
-                    "embedding dimension mismatch: the database has no search index for vectors of {} dimensions (the provider's and DATASTORAGE_EMBEDDING_DIMENSION; it has indexes for {:?}): run `datastorage migrate` with this configuration first",
-                    plan.dimension,
-                    h.vector_indexes
-                ),
+                // As for pending migrations: a migration Job may be building it now.
+                Ok(h) if !h.vector_indexes.contains(&plan.dimension) => {
+                    tracing::warn!(
+                        attempt,
+                        dimension = plan.dimension,
+                        "waiting for the search index of the embedding dimension: run `datastorage migrate` with this configuration"
+                    );
+                    format!(
+                        "waiting for the search index of vectors of {} dimensions (embedding dimension mismatch: the database has indexes for {:?}): run `datastorage migrate` with this configuration",
+                        plan.dimension, h.vector_indexes
+                    )
+                }
                 Ok(_) => return Ok(()),
             }
         };
