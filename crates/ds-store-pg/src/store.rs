@@ -805,8 +805,8 @@ async fn search(
     Ok(hits)
 }
 
-/// Nearest records by cosine distance, ordered best first (ties by id), filters applied inside the scan.
-/// The search statement for vectors of `dimension`: the expression and predicate of that dimension's
+/// Nearest records by cosine distance, ordered best first (ties by id), filters applied inside the
+/// scan, for vectors of `dimension`: the statement names the expression and predicate of that dimension's
 /// index (`embeddings_hnsw_<dimension>`, see [`crate::ensure_vector_index`]), so that the planner
 /// can use it; the dimension is a number formatted in, never a value from a request.
 fn search_sql(dimension: usize) -> String {
