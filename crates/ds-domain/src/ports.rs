@@ -187,6 +187,17 @@ pub struct Repoint {
     pub text: String,
 }
 
+/// What the switch to a new embedding model removed ([`AuditStore::finish_switch`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switched {
+    /// Links kept to vectors of the models records were re-pointed from.
+    pub kept_links: u64,
+    /// Jobs of other models that no record waited for.
+    pub jobs: u64,
+    /// Vectors of other models that no record linked.
+    pub vectors: u64,
+}
+
 /// Persistence of audit records and their embeddings.
 ///
 /// Error contract: [`StoreError::Unavailable`] when no connection could be had in time,
@@ -309,12 +320,27 @@ pub trait AuditStore: Send + Sync {
 
     /// Re-embedding: points each record at the vector of `model` for its text, in one transaction. A
     /// vector already stored is linked at once; otherwise the record waits (`pending`) for a durable job
-    /// of `model`. Jobs of other models that no record waits for any more are deleted. Only the
-    /// embedding link changes; the record's content never does. Returns how many records moved.
+    /// of `model`. The vector it pointed at is kept linked, so that searches of the model it came from
+    /// still find it until [`AuditStore::finish_switch`]. Jobs of other models that no record waits for
+    /// any more are deleted. Only the embedding links change; the record's content never does. Returns
+    /// how many records moved.
     async fn repoint_embeddings(&self, model: &str, items: &[Repoint])
     -> Result<usize, StoreError>;
 
     /// Checks the database: reachable, migrations applied.
+    /// A model other than `model` that a record received in the last `window` was embedded with, or
+    /// waits for a job of: a replica still runs it.
+    async fn other_model_in_use(
+        &self,
+        model: &str,
+        window: std::time::Duration,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// The switch to `model`, once every record points at it: drops the links kept for the models
+    /// records were re-pointed from, the jobs of other models no record waits for, and the vectors of
+    /// other models no record links (at most `batch` rows a statement).
+    async fn finish_switch(&self, model: &str, batch: usize) -> Result<Switched, StoreError>;
+
     async fn health(&self) -> Result<StoreHealth, StoreError>;
 }
 

@@ -26,6 +26,9 @@ use std::time::Duration;
 /// Records the sweep links in one call at most.
 pub const HEAL_BATCH: usize = 10_000;
 
+/// Rows the switch to a new model removes in one statement (kept links, vectors looked at).
+pub const SWITCH_BATCH: usize = 10_000;
+
 /// How long a finished embedding job is kept before it is retired: longer than any write transaction
 /// can last (request timeout 30 s, statement timeout 10 s by default), so that a writer that saw the
 /// job committed before its retirement links its record.
@@ -276,6 +279,26 @@ impl AuditService {
         }
         let moved = self.store.repoint_embeddings(&model, &items).await?;
         Ok((moved, Some(last)))
+    }
+
+    /// A model other than the current one that a record received in the last `window` was embedded
+    /// with or waits for: a replica still runs it, and the switch would take its records' vectors
+    /// away from it.
+    pub async fn other_model_in_use(&self, window: Duration) -> Result<Option<String>, AuditError> {
+        Ok(self
+            .store
+            .other_model_in_use(self.embedder.model_id(), window)
+            .await?)
+    }
+
+    /// The switch to the current model, once every record points at it (see
+    /// [`AuditStore::finish_switch`]): the links kept for earlier models, their jobs no record waits
+    /// for and their vectors no record links are removed.
+    pub async fn finish_switch(&self) -> Result<crate::ports::Switched, AuditError> {
+        Ok(self
+            .store
+            .finish_switch(self.embedder.model_id(), SWITCH_BATCH)
+            .await?)
     }
 
     /// The sweep and the retirement of finished jobs (see [`AuditStore::heal_embeddings`]): at most

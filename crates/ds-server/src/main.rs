@@ -38,11 +38,20 @@ enum Command {
     /// Apply pending database migrations (under an advisory lock), then exit.
     Migrate,
     /// After a change of embedding model: queue every record without a vector of the configured model
-    /// for the embedding workers of the running replicas, then exit.
+    /// for the embedding workers of the running replicas, then exit. Records keep their vector of the
+    /// earlier model, searchable by replicas still running it, until `reembed --finish`.
     Reembed {
         /// Records per transaction.
         #[arg(long, default_value_t = 500)]
         page: usize,
+        /// The switch, once every replica runs the configured model: queue what is left, then drop
+        /// the earlier models' links, jobs and vectors.
+        #[arg(long)]
+        finish: bool,
+        /// With --finish: refused while a record received in the last this many seconds was embedded
+        /// with another model (a replica still runs it).
+        #[arg(long, default_value_t = 600, requires = "finish")]
+        idle_for: u64,
     },
     /// Work with the configuration without starting the service.
     #[command(subcommand)]
@@ -355,12 +364,28 @@ async fn main() -> ExitCode {
                 println!("{n} parked job(s) re-queued");
             })
         }
-        Command::Reembed { page } => ds_server::reembed(config, page).await.map(|n| {
+        Command::Reembed {
+            page,
+            finish: false,
+            ..
+        } => ds_server::reembed(config, page).await.map(|n| {
             tracing::info!(
                 records = n,
                 "re-embedding queued; the embedding workers embed them"
             )
         }),
+        Command::Reembed {
+            page,
+            finish: true,
+            idle_for,
+        } => ds_server::reembed_finish(config, page, std::time::Duration::from_secs(idle_for))
+            .await
+            .map(|(n, s)| {
+                println!(
+                    "{n} record(s) queued; removed {} kept link(s), {} job(s) and {} vector(s) of earlier models",
+                    s.kept_links, s.jobs, s.vectors
+                );
+            }),
         _ => ds_server::serve(config).await,
     };
     match result {

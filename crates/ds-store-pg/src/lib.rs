@@ -9,6 +9,7 @@ mod group;
 mod jobs;
 mod pgv;
 mod query;
+mod reembed;
 mod replica;
 mod retention;
 mod rows;

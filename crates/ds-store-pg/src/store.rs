@@ -14,13 +14,13 @@ use deadpool::Runtime;
 use diesel::prelude::*;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use ds_domain::digest::Sha256Digest;
 use ds_domain::jobs::{ClaimedJob, FailedJob, JobInfo};
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
     AuditStore, Backlog, EmbeddingStatus, ReplicaHealth, Repoint, SearchHit, StoreError,
-    StoreHealth, StoredRecord, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
+    StoreHealth, StoredRecord, Switched, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::query::{ListQuery, TrailQuery};
 use ds_domain::search::SearchFilters;
@@ -690,15 +690,8 @@ impl AuditStore for PgStore {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        use diesel::sql_types::{BigInt, Text};
         let mut conn = self.conn().await?;
-        let rows: Vec<RecordRow> = diesel::sql_query(RECORDS_WITHOUT_MODEL_SQL)
-            .bind::<BigInt, _>(after_id)
-            .bind::<Text, _>(model)
-            .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
-            .load(&mut conn)
-            .await
-            .map_err(PgStoreError::from)?;
+        let rows = crate::reembed::records_without_model(&mut conn, model, after_id, limit).await?;
         Ok(Self::all_stored(rows)?)
     }
 
@@ -707,33 +700,25 @@ impl AuditStore for PgStore {
         model: &str,
         items: &[Repoint],
     ) -> Result<usize, StoreError> {
-        use diesel::sql_types::{Array, BigInt, Bytea, Text};
         if items.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-        let digests: Vec<&[u8]> = items.iter().map(|i| i.digest.as_slice()).collect();
-        let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
-        let model = model.to_owned();
         let mut conn = self.conn().await?;
-        let moved = conn
-            .transaction(async |c| -> Result<usize, diesel::result::Error> {
-                let moved = diesel::sql_query(REPOINT_SQL)
-                    .bind::<Array<BigInt>, _>(&ids)
-                    .bind::<Array<Bytea>, _>(&digests)
-                    .bind::<Array<Text>, _>(&texts)
-                    .bind::<Text, _>(&model)
-                    .execute(c)
-                    .await?;
-                diesel::sql_query(ORPHAN_JOBS_SQL)
-                    .bind::<Text, _>(&model)
-                    .execute(c)
-                    .await?;
-                Ok(moved)
-            })
-            .await
-            .map_err(PgStoreError::from)?;
-        Ok(moved)
+        Ok(crate::reembed::repoint(&mut conn, model, items).await?)
+    }
+
+    async fn other_model_in_use(
+        &self,
+        model: &str,
+        window: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(crate::reembed::other_model_in_use(&mut conn, model, window).await?)
+    }
+
+    async fn finish_switch(&self, model: &str, batch: usize) -> Result<Switched, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(crate::reembed::finish_switch(&mut conn, model, batch).await?)
     }
 
     async fn health(&self) -> Result<StoreHealth, StoreError> {
@@ -806,7 +791,10 @@ async fn search(
 }
 
 /// Nearest records by cosine distance, ordered best first (ties by id), filters applied inside the
-/// scan, for vectors of `dimension`: the statement names the expression and predicate of that dimension's
+/// scan, for vectors of `dimension`. A record is found through the vector it points at and, while the
+/// deployment moves to another model, through the one it kept of the model it was re-pointed from
+/// (`previous_embeddings`): a vector is of one model, so a search (of one model) meets each record
+/// once. The statement the statement names the expression and predicate of that dimension's
 /// index (`embeddings_hnsw_<dimension>`, see [`crate::ensure_vector_index`]), so that the planner
 /// can use it; the dimension is a number formatted in, never a value from a request.
 fn search_sql(dimension: usize) -> String {
@@ -817,7 +805,13 @@ SELECT * FROM (
            r.started_at, r.completed_at, r.received_at, r.details, r.unknown_fields, r.embedding_id,
            (e.embedding::vector({dimension}) <=> $1) AS distance
     FROM embeddings e
-    JOIN audit_records r ON r.embedding_id = e.id
+    CROSS JOIN LATERAL (
+        SELECT r.* FROM audit_records r WHERE r.embedding_id = e.id
+        UNION ALL
+        SELECT r.* FROM previous_embeddings p
+        JOIN audit_records r ON r.id = p.record_id AND r.received_at = p.received_at
+        WHERE p.embedding_id = e.id
+    ) r
     WHERE e.model = $2 AND vector_dims(e.embedding) = {dimension}
       AND ($3::text[] IS NULL OR r.kind = ANY($3))
       AND ($4::text IS NULL OR r.namespace = $4)
@@ -838,42 +832,6 @@ async fn receive(
         .map_err(|_| PgStoreError::Pool("the write ended without an answer".into()))?
         .map_err(StoreError::from)
 }
-
-/// Links the pending records of the given embedding digests to their (now stored) vectors.
-/// Records (after an id) whose vector is not of the model and that wait for no job of it.
-const RECORDS_WITHOUT_MODEL_SQL: &str = "\
-SELECT r.* FROM audit_records r
-LEFT JOIN embeddings e ON e.id = r.embedding_id
-WHERE r.id > $1
-  AND e.model IS DISTINCT FROM $2
-  AND NOT (r.embedding_id IS NULL
-           AND EXISTS (SELECT 1 FROM embedding_jobs j WHERE j.digest = r.embedding_digest AND j.model = $2))
-ORDER BY r.id
-LIMIT $3";
-
-/// Re-points records at the model's vector of their text: a job for each text without a stored vector,
-/// then each record linked to its stored vector, or left waiting (embedding_id NULL) for its job.
-const REPOINT_SQL: &str = "\
-WITH items AS (
-    SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[]) AS t(id, digest, text)
-), jobs AS (
-    INSERT INTO embedding_jobs (digest, model, text)
-    SELECT DISTINCT ON (i.digest) i.digest, $4, i.text FROM items i
-    WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.digest = i.digest)
-    ORDER BY i.digest
-    ON CONFLICT (digest) DO NOTHING
-)
-UPDATE audit_records r
-SET embedding_digest = i.digest,
-    embedding_id = (SELECT e.id FROM embeddings e WHERE e.digest = i.digest)
-FROM items i
-WHERE r.id = i.id";
-
-/// Jobs of other models that no record waits for any more (their records were re-pointed).
-const ORPHAN_JOBS_SQL: &str = "\
-DELETE FROM embedding_jobs j
-WHERE j.model <> $1
-  AND NOT EXISTS (SELECT 1 FROM audit_records r WHERE r.embedding_digest = j.digest AND r.embedding_id IS NULL)";
 
 /// Records waiting for their vector (counted up to `$1`, through the partial index of pending records)
 /// and the age of the oldest (the partial index on `received_at`).
