@@ -299,9 +299,9 @@ async fn a_record_written_while_the_worker_links_its_text_keeps_a_job_and_is_lin
     let status = async |id: i64| app.embedding_status("remediation", id).await.unwrap();
     assert_eq!(status(first_id).await, "stored");
     // The sweep links it (the retirement of the job would, at the latest).
-    assert_eq!(app.state.service.heal_embeddings().await.unwrap(), 1);
+    assert_eq!(app.state.service.heal_embeddings().await.unwrap(), (1, 0));
     assert_eq!(status(second_id).await, "stored");
-    assert_eq!(app.state.service.heal_embeddings().await.unwrap(), 0);
+    assert_eq!(app.state.service.heal_embeddings().await.unwrap(), (0, 0));
     assert_eq!(
         app.state.service.run_embedding_jobs(100).await.unwrap(),
         0,

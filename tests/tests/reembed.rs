@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ds_domain::kind::Kind;
 use ds_domain::ports::{EmbedError, Embedder};
 use ds_domain::search::parse_search;
@@ -254,6 +254,32 @@ async fn records_of_an_earlier_model_are_queued_embedded_and_found_under_the_new
         ds_domain::ports::Switched::default(),
         "nothing left to remove"
     );
+
+    // A replica still on A writes after the switch: its write finds A's vector gone and queues a
+    // job of A, which B's workers leave alone (the next `reembed` re-points the record).
+    let mut late = fixtures::remediation(1);
+    late["name"] = json!("rr-payments-1-late");
+    let r = parse_record(Kind::Remediation, late).unwrap();
+    a.write(vec![r], None).await.unwrap();
+    assert_eq!(job_models(&db).await, vec!["model-a".to_owned()]);
+    // Were that job deleted under it (here by hand), the record would have neither vector nor job:
+    // the sweep finds it and queues it again, for the running model (B's vector of the text is
+    // stored: linked at once).
+    db.conn()
+        .await
+        .unwrap()
+        .batch_execute("DELETE FROM embedding_jobs WHERE model = 'model-a'")
+        .await
+        .unwrap();
+    let stranded = "audit_records r WHERE r.embedding_id IS NULL AND NOT EXISTS \
+                    (SELECT 1 FROM embedding_jobs j WHERE j.digest = r.embedding_digest)";
+    assert_eq!(db.count(stranded).await.unwrap(), 1);
+    assert_eq!(b.heal_embeddings().await.unwrap(), (0, 1));
+    assert_eq!(db.count(stranded).await.unwrap(), 0);
+    assert_eq!(
+        links(&db).await.pop().unwrap(),
+        link("rr-payments-1-late", Some("model-b"))
+    );
 }
 
 /// A worker of the old model links a waiting record while `reembed` re-points it: the link made
@@ -261,7 +287,6 @@ async fn records_of_an_earlier_model_are_queued_embedded_and_found_under_the_new
 /// link's transaction holds the record while `reembed` starts, and commits once `reembed` waits for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_made_while_reembed_runs_is_kept_for_the_old_model() {
-    use diesel_async::SimpleAsyncConnection;
     let db = TestDb::new().await.unwrap();
     let store = Arc::new(PgStore::new(&db.url, &PoolSettings::default()).unwrap());
     let local = Arc::new(LocalEmbedder::load(&model_dir(), None).unwrap());
@@ -322,7 +347,6 @@ async fn a_link_made_while_reembed_runs_is_kept_for_the_old_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reembed_command_queues_what_the_configured_model_lacks() {
-    use diesel_async::SimpleAsyncConnection;
     let app = ds_tests::spawn_app_with(&[("DATASTORAGE_EMBEDDING_WORKER_INTERVAL_MS", "0")])
         .await
         .unwrap();

@@ -206,16 +206,34 @@ async fn the_sweep_links_pending_records_a_bounded_slice_at_a_time() {
         .unwrap();
     let grace = std::time::Duration::from_secs(86_400);
     let mut calls = Vec::new();
+    // The other half has neither a vector nor a job (the request queued none): each call names
+    // those of its slice, up to its limit.
+    let mut without_job = std::collections::BTreeSet::new();
     while calls.iter().sum::<u64>() < 20 {
         assert!(calls.len() < 100, "the sweep stopped linking: {calls:?}");
-        let n = s.heal_embeddings(2, grace).await.unwrap();
-        assert!(n <= 2, "{n} linked in one call");
-        calls.push(n);
+        let healed = s.heal_embeddings(2, grace).await.unwrap();
+        assert!(healed.linked <= 2, "{} linked in one call", healed.linked);
+        assert!(healed.without_job.len() <= 2);
+        without_job.extend(healed.without_job.iter().map(|r| r.id));
+        calls.push(healed.linked);
     }
     // Once round again: nothing left to link.
     for _ in 0..6 {
-        assert_eq!(s.heal_embeddings(2, grace).await.unwrap(), 0);
+        let healed = s.heal_embeddings(2, grace).await.unwrap();
+        assert_eq!(healed.linked, 0);
+        without_job.extend(healed.without_job.iter().map(|r| r.id));
     }
+    assert!(!without_job.is_empty());
+    assert!(without_job.iter().all(|id| id % 2 == 1), "{without_job:?}");
+    // Slices larger than the pending records: the rest of this round, then a whole round, name
+    // them all.
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..2 {
+        let healed = s.heal_embeddings(100, grace).await.unwrap();
+        ids.extend(healed.without_job.iter().map(|r| r.id));
+    }
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    assert!(ids.iter().all(|id| id % 2 == 1), "{ids:?}");
     assert_eq!(
         db.count("audit_records WHERE embedding_id IS NULL AND id % 2 = 1")
             .await

@@ -187,6 +187,17 @@ pub struct Repoint {
     pub text: String,
 }
 
+/// What a call of the sweep found ([`AuditStore::heal_embeddings`]).
+#[derive(Debug, Clone, Default)]
+pub struct Healed {
+    /// Pending records linked to their stored vector.
+    pub linked: u64,
+    /// Pending records with neither a vector nor a job for it: a breach of "every record has its
+    /// vector or a job", left by a vector deleted at a switch under a replica that still ran its
+    /// model, or a job deleted under a writer of an earlier model.
+    pub without_job: Vec<StoredRecord>,
+}
+
 /// What the switch to a new embedding model removed ([`AuditStore::finish_switch`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Switched {
@@ -293,14 +304,15 @@ pub trait AuditStore: Send + Sync {
 
     /// The sweep and the retirement of finished jobs: links up to `limit` pending records whose vector
     /// is stored (whatever left them pending), then deletes the jobs finished more than `grace` ago,
-    /// linking their records once more first. Returns how many records it linked. `grace` must exceed
-    /// the longest a write transaction can last. Error contract: [`StoreError`], nothing changed on
-    /// error.
+    /// linking their records once more first. Returns how many records it linked, and the pending
+    /// records of the same slice that have neither a vector nor a job (for the caller to queue
+    /// again). `grace` must exceed the longest a write transaction can last. Error contract:
+    /// [`StoreError`], nothing changed on error.
     async fn heal_embeddings(
         &self,
         limit: usize,
         grace: std::time::Duration,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Healed, StoreError>;
 
     /// How many embedding jobs wait (finished ones excluded).
     async fn pending_jobs(&self) -> Result<i64, StoreError>;

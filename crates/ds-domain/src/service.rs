@@ -266,6 +266,13 @@ impl AuditService {
         let Some(last) = records.last().map(|r| r.id) else {
             return Ok((0, None));
         };
+        let moved = self.repoint(records).await?;
+        Ok((moved, Some(last)))
+    }
+
+    /// Points each record at the current model's vector of its embedding text, or queues a job for it.
+    async fn repoint(&self, records: Vec<StoredRecord>) -> Result<usize, AuditError> {
+        let model = self.embedder.model_id();
         let mut items = Vec::with_capacity(records.len());
         for stored in records {
             // The stored form is the validated, sanitized record: parsing it again gives back its
@@ -273,12 +280,11 @@ impl AuditService {
             let valid = crate::record::parse_record(stored.kind, Value::Object(stored.record))?;
             items.push(Repoint {
                 id: stored.id,
-                digest: embedding_digest(&model, &valid.embedding_text),
+                digest: embedding_digest(model, &valid.embedding_text),
                 text: valid.embedding_text,
             });
         }
-        let moved = self.store.repoint_embeddings(&model, &items).await?;
-        Ok((moved, Some(last)))
+        Ok(self.store.repoint_embeddings(model, &items).await?)
     }
 
     /// A model other than the current one that a record received in the last `window` was embedded
@@ -302,10 +308,17 @@ impl AuditService {
     }
 
     /// The sweep and the retirement of finished jobs (see [`AuditStore::heal_embeddings`]): at most
-    /// [`HEAL_BATCH`] records a call; jobs retired [`JOB_GRACE`] after they finished. Returns how many
-    /// records it linked.
-    pub async fn heal_embeddings(&self) -> Result<u64, AuditError> {
-        Ok(self.store.heal_embeddings(HEAL_BATCH, JOB_GRACE).await?)
+    /// [`HEAL_BATCH`] records a call; jobs retired [`JOB_GRACE`] after they finished. A pending record
+    /// found with neither a vector nor a job is queued again for the current model (as `reembed`
+    /// does). Returns how many records it linked and how many it queued again.
+    pub async fn heal_embeddings(&self) -> Result<(u64, usize), AuditError> {
+        let healed = self.store.heal_embeddings(HEAL_BATCH, JOB_GRACE).await?;
+        let requeued = if healed.without_job.is_empty() {
+            0
+        } else {
+            self.repoint(healed.without_job).await?
+        };
+        Ok((healed.linked, requeued))
     }
 
     /// The records waiting for their vector, and the age of the oldest.

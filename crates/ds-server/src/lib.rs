@@ -223,13 +223,23 @@ async fn embedding_worker(
         if last_heal.is_none_or(|t| t.elapsed() >= HEAL_INTERVAL) {
             last_heal = Some(std::time::Instant::now());
             match service.heal_embeddings().await {
-                Ok(0) => {}
-                Ok(n) => {
-                    metrics::counter!("datastorage_embedding_records_healed_total").increment(n);
-                    tracing::info!(
-                        records = n,
-                        "sweep: linked pending records whose vector is stored"
-                    );
+                Ok((linked, requeued)) => {
+                    if linked > 0 {
+                        metrics::counter!("datastorage_embedding_records_healed_total")
+                            .increment(linked);
+                        tracing::info!(
+                            records = linked,
+                            "sweep: linked pending records whose vector is stored"
+                        );
+                    }
+                    if requeued > 0 {
+                        metrics::counter!("datastorage_embedding_records_requeued_total")
+                            .increment(requeued as u64);
+                        tracing::warn!(
+                            records = requeued,
+                            "sweep: pending records had neither a vector nor a job; queued again"
+                        );
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "sweep of pending records failed"),
             }

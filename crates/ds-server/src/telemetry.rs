@@ -176,6 +176,12 @@ pub const CATALOGUE: &[Metric] = &[
         "Pending records the sweep linked to their already stored vector (a few when a text is written while its job finishes; a steady rise means something leaves records pending).",
     ),
     metric(
+        "datastorage_embedding_records_requeued_total",
+        Counter,
+        &[],
+        "Pending records the sweep found with neither a vector nor a job and queued again (a vector deleted by `reembed --finish` under a replica still running its model, or a job deleted under a writer of an earlier model); should stay 0.",
+    ),
+    metric(
         "datastorage_log_tree_size",
         Gauge,
         &[],
@@ -484,6 +490,7 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     for name in [
         "datastorage_database_write_errors_total",
         "datastorage_embedding_records_healed_total",
+        "datastorage_embedding_records_requeued_total",
         "datastorage_log_leaves_appended_total",
         "datastorage_log_unqueued_records_total",
         "datastorage_log_checkpoints_signed_total",

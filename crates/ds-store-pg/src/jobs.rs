@@ -3,6 +3,7 @@
 //! retirement of finished jobs, listing and re-queueing parked jobs, and the counts behind the gauges.
 
 use crate::error::PgStoreError;
+use crate::rows::RecordRow;
 use crate::schema::embedding_jobs;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Bytea, Double, Integer, Nullable, Text};
@@ -66,6 +67,19 @@ WITH slice AS (
 SELECT (SELECT count(*) FROM healed) AS healed,
        (SELECT digest FROM slice ORDER BY digest DESC LIMIT 1) AS upto,
        (SELECT count(*) FROM slice) AS seen";
+
+/// The pending records of the sweep's slice (digests after `$1` up to `$2`) that have neither a
+/// vector nor a job (open, parked or done) for their digest: at most `$3`. A record and its job
+/// are committed together and a job is deleted only when no record waits for it (or, retired, once
+/// its records are linked), so these are records whose job or vector was deleted under a writer
+/// (docs/embeddings.md, "Records without a job").
+const WITHOUT_JOB_SQL: &str = "\
+SELECT r.* FROM audit_records r
+WHERE r.embedding_id IS NULL AND r.embedding_digest > $1 AND r.embedding_digest <= $2
+  AND NOT EXISTS (SELECT 1 FROM embedding_jobs j WHERE j.digest = r.embedding_digest)
+  AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.digest = r.embedding_digest)
+ORDER BY r.embedding_digest
+LIMIT $3";
 
 /// How many pending records one sweep call looks at, per record it may link.
 const HEAL_SLICE_PER_LINK: i64 = 4;
@@ -239,8 +253,9 @@ pub(crate) async fn release(
     Ok(())
 }
 
-/// The sweep's next slice, then the retirement; how many records they linked. `from` is where the
-/// sweep goes on (the last digest of the previous slice; empty: from the first), moved along.
+/// The sweep's next slice, then the retirement: how many records they linked, and the slice's
+/// pending records with neither vector nor job. `from` is where the sweep goes on (the last digest
+/// of the previous slice; empty: from the first), moved along.
 /// Housekeeping never queues behind a lock for long (rows locked by writers are skipped; a table
 /// lock gives up after 2 s): it runs again in a few seconds.
 pub(crate) async fn heal(
@@ -248,11 +263,11 @@ pub(crate) async fn heal(
     limit: usize,
     grace: Duration,
     from: &mut Vec<u8>,
-) -> Result<u64, PgStoreError> {
+) -> Result<Swept, PgStoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX / HEAL_SLICE_PER_LINK);
     let slice = limit.saturating_mul(HEAL_SLICE_PER_LINK);
-    let (linked, next) = c
-        .transaction(async |c| -> Result<(u64, Vec<u8>), PgStoreError> {
+    let (healed, next) = c
+        .transaction(async |c| -> Result<(Swept, Vec<u8>), PgStoreError> {
             diesel::sql_query("SET LOCAL lock_timeout = '2s'")
                 .execute(c)
                 .await?;
@@ -266,15 +281,38 @@ pub(crate) async fn heal(
                 .bind::<Double, _>(grace.as_secs_f64())
                 .execute(c)
                 .await?;
+            let without_job: Vec<RecordRow> = match &h.upto {
+                Some(upto) => {
+                    diesel::sql_query(WITHOUT_JOB_SQL)
+                        .bind::<Bytea, _>(from.as_slice())
+                        .bind::<Bytea, _>(upto.as_slice())
+                        .bind::<BigInt, _>(limit)
+                        .load(c)
+                        .await?
+                }
+                None => Vec::new(),
+            };
             let next = match h.upto {
                 Some(upto) if h.seen >= slice => upto,
                 _ => Vec::new(),
             };
-            Ok((u64::try_from(h.healed).unwrap_or(0) + retired as u64, next))
+            Ok((
+                Swept {
+                    linked: u64::try_from(h.healed).unwrap_or(0) + retired as u64,
+                    without_job,
+                },
+                next,
+            ))
         })
         .await?;
     *from = next;
-    Ok(linked)
+    Ok(healed)
+}
+
+/// What [`heal`] found: how many records it linked, and pending records with neither vector nor job.
+pub(crate) struct Swept {
+    pub(crate) linked: u64,
+    pub(crate) without_job: Vec<RecordRow>,
 }
 
 pub(crate) async fn list(

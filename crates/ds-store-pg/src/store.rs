@@ -19,7 +19,7 @@ use ds_domain::digest::Sha256Digest;
 use ds_domain::jobs::{ClaimedJob, FailedJob, JobInfo};
 use ds_domain::kind::Kind;
 use ds_domain::ports::{
-    AuditStore, Backlog, EmbeddingStatus, ReplicaHealth, Repoint, SearchHit, StoreError,
+    AuditStore, Backlog, EmbeddingStatus, Healed, ReplicaHealth, Repoint, SearchHit, StoreError,
     StoreHealth, StoredRecord, Switched, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::query::{ListQuery, TrailQuery};
@@ -72,9 +72,12 @@ pub struct PgStore {
     /// whichever caller writes first: actix gives each HTTP worker its own single-threaded runtime,
     /// and all database I/O would otherwise share one worker's thread.
     runtime: Option<tokio::runtime::Handle>,
-    /// Digests of vectors this process saw stored. Vectors are never deleted, so an entry cannot go
-    /// stale: [`AuditStore::existing_embeddings`] answers from it without a round trip (the inline
-    /// write of a recurring text), and the database only for digests it does not hold.
+    /// Digests of vectors this process saw stored: [`AuditStore::existing_embeddings`] answers from it
+    /// without a round trip (the inline write of a recurring text), and the database only for digests
+    /// it does not hold. Vectors are deleted only by the switch to another model
+    /// ([`AuditStore::finish_switch`]), refused while a replica of their model writes; an entry gone
+    /// stale anyway (a switch forced under such a replica) leaves its record pending without a job,
+    /// which the sweep queues again.
     known_vectors: Arc<quick_cache::sync::Cache<Sha256Digest, ()>>,
     /// Where and how to connect (TLS as the URL's `sslmode` says).
     pub(crate) target: Arc<Target>,
@@ -660,10 +663,14 @@ impl AuditStore for PgStore {
         Ok(crate::jobs::parked_count(&mut conn).await?)
     }
 
-    async fn heal_embeddings(&self, limit: usize, grace: Duration) -> Result<u64, StoreError> {
+    async fn heal_embeddings(&self, limit: usize, grace: Duration) -> Result<Healed, StoreError> {
         let mut conn = self.conn().await?;
         let mut from = self.heal_from.lock().await;
-        Ok(crate::jobs::heal(&mut conn, limit, grace, &mut from).await?)
+        let healed = crate::jobs::heal(&mut conn, limit, grace, &mut from).await?;
+        Ok(Healed {
+            linked: healed.linked,
+            without_job: Self::all_stored(healed.without_job)?,
+        })
     }
 
     async fn embedding_backlog(&self) -> Result<Backlog, StoreError> {
@@ -794,33 +801,44 @@ async fn search(
 /// scan, for vectors of `dimension`. A record is found through the vector it points at and, while the
 /// deployment moves to another model, through the one it kept of the model it was re-pointed from
 /// (`previous_embeddings`): a vector is of one model, so a search (of one model) meets each record
-/// once. The statement the statement names the expression and predicate of that dimension's
-/// index (`embeddings_hnsw_<dimension>`, see [`crate::ensure_vector_index`]), so that the planner
-/// can use it; the dimension is a number formatted in, never a value from a request.
+/// once. Each way is its own branch with its own `ORDER BY ... LIMIT`, so that the planner chooses
+/// per branch as it would for a plain join: through the HNSW index with unselective filters,
+/// through a B-tree on the records and an exact sort with selective ones (an HNSW graph can leave a
+/// vector unreachable; the exact path never misses it). Each branch names the expression and
+/// predicate of that dimension's index (`embeddings_hnsw_<dimension>`, see
+/// [`crate::ensure_vector_index`]); the dimension is a number formatted in, never a value from a
+/// request.
 fn search_sql(dimension: usize) -> String {
-    format!(
-        "\
-SELECT * FROM (
+    let branch = |from: &str, gate: &str| {
+        format!(
+            "(
     SELECT r.id, r.kind, r.name, r.namespace, r.phase, r.correlation_id, r.message, r.created_at,
            r.started_at, r.completed_at, r.received_at, r.details, r.unknown_fields, r.embedding_id,
            (e.embedding::vector({dimension}) <=> $1) AS distance
-    FROM embeddings e
-    CROSS JOIN LATERAL (
-        SELECT r.* FROM audit_records r WHERE r.embedding_id = e.id
-        UNION ALL
-        SELECT r.* FROM previous_embeddings p
-        JOIN audit_records r ON r.id = p.record_id AND r.received_at = p.received_at
-        WHERE p.embedding_id = e.id
-    ) r
-    WHERE e.model = $2 AND vector_dims(e.embedding) = {dimension}
+    {from}
+    WHERE {gate}e.model = $2 AND vector_dims(e.embedding) = {dimension}
       AND ($3::text[] IS NULL OR r.kind = ANY($3))
       AND ($4::text IS NULL OR r.namespace = $4)
       AND ($5::timestamptz IS NULL OR r.created_at >= $5)
       AND ($6::timestamptz IS NULL OR r.created_at < $6)
     ORDER BY e.embedding::vector({dimension}) <=> $1
     LIMIT $7
-) hits ORDER BY distance, id"
-    )
+)"
+        )
+    };
+    let current = branch(
+        "FROM embeddings e\n    JOIN audit_records r ON r.embedding_id = e.id",
+        "",
+    );
+    // Gated by a one-time test: outside a model change the table is empty and the branch never
+    // runs (an HNSW scan with iterative scans on would otherwise walk the graph looking for a
+    // kept link that does not exist).
+    let kept = branch(
+        "FROM embeddings e\n    JOIN previous_embeddings p ON p.embedding_id = e.id\n    \
+         JOIN audit_records r ON r.id = p.record_id AND r.received_at = p.received_at",
+        "EXISTS (SELECT FROM previous_embeddings) AND ",
+    );
+    format!("SELECT * FROM ({current} UNION ALL {kept}) hits ORDER BY distance, id LIMIT $7")
 }
 
 /// The answer of a queued write.
