@@ -17,9 +17,9 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
 use ds_domain::ports::{WriteRequest, WriteResult};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Group commit settings.
 #[derive(Debug, Clone)]
@@ -46,46 +46,9 @@ impl Default for GroupCommit {
 pub(crate) struct Queued {
     pub request: WriteRequest,
     pub reply: oneshot::Sender<Result<WriteResult, PgStoreError>>,
-    /// Counts the write as pending until its group has committed (or it was dropped).
-    pub pending: Option<PendingGuard>,
-}
-
-/// Writes queued or being committed, so that shutdown can wait for them ([`Pending::idle`]).
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl Pending {
-    pub fn enter(self: &Arc<Self>) -> PendingGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        PendingGuard(self.clone())
-    }
-
-    /// Resolves once no write is queued or being committed.
-    pub async fn idle(&self) {
-        loop {
-            // Registered before the check: a wake-up between the check and the await is not lost.
-            let notified = self.idle.notified();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// One pending write; dropping it ends it.
-#[derive(Debug)]
-pub(crate) struct PendingGuard(Arc<Pending>);
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
+    /// Counts the write as pending until its group has committed (or it was dropped): shutdown
+    /// waits for the tracker to be empty.
+    pub pending: Option<TaskTrackerToken>,
 }
 
 /// Writes waiting for a commit slot, at most (the admission layer bounds them well before).

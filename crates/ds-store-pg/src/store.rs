@@ -29,6 +29,7 @@ use serde_json::{Map, Value};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 /// Connection pool settings.
 #[derive(Debug, Clone)]
@@ -67,7 +68,7 @@ pub struct PgStore {
     /// The group-commit queue, started on first write.
     writer: Arc<OnceLock<mpsc::Sender<Queued>>>,
     /// Writes queued or committing (what [`PgStore::close`] waits for).
-    pending: Arc<group::Pending>,
+    pending: TaskTracker,
     /// The runtime the store was built on. The group commits run there, not on the runtime of
     /// whichever caller writes first: actix gives each HTTP worker its own single-threaded runtime,
     /// and all database I/O would otherwise share one worker's thread.
@@ -193,7 +194,7 @@ impl PgStore {
             pool,
             group_commit: settings.group_commit.clone(),
             writer: Arc::new(OnceLock::new()),
-            pending: Arc::default(),
+            pending: TaskTracker::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             known_vectors: Arc::new(quick_cache::sync::Cache::new(KNOWN_VECTORS)),
             target,
@@ -369,7 +370,8 @@ impl PgStore {
     /// connections in use when they are returned; the sequencer's connection is closed after its
     /// current run. Bound it with a timeout.
     pub async fn close(&self) {
-        self.pending.idle().await;
+        self.pending.close();
+        self.pending.wait().await;
         self.pool.close();
         if let Some(r) = &self.replica {
             r.pool.close();
@@ -490,7 +492,7 @@ impl AuditStore for PgStore {
             .send(Queued {
                 request,
                 reply,
-                pending: Some(self.pending.enter()),
+                pending: Some(self.pending.token()),
             })
             .await
             .map_err(|_| PgStoreError::Pool("the write queue is closed".into()))?;
