@@ -56,6 +56,7 @@ fn main() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("ci") => ci(&root),
         Some("conformance") => conformance::conformance(&root),
+        Some("architecture") => architecture_checks(),
         Some("bench") => bench::bench(&root, &args[1..]),
         Some("migrate") => migrate(&root),
         Some("migration") => match (args.get(1).map(String::as_str), args.get(2)) {
@@ -71,6 +72,7 @@ fn main() -> Result<()> {
                  dev               run the service on 127.0.0.1:8080 (metrics :9090) with a local PostgreSQL + pgvector\n  \
                  test [ARGS]       run the whole test suite (ARGS go to cargo nextest run)\n  \
                  ci                fmt check + clippy -D warnings + architecture checks + test + conformance\n  \
+                 architecture      each framework, driver or client only in the crate that adapts it\n  \
                  conformance       the service against its OpenAPI document with schemathesis (pinned, from PyPI)\n  \
                  bench [OPTIONS]   the service against its pgbench baselines (--sizes 0,100k,1M --seconds 10 --conns 1,16,64)\n  \
                  migrate           apply pending migrations to DATABASE_URL, or to the dev cluster (`dev`'s database)\n  \
@@ -561,41 +563,99 @@ fn ci(root: &Path) -> Result<()> {
 }
 
 /// Architecture invariants that a build cannot see.
-fn architecture_checks() -> Result<()> {
-    step("architecture: ds-domain depends on no framework, driver or client");
-    for krate in FORBIDDEN_IN_DOMAIN {
-        let out = Command::new("cargo")
-            .args(["tree", "-p", "ds-domain", "-e", "normal", "-i", krate])
-            .output()
-            .context("running cargo tree")?;
-        // `cargo tree -i X` fails with "did not match any packages" when X is absent from the graph of
-        // ds-domain; it prints X's reverse tree when X is present.
-        let printed = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && !printed.trim().is_empty() {
-            bail!("ds-domain depends on {krate}:\n{printed}");
+/// Which workspace crates may depend directly on each framework, driver or client: everything else
+/// reaches it through a port. (`ds-tests` drives the real parts from outside, so it may use them.)
+const OWNERS: [(&str, &[&str]); 8] = [
+    ("diesel", &["ds-store-pg", "ds-tests"]),
+    ("diesel-async", &["ds-store-pg", "ds-tests"]),
+    ("tokio-postgres", &["ds-store-pg"]),
+    ("actix-web", &["ds-http", "ds-server", "ds-tests"]),
+    ("kube", &["ds-auth-kube"]),
+    ("async-openai", &["ds-embed-openai"]),
+    ("reqwest", &["ds-embed-openai", "ds-server", "ds-tests"]),
+    ("candle-core", &["ds-embed-local"]),
+];
+
+/// The workspace's library crates, from `cargo metadata`.
+fn library_crates() -> Result<Vec<String>> {
+    let out = Command::new("cargo")
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading cargo metadata")?;
+    let mut libs = Vec::new();
+    for package in meta["packages"].as_array().into_iter().flatten() {
+        let is_lib = package["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                t["kind"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|k| k == "lib")
+            });
+        if is_lib && let Some(name) = package["name"].as_str() {
+            libs.push(name.to_owned());
         }
     }
-    step("architecture: only ds-store-pg knows SQL (diesel), only ds-http knows actix-web");
-    for (krate, allowed) in [
-        ("diesel", ["ds-store-pg", "ds-tests"]),
-        ("actix-web", ["ds-http", "ds-server"]),
-    ] {
-        for member in ["ds-domain", "ds-embed-local", "ds-store-pg", "ds-http"] {
-            if allowed.contains(&member) {
-                continue;
-            }
-            let out = Command::new("cargo")
-                .args([
-                    "tree", "-p", member, "-e", "normal", "--depth", "1", "--prefix", "none",
-                ])
-                .output()
-                .context("running cargo tree")?;
-            let direct = String::from_utf8_lossy(&out.stdout);
-            if direct
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(krate))
-            {
-                bail!("{member} depends directly on {krate}, which belongs to {allowed:?}");
+    if libs.len() < 2 {
+        bail!("cargo metadata listed {} library crate(s)", libs.len());
+    }
+    Ok(libs)
+}
+
+/// The names of `member`'s normal dependencies, all of them or (`direct`) the first level only.
+/// Fails closed: an error of `cargo tree`, or an answer that does not start with `member`, is an error,
+/// never an empty list.
+fn dependencies(member: &str, direct: bool) -> Result<Vec<String>> {
+    let mut args = vec!["tree", "-p", member, "-e", "normal", "--prefix", "none"];
+    if direct {
+        args.extend(["--depth", "1"]);
+    }
+    let out = Command::new("cargo")
+        .args(&args)
+        .output()
+        .context("running cargo tree")?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let mut names = printed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned));
+    if !out.status.success() || names.next().as_deref() != Some(member) {
+        bail!(
+            "cargo tree -p {member} did not list {member}'s dependencies: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(names.collect())
+}
+
+fn architecture_checks() -> Result<()> {
+    step("architecture: ds-domain depends on no framework, driver or client");
+    let domain = dependencies("ds-domain", false)?;
+    for krate in FORBIDDEN_IN_DOMAIN {
+        if domain.iter().any(|d| d == krate) {
+            bail!("ds-domain depends on {krate} (cargo tree -p ds-domain -e normal -i {krate})");
+        }
+    }
+    let libs = library_crates()?;
+    step(&format!(
+        "architecture: each framework, driver or client only in its adapter ({} library crates)",
+        libs.len()
+    ));
+    for member in &libs {
+        let direct = dependencies(member, true)?;
+        for (krate, owners) in OWNERS {
+            if !owners.contains(&member.as_str()) && direct.iter().any(|d| d == krate) {
+                bail!("{member} depends directly on {krate}, which belongs to {owners:?}");
             }
         }
     }
