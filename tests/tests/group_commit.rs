@@ -11,7 +11,7 @@ use ds_domain::ports::{
     AuditStore, IdempotencyClaim, StoreError, WriteOutcome, WriteRequest, WriteResult, WriteStatus,
 };
 use ds_domain::service::request_digest;
-use ds_store_pg::{GroupCommit, PgStore, PoolSettings};
+use ds_store_pg::{GroupCommitSettings, PgStore, PoolSettings};
 use ds_tests::TestDb;
 use ds_tests::writes::{record, request};
 
@@ -19,9 +19,9 @@ fn store(db: &TestDb, slots: usize) -> PgStore {
     PgStore::new(
         &db.url,
         &PoolSettings {
-            group_commit: GroupCommit {
+            group_commit: GroupCommitSettings {
                 max_in_flight: slots,
-                ..GroupCommit::default()
+                ..GroupCommitSettings::default()
             },
             ..PoolSettings::default()
         },
@@ -67,7 +67,7 @@ async fn a_group_commits_once_and_answers_each_write() {
     let db = TestDb::new().await.unwrap();
     let s = store(&db, 1);
     let results = s
-        .write_together(vec![
+        .commit_as_one_group(vec![
             request(vec![record(1)], 384),
             request(vec![record(2), record(3), record(4)], 384),
             request(vec![record(5)], 384),
@@ -98,7 +98,7 @@ async fn a_record_in_two_writes_of_a_group_is_created_for_the_first() {
     let db = TestDb::new().await.unwrap();
     let s = store(&db, 1);
     let results = s
-        .write_together(vec![
+        .commit_as_one_group(vec![
             request(vec![record(1)], 384),
             request(vec![record(1), record(2)], 384),
         ])
@@ -113,7 +113,7 @@ async fn a_record_in_two_writes_of_a_group_is_created_for_the_first() {
 
     // And against a record stored by an earlier transaction.
     let later = s
-        .write_together(vec![
+        .commit_as_one_group(vec![
             request(vec![record(2)], 384),
             request(vec![record(3)], 384),
         ])
@@ -128,7 +128,7 @@ async fn a_key_repeated_in_a_group_replays_the_first_answer_or_conflicts() {
     let db = TestDb::new().await.unwrap();
     let s = store(&db, 1);
     let results = s
-        .write_together(vec![
+        .commit_as_one_group(vec![
             keyed(vec![record(1)], "alice", "k1"),
             keyed(vec![record(1)], "alice", "k1"),
             keyed(vec![record(2)], "alice", "k1"),
@@ -157,7 +157,7 @@ async fn a_key_repeated_in_a_group_replays_the_first_answer_or_conflicts() {
 
     // A key stored by an earlier transaction is answered inside a later group as well.
     let again = s
-        .write_together(vec![
+        .commit_as_one_group(vec![
             keyed(vec![record(1)], "alice", "k1"),
             request(vec![record(4)], 384),
         ])
@@ -184,7 +184,7 @@ async fn one_failing_write_does_not_fail_its_group() {
     .unwrap();
     let s = store(&db, 1);
     let results = s
-        .write_together(vec![
+        .commit_as_one_group(vec![
             request(vec![record(1)], 384),
             request(vec![record(2)], 3),
             request(vec![record(3)], 384),

@@ -56,10 +56,10 @@ pub struct BatchingEmbedder {
     queue: mpsc::Sender<Job>,
 }
 
-/// A request in the queue; await it for the vectors.
-pub struct Pending(oneshot::Receiver<Reply>);
+/// A request handed to the batcher: [`BatchTicket::wait`] for its vectors.
+pub struct BatchTicket(oneshot::Receiver<Reply>);
 
-impl Pending {
+impl BatchTicket {
     pub async fn wait(self) -> Reply {
         self.0.await.unwrap_or_else(|_| {
             Err(EmbedError::Unavailable(
@@ -77,13 +77,13 @@ impl BatchingEmbedder {
     }
 
     /// Puts a request in the queue (waiting for room if it is full) and returns at once.
-    pub async fn submit(&self, texts: Vec<String>) -> Result<Pending, EmbedError> {
+    pub async fn submit(&self, texts: Vec<String>) -> Result<BatchTicket, EmbedError> {
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Job { texts, reply })
             .await
             .map_err(|_| EmbedError::Unavailable("the embedding batcher stopped".into()))?;
-        Ok(Pending(rx))
+        Ok(BatchTicket(rx))
     }
 }
 

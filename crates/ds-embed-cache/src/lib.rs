@@ -17,7 +17,7 @@
 pub mod batch;
 
 use async_trait::async_trait;
-pub use batch::{BatchSettings, BatchingEmbedder, Pending};
+pub use batch::{BatchSettings, BatchTicket, BatchingEmbedder};
 use ds_domain::digest::{Sha256Digest, embedding_digest};
 use ds_domain::ports::{EmbedError, Embedder, ProviderHealth};
 use quick_cache::sync::Cache;

@@ -18,8 +18,8 @@
 //!
 //! The token never leaves this module except to the authenticator: not logged, not in errors.
 
+use crate::admission::{Caller, client_ip};
 use crate::error::ApiError;
-use crate::guard::{Caller, client_ip};
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;

@@ -81,7 +81,7 @@ pub(crate) async fn guarded<T>(
     }
 }
 
-fn with_rate(mut response: HttpResponse, rate: crate::guard::RateInfo) -> HttpResponse {
+fn with_rate(mut response: HttpResponse, rate: crate::admission::RateInfo) -> HttpResponse {
     if rate.limit > 0 {
         for (k, v) in rate.headers() {
             response.headers_mut().insert(k, v);

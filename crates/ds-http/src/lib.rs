@@ -3,10 +3,10 @@
 //!
 //! Architecture invariant: only this crate knows JSON DTOs and status codes.
 
+pub mod admission;
 pub mod auth;
 pub mod dto;
 pub mod error;
-pub mod guard;
 mod handlers;
 mod hold_handlers;
 mod log_handlers;
@@ -65,7 +65,7 @@ pub struct AppState {
     pub log: ds_domain::log::LogService,
     pub limits: Limits,
     /// Rate limits and load shedding.
-    pub admission: guard::Admission,
+    pub admission: admission::Admission,
     /// Who may call: the authorization gate every API handler's `Authorized<_>` asks.
     pub gate: auth::Gate,
     /// Peers whose `X-Forwarded-For` is believed (for the gate's per-peer limit).
@@ -134,14 +134,19 @@ impl AppState {
     /// With the default admission settings (500 writes/s, burst 750 per caller; 128 requests in the
     /// database).
     pub fn new(service: AuditService, log: ds_domain::log::LogService, limits: Limits) -> Self {
-        Self::with_admission(service, log, limits, guard::AdmissionSettings::default())
+        Self::with_admission(
+            service,
+            log,
+            limits,
+            admission::AdmissionSettings::default(),
+        )
     }
 
     pub fn with_admission(
         service: AuditService,
         log: ds_domain::log::LogService,
         limits: Limits,
-        admission: guard::AdmissionSettings,
+        admission: admission::AdmissionSettings,
     ) -> Self {
         let startup = Arc::new(Startup::done());
         AppState {
@@ -149,7 +154,7 @@ impl AppState {
             log,
             limits,
             trusted_proxies: admission.trusted_proxies.clone(),
-            admission: guard::Admission::new(admission),
+            admission: admission::Admission::new(admission),
             gate: auth::Gate::open(startup.clone()),
             shutting_down: Arc::new(AtomicBool::new(false)),
             startup,

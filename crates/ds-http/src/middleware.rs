@@ -138,7 +138,7 @@ pub async fn envelope(
     let caller = res
         .request()
         .extensions()
-        .get::<crate::guard::Caller>()
+        .get::<crate::admission::Caller>()
         .map(|c| c.username.clone());
     let status = res.status().as_u16();
     let elapsed = started.elapsed();

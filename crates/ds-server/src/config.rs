@@ -237,7 +237,7 @@ pub struct Config {
     /// Group commit: `DATASTORAGE_DB_WRITE_SLOTS` (write transactions at once, default 4, at most the pool size),
     /// `DATASTORAGE_DB_GROUP_MAX_RECORDS` (records per shared transaction, default 1000),
     /// `DATASTORAGE_DB_GROUP_WAIT_US` (how long a free slot waits for more writes, default 0).
-    pub group_commit: ds_store_pg::GroupCommit,
+    pub group_commit: ds_store_pg::GroupCommitSettings,
     /// `DATASTORAGE_SEARCH_EF_SEARCH`: pgvector's `hnsw.ef_search` (default 100, 1–1000).
     pub search_ef_search: u32,
     /// Request limits: `DATASTORAGE_MAX_BODY_BYTES` (2 MiB), `DATASTORAGE_MAX_BATCH_BODY_BYTES`
@@ -248,7 +248,7 @@ pub struct Config {
     /// `DATASTORAGE_RATE_LIMIT_BURST` (750), `DATASTORAGE_DB_CONCURRENCY` (requests in the database at
     /// once, default 8 × pool size), `DATASTORAGE_TRUSTED_PROXIES` (comma-separated IPs whose
     /// `X-Forwarded-For` is believed; default none).
-    pub admission: ds_http::guard::AdmissionSettings,
+    pub admission: ds_http::admission::AdmissionSettings,
     /// The transparency log: `log.*`.
     pub log: LogSettings,
     /// Retention and the maintenance task: `retention.*`.
@@ -557,7 +557,7 @@ impl Config {
                 "DATASTORAGE_DB_STATEMENT_TIMEOUT_MS",
                 10_000,
             )?),
-            group_commit: ds_store_pg::GroupCommit {
+            group_commit: ds_store_pg::GroupCommitSettings {
                 max_in_flight: parse(get, "DATASTORAGE_DB_WRITE_SLOTS", db_pool_size.clamp(1, 4))?,
                 max_records: parse(get, "DATASTORAGE_DB_GROUP_MAX_RECORDS", 1000)?,
                 max_wait: Duration::from_micros(parse(get, "DATASTORAGE_DB_GROUP_WAIT_US", 0)?),
@@ -705,7 +705,7 @@ impl Config {
     fn admission(
         get: &dyn Fn(&str) -> Option<String>,
         pool: usize,
-    ) -> Result<ds_http::guard::AdmissionSettings, ConfigError> {
+    ) -> Result<ds_http::admission::AdmissionSettings, ConfigError> {
         let trusted_proxies = match get("DATASTORAGE_TRUSTED_PROXIES") {
             None => Vec::new(),
             Some(list) => list
@@ -720,8 +720,8 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let d = ds_http::guard::AdmissionSettings::default();
-        let a = ds_http::guard::AdmissionSettings {
+        let d = ds_http::admission::AdmissionSettings::default();
+        let a = ds_http::admission::AdmissionSettings {
             writes_per_second: parse(
                 get,
                 "DATASTORAGE_RATE_LIMIT_WRITES_PER_SECOND",

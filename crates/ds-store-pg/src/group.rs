@@ -1,7 +1,7 @@
 //! Group commit: concurrent writes share one transaction.
 //!
 //! Writes queue for a bounded number of commit slots. A free slot takes every write that is queued
-//! (up to [`GroupCommit::max_records`] records), optionally lingers up to [`GroupCommit::max_wait`]
+//! (up to [`GroupCommitSettings::max_records`] records), optionally lingers up to [`GroupCommitSettings::max_wait`]
 //! for more, and commits them together ([`crate::write`]). With no linger (the default) a lone write
 //! goes out at once; groups form only while every slot is busy, that is exactly when the database is
 //! the bottleneck and one commit for many writes pays. Nothing is answered before its commit.
@@ -23,7 +23,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Group commit settings.
 #[derive(Debug, Clone)]
-pub struct GroupCommit {
+pub struct GroupCommitSettings {
     /// Transactions writing at the same time (commit slots).
     pub max_in_flight: usize,
     /// Records per group transaction; a single request with more still goes alone.
@@ -32,9 +32,9 @@ pub struct GroupCommit {
     pub max_wait: Duration,
 }
 
-impl Default for GroupCommit {
+impl Default for GroupCommitSettings {
     fn default() -> Self {
-        GroupCommit {
+        GroupCommitSettings {
             max_in_flight: 4,
             max_records: 1000,
             max_wait: Duration::ZERO,
@@ -60,7 +60,7 @@ pub(crate) fn start(
     runtime: Option<tokio::runtime::Handle>,
     pool: Pool<AsyncPgConnection>,
     target: Arc<Target>,
-    settings: GroupCommit,
+    settings: GroupCommitSettings,
 ) -> mpsc::Sender<Queued> {
     let (tx, rx) = mpsc::channel(QUEUE);
     match runtime {
@@ -73,7 +73,7 @@ pub(crate) fn start(
 async fn dispatch(
     pool: Pool<AsyncPgConnection>,
     target: Arc<Target>,
-    settings: GroupCommit,
+    settings: GroupCommitSettings,
     mut rx: mpsc::Receiver<Queued>,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));

@@ -19,7 +19,7 @@ mod tlog;
 mod write;
 
 pub use error::{PgStoreError, unavailable_reason};
-pub use group::GroupCommit;
+pub use group::GroupCommitSettings;
 pub use pgv::Embedding;
 pub use query::explain_list;
 pub use replica::{ReplicaSettings, ReplicaStatus};

@@ -2,7 +2,7 @@
 
 use crate::connect::Target;
 use crate::error::PgStoreError;
-use crate::group::{self, GroupCommit, Queued, pool_error};
+use crate::group::{self, GroupCommitSettings, Queued, pool_error};
 use crate::pgv::Embedding;
 use crate::replica::{Replica, ReplicaSettings, ReplicaStatus};
 use crate::rows::{RecordRow, SearchRow};
@@ -42,7 +42,7 @@ pub struct PoolSettings {
     /// PostgreSQL's `statement_timeout` on every connection (zero: none).
     pub statement_timeout: Duration,
     /// How concurrent writes share transactions.
-    pub group_commit: GroupCommit,
+    pub group_commit: GroupCommitSettings,
     /// pgvector's `hnsw.ef_search`: candidates an HNSW search keeps (recall against latency).
     pub ef_search: u32,
 }
@@ -54,7 +54,7 @@ impl Default for PoolSettings {
             wait_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
-            group_commit: GroupCommit::default(),
+            group_commit: GroupCommitSettings::default(),
             ef_search: 100,
         }
     }
@@ -64,7 +64,7 @@ impl Default for PoolSettings {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
-    group_commit: GroupCommit,
+    group_commit: GroupCommitSettings,
     /// The group-commit queue, started on first write.
     writer: Arc<OnceLock<mpsc::Sender<Queued>>>,
     /// Writes queued or committing (what [`PgStore::close`] waits for).
@@ -337,9 +337,11 @@ impl PgStore {
         }
     }
 
-    /// Writes `requests` as one group, as group commit does when they arrive together: one
-    /// transaction (or each alone if the group fails), one answer per request, in order.
-    pub async fn write_together(
+    /// Test hook (feature `test-hooks`): writes `requests` as one group, as group commit does when
+    /// they arrive together: one transaction (or each alone if the group fails), one answer per
+    /// request, in order. Group commit forms groups only under load; this forms one on purpose.
+    #[cfg(feature = "test-hooks")]
+    pub async fn commit_as_one_group(
         &self,
         requests: Vec<WriteRequest>,
     ) -> Vec<Result<WriteResult, StoreError>> {

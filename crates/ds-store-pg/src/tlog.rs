@@ -78,7 +78,7 @@ struct QueuedBatch {
 }
 
 /// A record taken off the queue.
-struct Pending {
+struct QueuedLeaf {
     record_id: i64,
     kind: String,
     leaf_hash: Option<Hash>,
@@ -463,7 +463,7 @@ async fn integrate(
     .bind::<BigInt, _>(to_i64(max as u64))
     .load::<QueuedBatch>(c)
     .await?;
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut pending: Vec<QueuedLeaf> = Vec::new();
     for b in batches {
         if b.kinds.len() != b.record_ids.len() || b.leaf_hashes.len() != 32 * b.record_ids.len() {
             return Err(PgStoreError::Corrupt(
@@ -478,7 +478,7 @@ async fn integrate(
         {
             // 32 zero bytes: the insert did not compute it (no SHA-256 output is that).
             let leaf_hash = (h != [0; 32]).then(|| hash(h)).transpose()?;
-            pending.push(Pending {
+            pending.push(QueuedLeaf {
                 record_id,
                 kind,
                 leaf_hash,
