@@ -4,6 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+use ds_domain::kind::Kind;
+use ds_metrics::labels::{AuthFailure, ConnState, Field, ProviderFailure, Route};
+use ds_metrics::{
+    AUDIT_WRITES, AUTH_FAILURES, DB_POOL_CONNECTIONS, EMBEDDING_PROVIDER_ERRORS, HTTP_REQUESTS,
+    Label, VALIDATION_FAILURES,
+};
 use ds_server::telemetry::{CATALOGUE, Type};
 use ds_tests::kube_server::{FakeKubeApi, TokenInfo};
 use ds_tests::openai_server::{FakeOpenAi, Script};
@@ -376,29 +382,35 @@ async fn every_catalogued_metric_is_emitted_with_its_type_and_labels_and_the_ale
             .iter()
             .any(|(n, l)| n == name && l.get(key).is_some_and(|v| v == value))
     };
+    // Series named by the declarations and their label types, as the service emits them.
+    let route = |r: Route| r.value().to_string();
     assert!(has(
-        "datastorage_http_requests_total",
-        "route",
-        "/api/v1/audit/{kind}/{id}"
+        HTTP_REQUESTS.def.name,
+        Route::NAME,
+        &route(Route::matched(Some("/api/v1/audit/{kind}/{id}".into())))
     ));
-    assert!(has("datastorage_http_requests_total", "route", "unmatched"));
-    assert!(has("datastorage_audit_writes_total", "kind", "execution"));
+    assert!(has(HTTP_REQUESTS.def.name, Route::NAME, Route::UNMATCHED));
     assert!(has(
-        "datastorage_validation_failures_total",
-        "field",
-        "phase"
+        AUDIT_WRITES.def.name,
+        Kind::NAME,
+        Kind::Execution.as_str()
+    ));
+    assert!(has(VALIDATION_FAILURES.def.name, Field::NAME, "phase"));
+    assert!(has(
+        AUTH_FAILURES.def.name,
+        AuthFailure::NAME,
+        AuthFailure::Forbidden.as_str()
     ));
     assert!(has(
-        "datastorage_auth_failures_total",
-        "reason",
-        "forbidden"
+        EMBEDDING_PROVIDER_ERRORS.def.name,
+        ProviderFailure::NAME,
+        ProviderFailure::ServerError.as_str()
     ));
     assert!(has(
-        "datastorage_embedding_provider_errors_total",
-        "kind",
-        "server_error"
+        DB_POOL_CONNECTIONS.def.name,
+        ConnState::NAME,
+        ConnState::InUse.as_str()
     ));
-    assert!(has("datastorage_db_pool_connections", "state", "in_use"));
     assert!(!text.contains("writer-token") && !text.contains("scraper-token"));
 
     // Alerts, dashboard and docs name only catalogued metrics, and those are emitted.

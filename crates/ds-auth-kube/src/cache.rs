@@ -10,6 +10,7 @@
 
 use async_trait::async_trait;
 use ds_domain::ports::{Access, AuthError, Authenticator, Identity};
+use ds_metrics::labels::Decision;
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 use std::hash::Hash;
@@ -71,7 +72,7 @@ impl CachedAuthenticator {
 async fn cached<K, V, F>(
     cache: &Cache<K, (Instant, V)>,
     key: K,
-    decision: &'static str,
+    decision: Decision,
     ttl: impl Fn(&V) -> Option<Duration>,
     compute: F,
 ) -> V
@@ -83,8 +84,7 @@ where
     loop {
         match cache.get_value_or_guard_async(&key).await {
             Ok((expires, v)) if Instant::now() < expires => {
-                metrics::counter!("datastorage_auth_cache_hits_total", "decision" => decision)
-                    .increment(1);
+                ds_metrics::AUTH_CACHE_HITS.with((decision,)).increment(1);
                 return v;
             }
             Ok(_) => {
@@ -92,8 +92,7 @@ where
                 cache.remove_if(&key, |(expires, _)| *expires <= now);
             }
             Err(guard) => {
-                metrics::counter!("datastorage_auth_cache_misses_total", "decision" => decision)
-                    .increment(1);
+                ds_metrics::AUTH_CACHE_MISSES.with((decision,)).increment(1);
                 let v = compute().await;
                 if let Some(ttl) = ttl(&v) {
                     let _ = guard.insert((Instant::now() + ttl, v.clone()));
@@ -111,7 +110,7 @@ impl Authenticator for CachedAuthenticator {
         cached(
             &self.authn,
             key,
-            "authn",
+            Decision::Authn,
             |v| match v {
                 Ok(_) => Some(self.ttl(true)),
                 Err(AuthError::Unauthenticated(_)) => Some(self.ttl(false)),
@@ -126,7 +125,8 @@ impl Authenticator for CachedAuthenticator {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let (expires, answer) = self.authn.get(&key)?;
         (Instant::now() < expires).then(|| {
-            metrics::counter!("datastorage_auth_cache_hits_total", "decision" => "authn")
+            ds_metrics::AUTH_CACHE_HITS
+                .with((Decision::Authn,))
                 .increment(1);
             answer
         })
@@ -137,7 +137,7 @@ impl Authenticator for CachedAuthenticator {
         cached(
             &self.authz,
             key,
-            "authz",
+            Decision::Authz,
             |v: &Result<bool, AuthError>| match v {
                 Ok(allowed) => Some(self.ttl(*allowed)),
                 Err(_) => None,

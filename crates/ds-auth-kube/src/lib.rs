@@ -16,6 +16,7 @@ pub use cache::{CacheSettings, CachedAuthenticator};
 
 use async_trait::async_trait;
 use ds_domain::ports::{Access, AuthError, Authenticator, Identity};
+use ds_metrics::labels::Review;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -202,7 +203,9 @@ fn allowed_by(list: &[String], who: &Identity) -> bool {
 #[async_trait]
 impl Authenticator for KubeAuthenticator {
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
-        metrics::counter!("datastorage_auth_reviews_total", "review" => "tokenreview").increment(1);
+        ds_metrics::AUTH_REVIEWS
+            .with((Review::TokenReview,))
+            .increment(1);
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -256,7 +259,8 @@ impl Authenticator for KubeAuthenticator {
                 }
             }),
             Authorization::SubjectAccessReview => {
-                metrics::counter!("datastorage_auth_reviews_total", "review" => "subjectaccessreview")
+                ds_metrics::AUTH_REVIEWS
+                    .with((Review::SubjectAccessReview,))
                     .increment(1);
                 let mut spec = SubjectAccessReviewSpec {
                     user: Some(who.username.clone()),

@@ -138,7 +138,7 @@ async fn collect(inner: Arc<dyn Embedder>, mut rx: mpsc::Receiver<Job>, s: Batch
 }
 
 async fn run(inner: &dyn Embedder, batch: Vec<Job>, size: usize) {
-    metrics::histogram!("datastorage_embedding_batch_size").record(size as f64);
+    ds_metrics::EMBEDDING_BATCH_SIZE.record(size as f64);
     let mut texts = Vec::with_capacity(size);
     let mut parts = Vec::with_capacity(batch.len());
     for job in batch {
@@ -147,7 +147,8 @@ async fn run(inner: &dyn Embedder, batch: Vec<Job>, size: usize) {
     }
     let started = std::time::Instant::now();
     let result = inner.embed(texts).await;
-    metrics::histogram!("datastorage_embedding_generation_duration_seconds", "provider" => inner.provider())
+    ds_metrics::EMBEDDING_GENERATION_DURATION_SECONDS
+        .with((ds_metrics::labels::Provider(inner.provider()),))
         .record(started.elapsed().as_secs_f64());
     let error = match result {
         Ok(vectors) if vectors.len() == size => {

@@ -128,8 +128,8 @@ impl Embedder for CachedEmbedder {
                 }
             }
         }
-        metrics::counter!("datastorage_embedding_cache_hits_total").increment(hits);
-        metrics::counter!("datastorage_embedding_cache_misses_total").increment(misses);
+        ds_metrics::EMBEDDING_CACHE_HITS.increment(hits);
+        ds_metrics::EMBEDDING_CACHE_MISSES.increment(misses);
         if !guards.is_empty() {
             let missing: Vec<String> = guards.iter().map(|(_, t, _)| t.clone()).collect();
             let vectors = self.inner.embed(missing).await?;

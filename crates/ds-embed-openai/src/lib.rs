@@ -12,7 +12,7 @@
 //! - The API key never appears in logs, errors or `Debug` output.
 //!
 //! Metrics: `datastorage_embedding_provider_errors_total{provider="openai",kind}` (per failed attempt,
-//! kinds in [`FailureKind::label`]), `datastorage_embedding_provider_retries_total{provider}`,
+//! kinds in [`FailureKind`]), `datastorage_embedding_provider_retries_total{provider}`,
 //! `datastorage_embedding_circuit_open{provider}` (1 while open).
 
 pub mod breaker;
@@ -28,6 +28,9 @@ use ds_domain::ports::{EmbedError, Embedder, ProviderHealth};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 pub use transport::{FailureKind, RetryPolicy, TransportError};
+
+/// The `provider` label of this adapter's metrics.
+pub(crate) const OPENAI: ds_metrics::labels::Provider = ds_metrics::labels::Provider("openai");
 use transport::{RetryingTransport, count_failure};
 
 /// Installs rustls' ring provider as the process default; later calls do nothing. Every reqwest client
@@ -144,7 +147,8 @@ impl Outcome<'_> {
         let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
         let r = f(&mut b);
         let open = matches!(b.state(), State::Open { .. });
-        metrics::gauge!("datastorage_embedding_circuit_open", "provider" => "openai")
+        ds_metrics::EMBEDDING_CIRCUIT_OPEN
+            .with((OPENAI,))
             .set(if open { 1.0 } else { 0.0 });
         r
     }

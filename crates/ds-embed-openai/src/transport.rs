@@ -52,33 +52,9 @@ impl RetryPolicy {
     }
 }
 
-/// Why an attempt failed, as counted in `datastorage_embedding_provider_errors_total{kind}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    RateLimited,
-    ServerError,
-    Timeout,
-    Connect,
-    ClientError,
-    Malformed,
-    InvalidOutput,
-    CircuitOpen,
-}
-
-impl FailureKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureKind::RateLimited => "rate_limited",
-            FailureKind::ServerError => "server_error",
-            FailureKind::Timeout => "timeout",
-            FailureKind::Connect => "connect",
-            FailureKind::ClientError => "client_error",
-            FailureKind::Malformed => "malformed",
-            FailureKind::InvalidOutput => "invalid_output",
-            FailureKind::CircuitOpen => "circuit_open",
-        }
-    }
-}
+/// Why an attempt failed, as counted in `datastorage_embedding_provider_errors_total{kind}` (the
+/// metric's label type).
+pub use ds_metrics::labels::ProviderFailure as FailureKind;
 
 /// A call that still failed after its retries.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +70,8 @@ pub struct TransportError {
 }
 
 pub(crate) fn count_failure(kind: FailureKind) {
-    metrics::counter!("datastorage_embedding_provider_errors_total", "provider" => "openai", "kind" => kind.label())
+    ds_metrics::EMBEDDING_PROVIDER_ERRORS
+        .with((crate::OPENAI, kind))
         .increment(1);
 }
 
@@ -229,10 +206,11 @@ impl RetryingTransport {
                 ));
             }
             retries += 1;
-            metrics::counter!("datastorage_embedding_provider_retries_total", "provider" => "openai")
+            ds_metrics::EMBEDDING_PROVIDER_RETRIES
+                .with((crate::OPENAI,))
                 .increment(1);
             tracing::debug!(
-                kind = kind.label(),
+                kind = kind.as_str(),
                 retry = retries,
                 delay_ms = delay.as_millis() as u64,
                 "retrying the embedding provider"

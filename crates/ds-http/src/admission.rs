@@ -122,7 +122,7 @@ impl Rate {
     }
 
     fn limited(&self, retry_after: std::time::Duration, what: &'static str) -> ApiError {
-        metrics::counter!("datastorage_rate_limit_exceeded_total").increment(1);
+        ds_metrics::RATE_LIMIT_EXCEEDED.increment(1);
         ApiError::RateLimited {
             retry_after_secs: crate::auth::ceil_secs(retry_after),
             rate: self.per_second,
@@ -283,7 +283,7 @@ impl Admission {
     /// request that would be shed costs no memory.
     pub fn check_capacity(&self) -> Result<(), ApiError> {
         if self.db.available_permits() == 0 {
-            metrics::counter!("datastorage_load_shed_total").increment(1);
+            ds_metrics::LOAD_SHED.increment(1);
             return Err(ApiError::Overloaded);
         }
         Ok(())
@@ -314,7 +314,7 @@ impl Admission {
             }
             let n = u32::try_from(n).map_err(|_| ApiError::PayloadTooLarge(limit))?;
             let permit = self.bodies.clone().try_acquire_many_owned(n).map_err(|_| {
-                metrics::counter!("datastorage_load_shed_total").increment(1);
+                ds_metrics::LOAD_SHED.increment(1);
                 ApiError::BodyBudget
             })?;
             match held {
@@ -348,7 +348,7 @@ impl Admission {
     /// A slot in the database, or 503 at once when every slot is taken.
     pub fn db_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.db.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("datastorage_load_shed_total").increment(1);
+            ds_metrics::LOAD_SHED.increment(1);
             ApiError::Overloaded
         })
     }

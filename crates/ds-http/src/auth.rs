@@ -25,6 +25,7 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use ds_domain::ports::{Access, AuthError, Authenticator};
+use ds_metrics::labels::AuthFailure;
 use futures_util::future::LocalBoxFuture;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -40,8 +41,8 @@ use std::time::{Duration, Instant};
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Why a request was refused, as counted in `datastorage_auth_failures_total{reason}`.
-fn count_failure(reason: &'static str) {
-    metrics::counter!("datastorage_auth_failures_total", "reason" => reason).increment(1);
+fn count_failure(reason: AuthFailure) {
+    ds_metrics::AUTH_FAILURES.with((reason,)).increment(1);
 }
 
 /// An access level a handler requires, as a type.
@@ -212,7 +213,7 @@ impl Gate {
         if let Some(until) = self.blocked.get(&peer) {
             let now = Instant::now();
             if until > now {
-                count_failure("too_many_failures");
+                count_failure(AuthFailure::TooManyFailures);
                 return Err(ApiError::TooManyAuthFailures {
                     retry_after_secs: ceil_secs(until - now),
                 });
@@ -265,7 +266,7 @@ impl Gate {
                 // past a peer's last unit.
                 let slot = tokio::time::timeout(self.review_wait, self.reviews.acquire()).await;
                 let Ok(Ok(_slot)) = slot else {
-                    count_failure("unavailable");
+                    count_failure(AuthFailure::Unavailable);
                     tracing::warn!("authentication unavailable: every review slot stayed busy");
                     return Err(ApiError::AuthUnavailable);
                 };
@@ -276,25 +277,25 @@ impl Gate {
         let who = match answer {
             Ok(who) => who,
             Err(AuthError::Unauthenticated(_)) => {
-                count_failure("invalid_token");
+                count_failure(AuthFailure::InvalidToken);
                 self.charge_failure(peer);
                 return Err(ApiError::Unauthorized(
                     "the bearer token is not valid for this service",
                 ));
             }
             Err(AuthError::Unavailable(e)) => {
-                count_failure("unavailable");
+                count_failure(AuthFailure::Unavailable);
                 tracing::warn!(error = %e, "authentication unavailable: the Kubernetes API could not review the token");
                 return Err(ApiError::AuthUnavailable);
             }
         };
         let allowed = auth.authorize(&who, access).await.map_err(|e| {
-            count_failure("unavailable");
+            count_failure(AuthFailure::Unavailable);
             tracing::warn!(error = %e, caller = %who.username, "authorization unavailable: the Kubernetes API could not answer the access review");
             ApiError::AuthUnavailable
         })?;
         if !allowed {
-            count_failure("forbidden");
+            count_failure(AuthFailure::Forbidden);
             tracing::info!(caller = %who.username, ?access, "access denied");
             return Err(ApiError::Forbidden(access));
         }
@@ -330,13 +331,13 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
         .headers()
         .get_all(actix_web::http::header::AUTHORIZATION);
     let Some(value) = values.next() else {
-        count_failure("missing");
+        count_failure(AuthFailure::Missing);
         return Err(ApiError::Unauthorized(
             "an Authorization: Bearer token is required",
         ));
     };
     let malformed = || {
-        count_failure("malformed");
+        count_failure(AuthFailure::Malformed);
         ApiError::Unauthorized("the Authorization header must be `Bearer <token>`")
     };
     if values.next().is_some() {

@@ -15,6 +15,7 @@ use ds_domain::kind::Kind;
 use ds_domain::ports::{ProviderHealth, StoredRecord};
 use ds_domain::service::IdempotencyKey;
 use ds_domain::{Timestamp, ValidRecord, Violation, parse_record};
+use ds_metrics::labels::{Field, WriteKind, WriteStatus};
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -140,7 +141,8 @@ fn idempotency_key<A>(
 fn count_validation_failures(kind: Kind, err: &AuditError) {
     if let AuditError::Validation(violations) = err {
         for v in violations {
-            metrics::counter!("datastorage_validation_failures_total", "kind" => kind.as_str(), "field" => metric_field(kind, &v.field))
+            ds_metrics::VALIDATION_FAILURES
+                .with((kind, metric_field(kind, &v.field)))
                 .increment(1);
         }
     }
@@ -148,16 +150,16 @@ fn count_validation_failures(kind: Kind, err: &AuditError) {
 
 /// The `field` label of a violation of `path`: its top-level field when `kind` defines it, else
 /// `unknown`.
-pub(crate) fn metric_field(kind: Kind, path: &str) -> &'static str {
+pub(crate) fn metric_field(kind: Kind, path: &str) -> Field {
     let top = path.split(['.', '[']).next().unwrap_or_default();
-    ds_domain::record::defined_field(kind, top).unwrap_or("unknown")
+    ds_domain::record::defined_field(kind, top).map_or(Field::UNKNOWN, Field)
 }
 
-fn count_written(kind: Kind, r: &ValidRecord, status: &str) {
-    metrics::counter!("datastorage_audit_writes_total", "kind" => kind.as_str(), "status" => status.to_owned())
-        .increment(1);
+fn count_written(kind: Kind, r: &ValidRecord, status: WriteStatus) {
+    ds_metrics::AUDIT_WRITES.with((kind, status)).increment(1);
     if !r.unknown.is_empty() {
-        metrics::counter!("datastorage_unknown_fields_total", "kind" => kind.as_str())
+        ds_metrics::UNKNOWN_FIELDS
+            .with((kind,))
             .increment(r.unknown.len() as u64);
     }
 }
@@ -194,7 +196,8 @@ pub(crate) async fn write_one(
         )))
     })?;
     count_written(kind, &counted, status_label(outcome.status));
-    metrics::histogram!("datastorage_audit_write_duration_seconds", "kind" => kind.as_str())
+    ds_metrics::AUDIT_WRITE_DURATION_SECONDS
+        .with((WriteKind::One(kind),))
         .record(started.elapsed().as_secs_f64());
     Ok(with_rate(
         HttpResponse::Created().json(WriteResponse::new(kind, outcome)),
@@ -202,10 +205,10 @@ pub(crate) async fn write_one(
     ))
 }
 
-fn status_label(s: ds_domain::ports::WriteStatus) -> &'static str {
+fn status_label(s: ds_domain::ports::WriteStatus) -> WriteStatus {
     match s {
-        ds_domain::ports::WriteStatus::Created => "created",
-        ds_domain::ports::WriteStatus::Duplicate => "duplicate",
+        ds_domain::ports::WriteStatus::Created => WriteStatus::Created,
+        ds_domain::ports::WriteStatus::Duplicate => WriteStatus::Duplicate,
     }
 }
 
@@ -367,8 +370,9 @@ pub(crate) async fn write_batch(
         count_written(r.kind, r, status_label(o.status));
     }
     drop(body);
-    metrics::histogram!("datastorage_write_batch_size").record(results.len() as f64);
-    metrics::histogram!("datastorage_audit_write_duration_seconds", "kind" => "batch")
+    ds_metrics::WRITE_BATCH_SIZE.record(results.len() as f64);
+    ds_metrics::AUDIT_WRITE_DURATION_SECONDS
+        .with((WriteKind::Batch,))
         .record(started.elapsed().as_secs_f64());
     Ok(with_rate(
         HttpResponse::Created().json(BatchResponse { results }),
@@ -618,15 +622,15 @@ mod tests {
 
     #[test]
     fn validation_labels_name_only_fields_the_kind_defines() {
-        assert_eq!(metric_field(Kind::Remediation, "name"), "name");
-        assert_eq!(metric_field(Kind::Remediation, "labels.app"), "labels");
+        assert_eq!(metric_field(Kind::Remediation, "name").0, "name");
+        assert_eq!(metric_field(Kind::Remediation, "labels.app").0, "labels");
         assert_eq!(
-            metric_field(Kind::Workflow, "stepStatuses[3].name"),
+            metric_field(Kind::Workflow, "stepStatuses[3].name").0,
             "stepStatuses"
         );
-        assert_eq!(metric_field(Kind::Remediation, "id"), "id");
-        assert_eq!(metric_field(Kind::Remediation, "stepStatuses"), "unknown");
-        assert_eq!(metric_field(Kind::Execution, "x-client-42"), "unknown");
-        assert_eq!(metric_field(Kind::Execution, ""), "unknown");
+        assert_eq!(metric_field(Kind::Remediation, "id").0, "id");
+        assert_eq!(metric_field(Kind::Remediation, "stepStatuses").0, "unknown");
+        assert_eq!(metric_field(Kind::Execution, "x-client-42").0, "unknown");
+        assert_eq!(metric_field(Kind::Execution, "").0, "unknown");
     }
 }

@@ -10,6 +10,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse};
 use ds_domain::Timestamp;
+use ds_metrics::labels::{Method, Route, Status};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -70,7 +71,7 @@ pub async fn envelope(
                 .insert(HeaderName::from_static(CORRELATION_HEADER), v);
         }
         tracing::info!(correlation_id = %correlation_id, %method, %path, status = 431, header_bytes, "request headers too large");
-        record_metrics(&method, UNMATCHED.to_owned(), 431, started.elapsed());
+        record_metrics(&method, Route::matched(None), 431, started.elapsed());
         return Ok(res);
     }
 
@@ -91,10 +92,7 @@ pub async fn envelope(
         .instrument(span.clone())
         .await?
         .map_into_boxed_body();
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| UNMATCHED.to_owned());
+    let route = Route::matched(res.request().match_pattern());
     span.record("route", route.as_str());
     let _entered = span.enter();
     let status = res.status();
@@ -150,27 +148,15 @@ pub async fn envelope(
     Ok(res)
 }
 
-/// The `route` label of a request that matched no route (bounded cardinality: never the raw path).
-pub const UNMATCHED: &str = "unmatched";
-
-fn record_metrics(method: &str, route: String, status: u16, elapsed: Duration) {
-    metrics::histogram!("datastorage_http_request_duration_seconds", "route" => route.clone())
+/// The route label is the pattern the router matched, or `unmatched` (never the raw path); the
+/// method one of RFC 9110's, else `OTHER`: a client cannot create series of its own.
+fn record_metrics(method: &str, route: Route, status: u16, elapsed: Duration) {
+    ds_metrics::HTTP_REQUEST_DURATION_SECONDS
+        .with((route.clone(),))
         .record(elapsed.as_secs_f64());
-    metrics::counter!("datastorage_http_requests_total", "method" => method_label(method), "route" => route, "status" => status.to_string())
+    ds_metrics::HTTP_REQUESTS
+        .with((Method::of(method), route, Status(status)))
         .increment(1);
-}
-
-/// The `method` label: one of the methods of RFC 9110 (and PATCH), else `OTHER`, so that a client
-/// cannot create series with methods of its own.
-pub fn method_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("OTHER")
 }
 
 /// The contract's error body for `parts`, with `Retry-After` / `X-RateLimit-*` when they apply.
@@ -232,20 +218,5 @@ fn framework_parts(res: &ServiceResponse<BoxBody>) -> Parts {
         violations: Vec::new(),
         retry_after: (status.as_u16() == 503).then_some(5),
         rate_limit: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::method_label;
-
-    #[test]
-    fn method_labels_are_a_closed_set() {
-        for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"] {
-            assert_eq!(method_label(m), m);
-        }
-        for m in ["get", "BREW", "X-1234", "", "PROPFIND"] {
-            assert_eq!(method_label(m), "OTHER", "{m}");
-        }
     }
 }

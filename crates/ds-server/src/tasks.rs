@@ -35,16 +35,14 @@ pub(crate) async fn embedding_worker(
             match service.heal_embeddings().await {
                 Ok((linked, requeued)) => {
                     if linked > 0 {
-                        metrics::counter!("datastorage_embedding_records_healed_total")
-                            .increment(linked);
+                        ds_metrics::EMBEDDING_RECORDS_HEALED.increment(linked);
                         tracing::info!(
                             records = linked,
                             "sweep: linked pending records whose vector is stored"
                         );
                     }
                     if requeued > 0 {
-                        metrics::counter!("datastorage_embedding_records_requeued_total")
-                            .increment(requeued as u64);
+                        ds_metrics::EMBEDDING_RECORDS_REQUEUED.increment(requeued as u64);
                         tracing::warn!(
                             records = requeued,
                             "sweep: pending records had neither a vector nor a job; queued again"
@@ -92,8 +90,7 @@ pub(crate) async fn sequencer(log: LogService, settings: LogSettings, stop: Canc
             Ok(run) => {
                 backoff = settings.integrate_interval;
                 if run.appended > 0 {
-                    metrics::counter!("datastorage_log_leaves_appended_total")
-                        .increment(run.appended as u64);
+                    ds_metrics::LOG_LEAVES_APPENDED.increment(run.appended as u64);
                     tracing::debug!(
                         leaves = run.appended,
                         tree_size = run.tree_size,
@@ -101,11 +98,10 @@ pub(crate) async fn sequencer(log: LogService, settings: LogSettings, stop: Canc
                     );
                 }
                 if run.unqueued > 0 {
-                    metrics::counter!("datastorage_log_unqueued_records_total")
-                        .increment(run.unqueued as u64);
+                    ds_metrics::LOG_UNQUEUED_RECORDS.increment(run.unqueued as u64);
                 }
                 if let Some(size) = run.signed {
-                    metrics::counter!("datastorage_log_checkpoints_signed_total").increment(1);
+                    ds_metrics::LOG_CHECKPOINTS_SIGNED.increment(1);
                     tracing::info!(tree_size = size, "checkpoint signed");
                 }
                 if run.appended >= settings.batch {
@@ -113,7 +109,7 @@ pub(crate) async fn sequencer(log: LogService, settings: LogSettings, stop: Canc
                 }
             }
             Err(e) => {
-                metrics::counter!("datastorage_log_sequencer_errors_total").increment(1);
+                ds_metrics::LOG_SEQUENCER_ERRORS.increment(1);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "the transparency log's sequencer failed; records stay queued");
             }
@@ -164,7 +160,7 @@ pub(crate) async fn maintenance(
                 }
             }
             Err(e) => {
-                metrics::counter!("datastorage_retention_errors_total").increment(1);
+                ds_metrics::RETENTION_ERRORS.increment(1);
                 tracing::warn!(error = %e, "retention: the maintenance run failed; it runs again at the next interval");
             }
         }
@@ -180,10 +176,9 @@ pub(crate) async fn maintenance(
 pub(crate) async fn replica_monitor(store: PgStore, every: Duration, stop: CancellationToken) {
     loop {
         if let Some(status) = store.check_replica().await {
-            metrics::gauge!("datastorage_db_replica_usable")
-                .set(f64::from(u8::from(status.usable)));
+            ds_metrics::DB_REPLICA_USABLE.set(f64::from(u8::from(status.usable)));
             if let Some(lag) = status.lag {
-                metrics::gauge!("datastorage_db_replica_lag_seconds").set(lag.as_secs_f64());
+                ds_metrics::DB_REPLICA_LAG_SECONDS.set(lag.as_secs_f64());
             }
         }
         tokio::select! {

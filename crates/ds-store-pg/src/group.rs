@@ -134,7 +134,7 @@ pub(crate) async fn commit(pool: &Pool<AsyncPgConnection>, target: &Target, grou
     if requests.is_empty() {
         return;
     }
-    metrics::histogram!("datastorage_db_group_commit_size").record(requests.len() as f64);
+    ds_metrics::DB_GROUP_COMMIT_SIZE.record(requests.len() as f64);
     let mut conn = match pool.get().await {
         Ok(conn) => conn,
         Err(e) => {
@@ -165,7 +165,7 @@ pub(crate) async fn commit(pool: &Pool<AsyncPgConnection>, target: &Target, grou
             }
         }
     };
-    metrics::histogram!("datastorage_db_write_seconds").record(started.elapsed().as_secs_f64());
+    ds_metrics::DB_WRITE_SECONDS.record(started.elapsed().as_secs_f64());
     match outcome {
         Ok(results) => {
             for (reply, r) in replies.into_iter().zip(results) {
@@ -179,7 +179,7 @@ pub(crate) async fn commit(pool: &Pool<AsyncPgConnection>, target: &Target, grou
         }
         Err(e) => {
             tracing::warn!(error = %e, writes = replies.len(), "group write failed; writing each alone");
-            metrics::counter!("datastorage_db_group_commit_fallbacks_total").increment(1);
+            ds_metrics::DB_GROUP_COMMIT_FALLBACKS.increment(1);
             for (request, reply) in requests.iter().zip(replies) {
                 if reply.is_closed() {
                     continue;

@@ -187,8 +187,8 @@ async fn apply_covered(
         if a.dropped {
             run.partitions_dropped += 1;
             run.records_dropped += deleted;
-            metrics::counter!("datastorage_retention_partitions_dropped_total").increment(1);
-            metrics::counter!("datastorage_retention_records_purged_total").increment(deleted);
+            ds_metrics::RETENTION_PARTITIONS_DROPPED.increment(1);
+            ds_metrics::RETENTION_RECORDS_PURGED.increment(deleted);
             tracing::info!(
                 records = deleted,
                 "retention: dropped a partition whose records all expired"
@@ -198,7 +198,7 @@ async fn apply_covered(
         run.batches += 1;
         run.records_purged += deleted;
         // Counted per batch: a purge of millions of records shows its progress.
-        metrics::counter!("datastorage_retention_records_purged_total").increment(deleted);
+        ds_metrics::RETENTION_RECORDS_PURGED.increment(deleted);
         pace.after(settings, deleted).await;
     }
 }

@@ -25,6 +25,7 @@ use ds_domain::ports::{
 use ds_domain::query::{ListQuery, TrailQuery};
 use ds_domain::search::SearchFilters;
 use ds_domain::time::Timestamp;
+use ds_metrics::labels::{Fallback, Pool as PoolLabel};
 use serde_json::{Map, Value};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -277,7 +278,8 @@ impl PgStore {
         }
         let usable = auto && replica.usable();
         if auto && !usable {
-            metrics::counter!("datastorage_db_replica_fallbacks_total", "reason" => "unusable")
+            ds_metrics::DB_REPLICA_FALLBACKS
+                .with((Fallback::Unusable,))
                 .increment(1);
         }
         ReadPlan {
@@ -307,9 +309,14 @@ impl PgStore {
         answer: Result<T, PgStoreError>,
         miss: impl Fn(&T) -> bool,
     ) -> Result<Result<T, PgStoreError>, ReadPlan> {
-        let pool = if plan.replica { "replica" } else { "primary" };
-        let retry = |reason: &'static str| {
-            metrics::counter!("datastorage_db_replica_fallbacks_total", "reason" => reason)
+        let pool = if plan.replica {
+            PoolLabel::Replica
+        } else {
+            PoolLabel::Primary
+        };
+        let retry = |reason: Fallback| {
+            ds_metrics::DB_REPLICA_FALLBACKS
+                .with((reason,))
                 .increment(1);
             Err(ReadPlan {
                 replica: false,
@@ -318,13 +325,13 @@ impl PgStore {
         };
         match answer {
             Ok(v) if plan.pinned || !miss(&v) => {
-                metrics::counter!("datastorage_db_reads_total", "pool" => pool).increment(1);
+                ds_metrics::DB_READS.with((pool,)).increment(1);
                 if let Route::Pinned(at) = &self.route {
                     let _ = at.set(plan.replica);
                 }
                 Ok(Ok(v))
             }
-            Ok(_) => retry("not_found"),
+            Ok(_) => retry(Fallback::NotFound),
             Err(e) if plan.pinned || !e.is_unavailable() => Ok(Err(e)),
             Err(e) => {
                 if !e.is_retryable()
@@ -332,7 +339,7 @@ impl PgStore {
                 {
                     r.failed(&e);
                 }
-                retry("unavailable")
+                retry(Fallback::Unavailable)
             }
         }
     }
@@ -513,7 +520,7 @@ impl AuditStore for PgStore {
                 }
             }
             Ok(_) => {}
-            Err(_) => metrics::counter!("datastorage_database_write_errors_total").increment(1),
+            Err(_) => ds_metrics::DATABASE_WRITE_ERRORS.increment(1),
         }
         result
     }
