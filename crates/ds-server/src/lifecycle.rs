@@ -269,18 +269,12 @@ async fn background(
     let monitor = plan
         .replica_check
         .map(|every| tokio::spawn(tasks::replica_monitor(store.clone(), every, stop.clone())));
-    if plan.worker_interval.is_zero() || plan.workers == 0 {
-        stop.cancelled().await;
-        sequencer
-            .await
-            .context("the transparency log's sequencer")?;
-        maintenance.await.context("the maintenance task")?;
-        if let Some(m) = monitor {
-            m.await.context("the read replica's monitor")?;
-        }
-        return Ok(());
-    }
-    let workers: Vec<_> = (0..plan.workers)
+    let workers = if plan.worker_interval.is_zero() {
+        0
+    } else {
+        plan.workers
+    };
+    let workers: Vec<_> = (0..workers)
         .map(|_| {
             tokio::spawn(tasks::embedding_worker(
                 service.clone(),
@@ -290,6 +284,10 @@ async fn background(
             ))
         })
         .collect();
+    // The other loops may end at once (no signing key, maintenance off): this task ends at `stop`.
+    if workers.is_empty() {
+        stop.cancelled().await;
+    }
     for w in workers {
         w.await.context("an embedding worker panicked")?;
     }
